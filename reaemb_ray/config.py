@@ -125,6 +125,9 @@ class LRCLConfig:
 
 @dataclass
 class ExportConfig:
+    # Which generator to embed with: the raw LLM (mean-pooled, untrained), the LLMEmb-style contrastive model
+    # (`llmemb/`, no thought), LRCL (`lrcl/`), or LRCL + CRRL (`crrl/` attention on the merged LRCL model).
+    method: Literal["raw_llm", "llmemb", "lrcl", "crrl"] = "lrcl"
     batch_size: int = 16
     num_actors: int = 1
     cpus_per_actor: int = 1
