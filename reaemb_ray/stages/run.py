@@ -1,0 +1,146 @@
+"""`reaemb run`: the whole pipeline as a small DAG of stages, resumable and invalidated by fingerprint.
+
+prepare -> srs_pretrain -> {lrcl -> crrl, llmemb} -> export/<method> -> evaluate
+
+Each stage's fingerprint hashes the config sections it reads plus its upstream fingerprints, so changing
+`crrl.sigma` re-runs crrl, its export and the evaluation, but not prepare or LRCL. A stage that was
+interrupted is re-entered without `--fresh`, and resumes from its own checkpoints (LRCL and CRRL
+checkpoints, export shards, finished evaluation runs).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from reaemb_ray import storage
+from reaemb_ray.cli import StageFailed
+from reaemb_ray.config import Config
+
+log = logging.getLogger("reaemb.run")
+
+
+@dataclass
+class Stage:
+    name: str
+    deps: list[str]
+    sections: Callable[[Config], dict]  # the config values this stage's output depends on
+    run: Callable[[Config, bool], None]  # (cfg, fresh)
+    outputs: list[str] = field(default_factory=list)
+
+
+def _call(module: str, cfg: Config, fresh: bool) -> None:
+    importlib.import_module(f"reaemb_ray.stages.{module}").main(cfg, argparse.Namespace(fresh=fresh, quick=False))
+
+
+def _with(cfg: Config, **changes) -> Config:
+    """A copy of cfg with dotted-key changes, e.g. _with(cfg, **{"model.use_thought": False})."""
+    new = copy.deepcopy(cfg)
+    for dotted, value in changes.items():
+        node = new
+        *path, last = dotted.split(".")
+        for p in path:
+            node = getattr(node, p)
+        setattr(node, last, value)
+    return new
+
+
+def _pretrain(cfg: Config, fresh: bool) -> None:
+    from reaemb_ray.srs.pretrain import pretrain_id_sasrec
+
+    pretrain_id_sasrec(cfg)
+
+
+def _train_srs_sections(cfg: Config) -> dict:
+    s = asdict(cfg.srs)
+    s.pop("backbones"), s.pop("seeds")
+    return {"srs": s, "seed": cfg.seed}
+
+
+def plan(cfg: Config) -> list[Stage]:
+    """The stages `eval.methods` needs, in dependency order."""
+    methods = cfg.eval.methods
+    model = asdict(cfg.model)
+    stages = [
+        Stage("prepare", [], lambda c: {"data": asdict(c.data)}, lambda c, f: _call("prepare", c, f), ["prepared"]),
+    ]
+    needs_pretrain = "crrl" in methods and cfg.crrl.reward in ("srs", "mix") or cfg.srs.align_alpha > 0
+    if needs_pretrain:
+        stages.append(Stage("srs_pretrain", ["prepare"], _train_srs_sections, _pretrain, ["srs_pretrain"]))
+    if "llmemb" in methods:
+        stages.append(Stage("llmemb", ["prepare"], lambda c: {"model": {**model, "use_thought": False},
+                                                              "lrcl": asdict(c.lrcl), "seed": c.seed},
+                            lambda c, f: _call("lrcl", _with(c, **{"model.use_thought": False}), f), ["llmemb"]))
+    if "lrcl" in methods or "crrl" in methods:
+        stages.append(Stage("lrcl", ["prepare"], lambda c: {"model": model, "lrcl": asdict(c.lrcl), "seed": c.seed},
+                            lambda c, f: _call("lrcl", _with(c, **{"model.use_thought": True}), f), ["lrcl"]))
+    if "crrl" in methods:
+        deps = ["lrcl"] + (["srs_pretrain"] if needs_pretrain else [])
+        stages.append(Stage("crrl", deps, lambda c: {"crrl": asdict(c.crrl)},
+                            lambda c, f: _call("crrl", c, f), ["crrl"]))
+    export = {k: v for k, v in asdict(cfg.export).items() if k != "method"}
+    upstream = {"raw_llm": ["prepare"], "llmemb": ["llmemb"], "lrcl": ["lrcl"], "crrl": ["crrl"]}
+    for m in [m for m in methods if m != "id"]:
+        stages.append(Stage(f"export_{m}", upstream[m],
+                            lambda c, m=m: {"export": export, "method": m,
+                                            "backbone": model["backbone"] if m == "raw_llm" else None},
+                            lambda c, f, m=m: _call("export", _with(c, **{"export.method": m}), f),
+                            [f"embeddings/{m}"]))
+    deps = ["prepare"] + [f"export_{m}" for m in methods if m != "id"] + (["srs_pretrain"] if needs_pretrain else [])
+    stages.append(Stage("evaluate", deps, lambda c: {"srs": asdict(c.srs), "eval": asdict(c.eval)},
+                        lambda c, f: _call("evaluate", c, f), ["eval"]))
+    return stages
+
+
+def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
+    """Run every stage that is not already done with the same fingerprint; returns stage -> status."""
+    from reaemb_ray.runtime import init_ray
+
+    remote = cfg.output_dir if storage.is_uri(cfg.output_dir) else None
+    local = storage.local_workdir(cfg.output_dir, cfg.data.cache_dir)
+    if remote:
+        storage.sync_down(remote, local)
+    work_cfg = _with(cfg, output_dir=str(local))
+    local.mkdir(parents=True, exist_ok=True)
+    manifest = storage.Manifest(local)
+    init_ray(cfg.ray)
+
+    fps: dict[str, str] = {}
+    status: dict[str, str] = {}
+    stages = plan(cfg)
+    for i, st in enumerate(stages, 1):
+        fp = storage.fingerprint(st.sections(cfg), [fps[d] for d in st.deps])
+        fps[st.name] = fp
+        if not fresh and manifest.is_done(st.name, fp):
+            log.info("[%d/%d] %s: up to date, skipped", i, len(stages), st.name)
+            status[st.name] = "skipped"
+            continue
+        # A recorded but different fingerprint means the config changed: start this stage over.
+        stale = fresh or manifest.recorded(st.name) is not None
+        log.info("[%d/%d] %s: %s", i, len(stages), st.name, "running from scratch" if stale else "running")
+        manifest.forget(st.name)
+        t0 = time.time()
+        try:
+            st.run(work_cfg, stale)
+        except Exception as e:
+            log.error("stage %s failed:\n%s", st.name, traceback.format_exc())
+            if remote:
+                storage.sync_up(local, remote)  # keep what was computed (checkpoints, shards)
+            raise StageFailed(f"stage '{st.name}' failed: {type(e).__name__}: {e}") from e
+        manifest.mark(st.name, fp, time.time() - t0, st.outputs)
+        status[st.name] = "ran"
+        if remote:
+            storage.sync_up(local, remote)
+    return status
+
+
+def main(cfg: Config, args) -> None:
+    status = run_pipeline(cfg, fresh=getattr(args, "fresh", False))
+    where = cfg.output_dir if storage.is_uri(cfg.output_dir) else storage.local_workdir(cfg.output_dir)
+    print(f"reaemb run: finished ({', '.join(f'{k}={v}' for k, v in status.items())})")
+    print(f"report: {where}/eval/report.md  (records: {where}/eval/report.json)")

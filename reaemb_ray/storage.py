@@ -1,0 +1,106 @@
+"""Where outputs live, and what each stage has already produced.
+
+`output_dir` may be a local path or any pyarrow/fsspec URI (s3://, gs://, file://). Stages always work on
+a local folder; for a URI, `run` mirrors that folder to the URI after every stage and pulls it back before
+resuming, so a job that lands on another node of the cluster continues where the last one stopped.
+
+The manifest (`_manifest.json` in the output folder) maps each finished stage to a fingerprint of the
+config it depended on; a changed fingerprint invalidates that stage and everything downstream of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def local_workdir(output_dir: str, cache_dir: str = "~/.cache/reaemb_ray") -> Path:
+    """The local folder a stage writes to: the output folder itself, or a cache mirror of a URI."""
+    if not is_uri(output_dir):
+        return Path(output_dir).expanduser().resolve()
+    digest = hashlib.sha1(output_dir.encode()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / "runs" / digest
+
+
+def _fs(uri: str):
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError with its own wording
+        raise ConnectionError(
+            f"cannot open storage {uri!r} ({e}); check the URI scheme and credentials "
+            "(s3:// needs AWS credentials, gs:// needs GCP credentials), or use a local output_dir"
+        ) from None
+
+
+def sync_down(uri: str, local: Path) -> None:
+    """Copy what already exists at `uri` into `local` (nothing when the URI is empty or new)."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(uri)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return
+    local.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(root, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    log.info("pulled %s -> %s", uri, local)
+
+
+def sync_up(local: Path, uri: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(uri)
+    fs.create_dir(root, recursive=True)
+    pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    log.info("pushed %s -> %s", local, uri)
+
+
+def fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Manifest:
+    """Finished stages with their fingerprints, saved atomically after every change."""
+
+    def __init__(self, out: Path):
+        self.path = out / "_manifest.json"
+        self.stages: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                self.stages = json.loads(self.path.read_text()).get("stages", {})
+            except json.JSONDecodeError:
+                log.warning("%s is unreadable; every stage will be checked again", self.path)
+
+    def is_done(self, stage: str, fp: str) -> bool:
+        rec = self.stages.get(stage)
+        return rec is not None and rec.get("fingerprint") == fp
+
+    def recorded(self, stage: str) -> str | None:
+        rec = self.stages.get(stage)
+        return rec.get("fingerprint") if rec else None
+
+    def mark(self, stage: str, fp: str, seconds: float, outputs: list[str]) -> None:
+        self.stages[stage] = {"fingerprint": fp, "seconds": round(seconds, 1), "outputs": outputs,
+                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._save()
+
+    def forget(self, stage: str) -> None:
+        if self.stages.pop(stage, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stages": self.stages}, indent=2))
+        os.replace(tmp, self.path)

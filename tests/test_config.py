@@ -1,0 +1,75 @@
+"""Config loading: every shipped config loads, and each kind of mistake stops with a precise message."""
+from pathlib import Path
+
+import pytest
+
+from reaemb_ray.config import Config, ConfigError, load_config, parse_overrides, save_config
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["lrcl.steps=7", "crrl.sigma=0.05", "srs.backbones=[gru4rec,bert4rec]",
+                             "crrl.rollout_resources.num_gpus=1", "model.use_thought=false"])
+    assert cfg.lrcl.steps == 7 and cfg.crrl.sigma == 0.05
+    assert cfg.srs.backbones == ["gru4rec", "bert4rec"]
+    assert cfg.crrl.rollout_resources.num_gpus == 1.0 and cfg.model.use_thought is False
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse():
+    assert load_config(None, ["crrl.lr=1"]).crrl.lr == 1.0
+    with pytest.raises(ConfigError, match="lrcl.steps must be an integer"):
+        load_config(None, ["lrcl.steps=1.5"])
+
+
+@pytest.mark.parametrize("override,message", [
+    (["lrcl.batch_size=-1"], "lrcl.batch_size must be >= 1"),
+    (["lrcl.bogus=1"], "unknown key lrcl.bogus"),
+    (["bogus=1"], "unknown key bogus"),
+    (["crrl.engine=tensorflow"], "crrl.engine='tensorflow' is not allowed; use one of 'torch', 'naive', 'vllm'"),
+    (["data.path=/definitely/not/here"], "data.path does not exist"),
+    (["data.path=auto:ml-20m"], "packaged datasets"),
+    (["srs.lr=fast"], "srs.lr must be a number"),
+    (["model.use_thought=maybe"], "model.use_thought must be true or false"),
+    (["crrl.group_size=1"], "crrl.group_size must be >= 2"),
+    (["lrcl.batch_size=10", "lrcl.micro_batch_size=4"], "must be a multiple"),
+    (["crrl.reward_weights={ctr: 1.0}"], "unknown reward"),
+    (["srs.hidden=100", "srs.heads=3"], "divisible"),
+    (["eval.methods=[]"], "eval.methods must not be empty"),
+    (["lrcl.zero_stage=4"], "lrcl.zero_stage=4 is not allowed"),
+    (["lrcl"], "must look like key.sub=value"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, override)
+    assert message in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lrcl: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(listy)
+
+
+def test_save_and_reload_roundtrip(tmp_path):
+    cfg = load_config(None, ["lrcl.steps=3", "srs.seeds=[1,2,3]"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
+
+
+def test_parse_overrides_builds_a_tree():
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
