@@ -1,0 +1,1 @@
+"""CRRL building blocks without Ray: candidate sets, rewards, advantages and policy objectives."""

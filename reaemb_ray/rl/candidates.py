@@ -1,0 +1,120 @@
+"""Reward candidates per item: a few positives (items that belong with it) and sampled negatives.
+
+Two sources, each giving a `Candidates` table with a fixed number of slots per item (positives first):
+- `cooccurrence_candidates`: positives = the items that co-occur most with v in the training split, weighted by
+  their normalised co-occurrence counts; negatives = items that never co-occur with v.
+- `srs_candidates`: positives = the items closest to v by dot product in a pretrained ID-SASRec item table;
+  negatives = items from the least similar half.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Candidates:
+    item_ids: np.ndarray  # (M,) items that have candidates
+    cand_ids: np.ndarray  # (M, C) candidate item ids, C = num_positives + num_negatives, positives first
+    weights: np.ndarray  # (M, C) float32: normalised positive weights (sum 1 per row), 0 for negatives
+    skipped: int = 0  # items left out (no co-occurring item)
+
+    def __post_init__(self):
+        self._row = {int(v): i for i, v in enumerate(self.item_ids)}
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def lookup(self, item_ids) -> tuple[np.ndarray, np.ndarray]:
+        """(cand_ids, weights) rows for `item_ids`; an unknown item is a clear error."""
+        try:
+            rows = [self._row[int(v)] for v in item_ids]
+        except KeyError as e:
+            raise KeyError(f"item {e.args[0]} has no reward candidates (it co-occurs with nothing, or is not an "
+                           "item of this dataset); draw batches from Candidates.item_ids") from None
+        return self.cand_ids[rows], self.weights[rows]
+
+
+def _sample_excluding(rng: np.random.Generator, pool_size: int, k: int, exclude: set[int]) -> np.ndarray:
+    """k distinct ids from 1..pool_size avoiding `exclude` (rejection sampling; exclude is usually small)."""
+    free = pool_size - len({e for e in exclude if 1 <= e <= pool_size})
+    if free < k:
+        raise ValueError(f"cannot sample {k} negatives: only {free} items are unrelated; lower crrl.num_negatives")
+    if len(exclude) > pool_size // 2:  # dense exclusion: sample from the explicit complement instead
+        pool = np.setdiff1d(np.arange(1, pool_size + 1), np.fromiter(exclude, dtype=np.int64))
+        return rng.choice(pool, size=k, replace=False)
+    out: list[int] = []
+    seen = set(exclude)
+    while len(out) < k:
+        for v in rng.integers(1, pool_size + 1, size=2 * k):
+            if int(v) not in seen:
+                seen.add(int(v))
+                out.append(int(v))
+                if len(out) == k:
+                    break
+    return np.asarray(out, dtype=np.int64)
+
+
+def cooccurrence_candidates(item_a, item_b, count, num_items: int, num_positives: int, num_negatives: int,
+                            seed: int = 0) -> Candidates:
+    """Candidates from symmetric co-occurrence pairs (both directions stored, training split only).
+
+    An item with fewer than `num_positives` partners keeps the ones it has; its free slots take extra
+    negatives (weight 0), so every row has the same width. Items with no partner are skipped and counted.
+    """
+    a, b, c = (np.asarray(x, dtype=np.int64) for x in (item_a, item_b, count))
+    if not len(a) == len(b) == len(c):
+        raise ValueError("co-occurrence columns item_a, item_b, count must have the same length")
+    if len(a) and (a.min() < 1 or b.min() < 1 or max(a.max(), b.max()) > num_items):
+        raise ValueError(f"co-occurrence item ids must lie in 1..{num_items} (0 is padding)")
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((b, -c, a))  # by item, then count descending, then partner id (deterministic ties)
+    a, b, c = a[order], b[order], c[order]
+    starts = np.searchsorted(a, np.arange(1, num_items + 2))
+    width = num_positives + num_negatives
+    ids, cands, weights, skipped = [], [], [], 0
+    for v in range(1, num_items + 1):
+        lo, hi = starts[v - 1], starts[v]
+        if lo == hi:
+            skipped += 1
+            continue
+        partners, counts = b[lo:hi], c[lo:hi].astype(np.float64)
+        pos, w = partners[:num_positives], counts[:num_positives]
+        negs = _sample_excluding(rng, num_items, width - len(pos), set(partners.tolist()) | {v})
+        ids.append(v)
+        cands.append(np.concatenate([pos, negs]))
+        weights.append(np.concatenate([w / w.sum(), np.zeros(len(negs))]))
+    return Candidates(np.asarray(ids, dtype=np.int64), np.asarray(cands, dtype=np.int64).reshape(-1, width),
+                      np.asarray(weights, dtype=np.float32).reshape(-1, width), skipped)
+
+
+def srs_candidates(item_table: np.ndarray, num_positives: int, num_negatives: int, seed: int = 0,
+                   item_ids=None) -> Candidates:
+    """Candidates from a pretrained ID-SASRec item table (row = item id, row 0 = padding).
+
+    Positives: the top `num_positives` other items by dot product (equal weights); negatives: sampled from the
+    least similar half of the catalogue.
+    """
+    table = np.asarray(item_table, dtype=np.float32)
+    n = table.shape[0] - 1
+    if table.ndim != 2 or n < num_positives + num_negatives + 1:
+        raise ValueError(f"item table of shape {table.shape} is too small for {num_positives} positives + "
+                         f"{num_negatives} negatives (row 0 is padding)")
+    rng = np.random.default_rng(seed)
+    ids = np.arange(1, n + 1) if item_ids is None else np.asarray(item_ids, dtype=np.int64)
+    half = max(num_negatives, n // 2)
+    cands, weights = [], []
+    for v in ids:
+        sims = table[1:] @ table[v]
+        sims[v - 1] = -np.inf  # never the item itself
+        order = np.argsort(-sims, kind="stable") + 1
+        pos = order[:num_positives]
+        rest = order[num_positives:]
+        far = rest[rest != v][-half:]  # the least similar half, never v itself nor a positive
+        negs = rng.choice(far, size=num_negatives, replace=False)
+        cands.append(np.concatenate([pos, negs]))
+        weights.append(np.concatenate([np.full(num_positives, 1.0 / num_positives), np.zeros(num_negatives)]))
+    width = num_positives + num_negatives
+    return Candidates(ids, np.asarray(cands, dtype=np.int64).reshape(-1, width),
+                      np.asarray(weights, dtype=np.float32).reshape(-1, width), 0)

@@ -1,0 +1,150 @@
+"""Hand-computed cases for candidates, rewards, advantages and the two clipped objectives."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reaemb_ray.rl import advantages, rewards
+from reaemb_ray.rl.candidates import cooccurrence_candidates, srs_candidates
+from reaemb_ray.rl.objectives import (clipped_terms, gaussian_kl, gaussian_logprob, gaussian_loss, paper_loss,
+                                      thought_token_logprob)
+
+
+def test_cooccurrence_candidates_positives_weights_negatives_and_skips():
+    # 1-2 (5 times), 1-3 (3 times), 2-3 (1), item 4 co-occurs with nothing; 10 items in all
+    pairs = [(1, 2, 5), (1, 3, 3), (2, 3, 1)]
+    a = [p[0] for p in pairs] + [p[1] for p in pairs]
+    b = [p[1] for p in pairs] + [p[0] for p in pairs]
+    c = [p[2] for p in pairs] * 2
+    cand = cooccurrence_candidates(a, b, c, num_items=10, num_positives=2, num_negatives=3, seed=0)
+    assert cand.skipped == 7 and cand.item_ids.tolist() == [1, 2, 3]
+    ids, w = cand.lookup([1])
+    assert ids[0, :2].tolist() == [2, 3]
+    np.testing.assert_allclose(w[0], [5 / 8, 3 / 8, 0, 0, 0])
+    assert not set(ids[0, 2:]) & {1, 2, 3} and len(set(ids[0, 2:])) == 3
+    again = cooccurrence_candidates(a, b, c, num_items=10, num_positives=2, num_negatives=3, seed=0)
+    assert (again.cand_ids == cand.cand_ids).all()  # seeded
+    with pytest.raises(KeyError, match="no reward candidates"):
+        cand.lookup([4])
+
+
+def test_srs_candidates_top_similar_and_far_negatives():
+    table = np.array([[0, 0], [1, 0], [0.9, 0.1], [0.8, 0.2], [-1, 0], [-0.9, 0], [0, 1], [-1, -0.1]], np.float32)
+    cand = srs_candidates(table, num_positives=1, num_negatives=2, seed=0)
+    ids, w = cand.lookup([1])
+    assert ids[0, 0] == 2 and w[0].tolist() == [1, 0, 0]
+    assert set(ids[0, 1:]) <= {4, 5, 7}  # the least similar half of the other items
+
+
+def _rank_reward_loop(e, cands, w):
+    out = np.zeros((e.shape[0], e.shape[1]))
+    for m in range(e.shape[0]):
+        for g in range(e.shape[1]):
+            s = cands[m] @ e[m, g]
+            for j in range(len(s)):
+                rank = sum(1 for k in range(len(s)) if s[k] > s[j] or (k != j and s[k] == s[j]))
+                out[m, g] += w[m, j] / (1 + math.log2(rank + 2))
+    return out
+
+
+def test_rank_reward_hand_cases():
+    e = np.array([[[1.0, 0.0]]])
+    c = np.array([[[0.5, 0], [1, 0], [0.2, 0]]])
+    w = np.array([[1.0, 0, 0]])
+    assert rewards.rank_reward(e, c, w)[0, 0] == pytest.approx(1 / (1 + math.log2(3)))
+    c_top = np.array([[[2.0, 0], [1, 0], [0.2, 0]]])
+    assert rewards.rank_reward(e, c_top, w)[0, 0] == pytest.approx(0.5)  # rank 0: 1/(1+log2 2)
+    c_tie = np.array([[[1.0, 0], [1, 0], [0.2, 0]]])  # tie with a negative counts against the positive
+    assert rewards.rank_reward(e, c_tie, w)[0, 0] == pytest.approx(1 / (1 + math.log2(3)))
+    rng = np.random.default_rng(0)
+    e, c = rng.normal(size=(3, 4, 5)), rng.normal(size=(3, 6, 5))
+    w = np.zeros((3, 6)); w[:, 0], w[:, 1] = 0.7, 0.3
+    np.testing.assert_allclose(rewards.rank_reward(e, c, w), _rank_reward_loop(e, c, w), rtol=1e-6)
+
+
+def test_mix_reward_and_unknown_names():
+    parts = {"cooccurrence": np.ones((2, 3), np.float32), "srs": np.zeros((2, 3), np.float32)}
+    np.testing.assert_allclose(rewards.combine(parts, "mix", {"cooccurrence": 0.25, "srs": 0.75}), 0.25)
+    assert rewards.sources_for("mix", {"cooccurrence": 0.5, "srs": 0.0}) == ["cooccurrence"]
+    with pytest.raises(KeyError, match="unknown reward"):
+        rewards.combine(parts, "bogus", {})
+
+
+def test_advantages():
+    r = np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    a = advantages.compute("grpo", r)
+    np.testing.assert_allclose(a[0], [-1, 0, 1], atol=1e-5)  # std (ddof 1) of 1,2,3 is 1
+    np.testing.assert_allclose(a[1], 0, atol=1e-6)  # equal rewards -> no signal, no NaN
+    b = advantages.compute("anchor", r)
+    diff = np.array([[0, 1, 2], [0, 0, 0.0]])
+    np.testing.assert_allclose(b, diff / (diff.std() + 1e-6), rtol=1e-5)
+    with pytest.raises(ValueError, match="group >= 2"):
+        advantages.compute("grpo", np.ones((3, 1)))
+
+
+def test_clipped_terms_asymmetric_clip():
+    new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5, 1.1]))
+    old = torch.zeros(5)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
+    per, clipped = clipped_terms(new, old, adv, clip_low=0.2, clip_high=0.28)
+    # A>0, ratio 1.5 -> clipped at 1.28; A<0, ratio 1.5 -> unclipped 1.5; A>0 ratio .5 -> .5; A<0 ratio .5 -> .8
+    np.testing.assert_allclose(per.numpy(), [-1.28, 1.5, -0.5, 0.8, -1.1], rtol=1e-6)
+    assert clipped.tolist() == [True, False, False, True, False]
+
+
+def test_gaussian_logprob_ratio_and_loss():
+    mu = torch.tensor([[0.0, 0.0]])
+    actions = torch.tensor([[[0.1, 0.0], [0.0, -0.2]]])
+    lp = gaussian_logprob(actions, mu, sigma=0.1)
+    np.testing.assert_allclose(lp.numpy(), [[-0.5, -2.0]], rtol=1e-6)
+    mu_new = torch.tensor([[0.1, 0.0]], requires_grad=True)  # moves towards sample 0
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, frac = gaussian_loss(actions, mu_new, lp, adv, 0.1, 0.2, 0.28)
+    # new logps: sample0 0 -> ratio e^0.5 (clip 1.28), sample1 -(0.01+0.04)/0.02=-2.5 -> ratio e^-0.5 (A<0: .8)
+    expected = (-1.28 + max(math.exp(-0.5), 0.8)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5) and frac.item() == 1.0
+    assert gaussian_kl(mu_new, mu, 0.1).item() == pytest.approx(0.5)
+
+
+def test_paper_loss_equals_full_token_mean_with_shifted_logits():
+    """The efficient paper surrogate against a full forward scoring every shifted prompt token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
+                                      num_key_value_heads=1, intermediate_size=64, vocab_size=50)).eval()
+    ids = torch.randint(1, 50, (2, 7))
+    mask = torch.ones_like(ids); mask[0, :3] = 0  # left padding
+    m, g = 2, 3
+    mu_old = torch.randn(m, 64)
+    eps = 0.1 * torch.randn(m, g, 64)
+    mu_new = (mu_old + 0.05 * torch.randn(m, 64)).requires_grad_()
+    adv = torch.randn(m, g)
+    with torch.no_grad():
+        old = thought_token_logprob(lm, ids, mask, mu_old[:, None] + eps)
+    new = thought_token_logprob(lm, ids, mask, mu_new[:, None] + eps)
+    n_targets = mask[:, 1:].sum(1)
+    loss, _ = paper_loss(new, old, adv, n_targets, 0.2, 0.28)
+
+    def full_token_logps(mu):  # reference: every shifted token of every sample
+        out = []
+        for i in range(m):
+            for k in range(g):
+                emb = lm.get_input_embeddings()(ids[i:i + 1]).clone()
+                emb[0, -2] = mu[i] + eps[i, k]
+                pos = (mask[i:i + 1].cumsum(-1) - 1).clamp(min=0)
+                logits = lm(inputs_embeds=emb, attention_mask=mask[i:i + 1], position_ids=pos).logits[0, :-1]
+                out.append(torch.log_softmax(logits, -1).gather(1, ids[i, 1:, None])[:, 0])
+        return torch.stack(out).view(m, g, -1)
+
+    with torch.no_grad():
+        ref_old = full_token_logps(mu_old)
+    ref_new = full_token_logps(mu_new)
+    per, _ = clipped_terms(ref_new, ref_old, adv[..., None], 0.2, 0.28)
+    tmask = mask[:, None, 1:].expand_as(per).float()
+    ref_loss = (per * tmask).sum() / tmask.sum()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-4, abs=1e-6)
+    gl, = torch.autograd.grad(loss, mu_new)
+    gr, = torch.autograd.grad(ref_loss, mu_new)
+    torch.testing.assert_close(gl, gr, rtol=1e-3, atol=1e-6)
