@@ -37,8 +37,13 @@ class DataConfig:
     tail_threshold: int = 20  # items with training popularity < this are "tail"
     short_user_threshold: int = 10  # users with < this many interactions are "short"
     cache_dir: str = "~/.cache/reaemb_ray"
+    # Co-occurrence over training sequences: 0 counts every pair of positions in a user's sequence (the published
+    # definition); k >= 1 counts only pairs at most k positions apart.
+    cooc_window: int = 0
 
     def validate(self) -> None:
+        if self.cooc_window < 0:
+            raise ConfigError(f"data.cooc_window must be >= 0 (0 = whole sequence), got {self.cooc_window}")
         if self.kcore < 0:
             raise ConfigError(f"data.kcore must be >= 0, got {self.kcore}")
         if self.max_value_chars < 1:

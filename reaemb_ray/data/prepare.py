@@ -1,0 +1,220 @@
+"""Raw dataset -> canonical Parquet under `{output_dir}/prepared/` (docs/ARCHITECTURE.md, "Prepared data").
+
+Ids: users keep the reader's order (file order of first appearance) and become 1..U; items become 1..N in
+order of first appearance when the kept users' sequences are scanned in that order, oldest interaction first
+(for the P5 Beauty copy this reproduces the P5 ids exactly). Users with fewer than 3 interactions are dropped
+(leave-one-out needs train, valid and test); catalogue items that nobody interacted with are dropped. Both
+counts go into summary.json.
+
+Co-occurrence counts pairs of positions inside a user's TRAINING sequence only (valid/test items never enter).
+With `data.cooc_window=0` every pair of positions counts, as in the published code, so items a != b co-occur
+`sum_u n_u(a) * n_u(b)` times (n_u = occurrences in u's training sequence), i.e. the off-diagonal of X^T X for
+the user x item count matrix X; `data.cooc_window=k` counts pairs at most k positions apart.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reaemb_ray.data.prompts import render_attributes
+from reaemb_ray.data.readers import read_raw
+
+log = logging.getLogger(__name__)
+MIN_INTERACTIONS = 3  # train (>= 1) + valid + test
+FILES = ["items.parquet", "interactions.parquet", "splits.parquet", "popularity.parquet", "cooccurrence.parquet",
+         "summary.json"]
+
+
+# ------------------------------------------------------------------------------------------- co-occurrence
+
+
+def cooccurrence(items: np.ndarray, users: np.ndarray, num_items: int, window: int = 0):
+    """Symmetric co-occurrence of `items` (flat, 1..N) grouped by `users` (flat, sorted, same length).
+
+    Returns (item_a, item_b, count) int64 arrays, both directions, a != b, sorted by (a, b).
+    """
+    items, users = np.asarray(items, np.int64), np.asarray(users, np.int64)
+    if window == 0:
+        import scipy.sparse as sp
+
+        # X[u, i] = occurrences of i in u's sequence; (X^T X)[a, b] = number of position pairs holding a and b
+        _, row = np.unique(users, return_inverse=True)
+        x = sp.csr_matrix((np.ones(len(items), np.int64), (row, items)), shape=(row.max(initial=-1) + 1, num_items + 1))
+        c = (x.T @ x).tocoo()
+        keep = c.row != c.col
+        a, b, n = c.row[keep].astype(np.int64), c.col[keep].astype(np.int64), c.data[keep].astype(np.int64)
+    else:
+        parts_a, parts_b = [], []
+        for d in range(1, window + 1):  # pairs (t, t + d) inside one user
+            same = users[:-d] == users[d:]
+            pa_, pb_ = items[:-d][same], items[d:][same]
+            diff = pa_ != pb_
+            parts_a += [pa_[diff], pb_[diff]]
+            parts_b += [pb_[diff], pa_[diff]]
+        code = np.concatenate(parts_a or [np.zeros(0, np.int64)]) * (num_items + 1) + np.concatenate(
+            parts_b or [np.zeros(0, np.int64)])
+        uniq, n = np.unique(code, return_counts=True)
+        a, b, n = uniq // (num_items + 1), uniq % (num_items + 1), n.astype(np.int64)
+    order = np.lexsort((b, a))
+    return a[order], b[order], n[order]
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def prepare(cfg) -> Path:
+    """Read `cfg.data`, write `{cfg.output_dir}/prepared/`, return that folder."""
+    t0 = time.time()
+    d = cfg.data
+    raw, kstats = read_raw(d)
+    t_read = time.time() - t0
+
+    kept = [(u, s) for u, s in raw.sequences.items() if len(s) >= MIN_INTERACTIONS]
+    dropped_users = len(raw.sequences) - len(kept)
+    if not kept:
+        raise ValueError(f"{raw.source}: no user has >= {MIN_INTERACTIONS} interactions after reading (and k-core "
+                         f"{d.kcore}); leave-one-out needs train, valid and test items -- check data.path/data.kcore")
+    item_index: dict[str, int] = {}
+    for _, s in kept:
+        for i in s:
+            if i not in item_index:
+                item_index[i] = len(item_index) + 1
+    num_users, num_items = len(kept), len(item_index)
+
+    lengths = np.array([len(s) for _, s in kept], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat_items = np.fromiter((item_index[i] for _, s in kept for i in s), np.int64, count=int(offsets[-1]))
+    flat_users = np.repeat(np.arange(1, num_users + 1, dtype=np.int64), lengths)
+    positions = np.arange(len(flat_items), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    ts = [t for u, s in kept for t in (raw.timestamps.get(u) or [None] * len(s))]
+
+    out = cfg.out / "prepared"
+    out.mkdir(parents=True, exist_ok=True)
+    raw_ids = list(item_index)
+    attrs = [raw.items[r] for r in raw_ids]
+    texts = [render_attributes(a, d.max_value_chars) for a in attrs]
+    for r, t in zip(raw_ids, texts):
+        if not t:  # readers reject text-less items, so this is a reader bug, not bad input
+            raise ValueError(f"item {r!r} rendered to an empty text; its attributes were {raw.items[r]!r}")
+    pq.write_table(pa.table({
+        "item_id": pa.array(np.arange(1, num_items + 1), pa.int64()),
+        "raw_id": pa.array(raw_ids, pa.string()),
+        "attr_keys": pa.array([[k for k, _ in a] for a in attrs], pa.list_(pa.string())),
+        "attr_values": pa.array([[v for _, v in a] for a in attrs], pa.list_(pa.string())),
+        "text": pa.array(texts, pa.string()),
+    }), out / "items.parquet")
+    pq.write_table(pa.table({"user_id": flat_users, "item_id": flat_items, "position": positions,
+                             "timestamp": pa.array(ts, pa.int64())}), out / "interactions.parquet")
+
+    # leave-one-out: the last item is test, the second last valid, the rest train
+    is_train = positions < np.repeat(lengths - 2, lengths)
+    train_items, train_users = flat_items[is_train], flat_users[is_train]
+    train_offsets = np.concatenate([[0], np.cumsum(lengths - 2)])
+    pq.write_table(pa.table({
+        "user_id": pa.array(np.arange(1, num_users + 1), pa.int64()),
+        "train": pa.ListArray.from_arrays(pa.array(train_offsets, pa.int32()), pa.array(train_items, pa.int64())),
+        "valid": pa.array(flat_items[offsets[1:] - 2], pa.int64()),
+        "test": pa.array(flat_items[offsets[1:] - 1], pa.int64()),
+    }), out / "splits.parquet")
+    popularity = np.bincount(train_items, minlength=num_items + 1)[1:]
+    pq.write_table(pa.table({"item_id": np.arange(1, num_items + 1, dtype=np.int64), "count": popularity}),
+                   out / "popularity.parquet")
+
+    t1 = time.time()
+    a, b, n = cooccurrence(train_items, train_users, num_items, d.cooc_window)
+    t_cooc = time.time() - t1
+    pq.write_table(pa.table({"item_a": a, "item_b": b, "count": n}), out / "cooccurrence.parquet")
+
+    summary = {
+        "name": d.name, "reader": d.reader, "source": raw.source, "path": d.path,
+        "users": num_users, "items": num_items, "interactions": int(len(flat_items)),
+        "train_interactions": int(len(train_items)),
+        "skipped_rows": dict(sorted(raw.skipped.items())),  # bad rows under data.on_bad_row=skip, by reason
+        "dropped": {"users_with_fewer_than_3_interactions": dropped_users,
+                    "items_without_interactions": len(raw.items) - num_items, **kstats},
+        "kcore": d.kcore, "timestamps_known": bool(raw.timestamps),
+        "mean_sequence_length": round(float(lengths.mean()), 3), "max_sequence_length": int(lengths.max()),
+        "density": round(len(flat_items) / (num_users * num_items), 6),
+        "tail_items": int((popularity < d.tail_threshold).sum()), "tail_threshold": d.tail_threshold,
+        "short_users": int((lengths < d.short_user_threshold).sum()), "short_user_threshold": d.short_user_threshold,
+        "cooccurrence": {"window": d.cooc_window, "pairs": int(len(a)), "split": "train",
+                         "items_with_a_cooccurring_item": int(len(np.unique(a)))},
+        "seconds": {"read": round(t_read, 2), "cooccurrence": round(t_cooc, 2), "total": round(time.time() - t0, 2)},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("prepared %s: %d users, %d items, %d interactions in %.1fs -> %s", d.name, num_users, num_items,
+             len(flat_items), time.time() - t0, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class Prepared:
+    path: Path
+    items: pa.Table
+    interactions: pa.Table
+    splits: pa.Table
+    summary: dict
+    num_items: int
+    num_users: int
+    train_sequences: list[np.ndarray]  # index u - 1 -> item ids, oldest first
+    valid: np.ndarray  # (U,) item id, index u - 1
+    test: np.ndarray  # (U,)
+    popularity: np.ndarray  # (N + 1,) training counts, index = item id, [0] = 0
+    texts: list[str]  # index = item id, [0] = "" (padding)
+    cooc_indptr: np.ndarray = field(repr=False)  # CSR over item_a, rows 0..N
+    cooc_indices: np.ndarray = field(repr=False)
+    cooc_data: np.ndarray = field(repr=False)
+
+    def cooc_counts(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """(co-occurring item ids, counts) for `item`, most frequent first (ties: lower id first)."""
+        lo, hi = self.cooc_indptr[item], self.cooc_indptr[item + 1]
+        ids, counts = self.cooc_indices[lo:hi], self.cooc_data[lo:hi]
+        order = np.lexsort((ids, -counts))
+        return ids[order], counts[order]
+
+    def cooc_matrix(self):
+        """The co-occurrence counts as a scipy CSR matrix of shape (N + 1, N + 1)."""
+        import scipy.sparse as sp
+
+        n = self.num_items + 1
+        return sp.csr_matrix((self.cooc_data, self.cooc_indices, self.cooc_indptr), shape=(n, n))
+
+
+def load_prepared(out_dir: str | Path) -> Prepared:
+    """Load `{out_dir}/prepared/` (or `out_dir` itself when it is the prepared folder)."""
+    p = Path(out_dir).expanduser()
+    if not (p / "summary.json").is_file() and (p / "prepared" / "summary.json").is_file():
+        p = p / "prepared"
+    missing = [f for f in FILES if not (p / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"prepared data in {p} lacks {', '.join(missing)}; run `reaemb prepare --config ...` "
+                                "first (or pass the output_dir it wrote to)")
+    summary = json.loads((p / "summary.json").read_text())
+    items = pq.read_table(p / "items.parquet")
+    splits = pq.read_table(p / "splits.parquet")
+    n = items.num_rows
+    train = splits.column("train").combine_chunks()
+    values, offs = train.values.to_numpy(), train.offsets.to_numpy()
+    pop = pq.read_table(p / "popularity.parquet")
+    popularity = np.zeros(n + 1, np.int64)
+    popularity[pop.column("item_id").to_numpy()] = pop.column("count").to_numpy()
+    co = pq.read_table(p / "cooccurrence.parquet")
+    a, b, c = (co.column(k).to_numpy() for k in ("item_a", "item_b", "count"))
+    return Prepared(
+        path=p, items=items, interactions=pq.read_table(p / "interactions.parquet"), splits=splits, summary=summary,
+        num_items=n, num_users=splits.num_rows,
+        train_sequences=[values[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)],
+        valid=splits.column("valid").to_numpy(), test=splits.column("test").to_numpy(), popularity=popularity,
+        texts=[""] + items.column("text").to_pylist(),
+        cooc_indptr=np.searchsorted(a, np.arange(n + 2)), cooc_indices=b, cooc_data=c,
+    )
