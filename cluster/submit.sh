@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Submit and manage reaemb jobs on a running Ray cluster (see docs/CLUSTER.md).
+#
+#   cluster/submit.sh submit [CONFIG] [key.sub=value ...]   submit `reaemb run`, print the job id
+#   cluster/submit.sh status JOB_ID                          PENDING / RUNNING / SUCCEEDED / FAILED / STOPPED
+#   cluster/submit.sh logs JOB_ID                            follow the driver log
+#   cluster/submit.sh stop JOB_ID                            stop the job (actors are torn down with it)
+#   cluster/submit.sh list                                   every job on the cluster
+#
+# RAY_ADDRESS is the dashboard URL: after `ray dashboard cluster/aws.yaml` or
+# `kubectl port-forward svc/reaemb-head-svc 8265:8265` it is http://127.0.0.1:8265 (the default here).
+# Ray 2.60 clusters use token authentication: export RAY_AUTH_TOKEN=$(ray exec cluster/aws.yaml "ray get-auth-token")
+# (or copy ~/.ray/auth_token from the head) before submitting.
+set -euo pipefail
+export RAY_ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"
+cd "$(dirname "$0")/.."  # the repository root is the job's working dir
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  submit)
+    config="${1:-configs/paper_gpu.yaml}"; shift || true
+    # --working-dir uploads this tree (minus .gitignore'd outputs); the job runs inside it on the head.
+    # --runtime-env-json adds what the workers need beyond the working dir.
+    ray job submit --no-wait \
+      --working-dir . \
+      --runtime-env-json '{"excludes": ["outputs/", "*.gguf", "*.safetensors", ".git/"], "env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning", "TOKENIZERS_PARALLELISM": "false"}}' \
+      --submission-id "reaemb-$(date +%Y%m%d-%H%M%S)" \
+      -- reaemb run --config "$config" "$@"
+    ;;
+  status) ray job status "$1" ;;
+  logs)   ray job logs --follow "$1" ;;
+  stop)   ray job stop "$1" ;;
+  list)   ray job list ;;
+  *)
+    sed -n '2,13p' "$0"
+    exit 2
+    ;;
+esac
