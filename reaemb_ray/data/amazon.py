@@ -32,7 +32,8 @@ def _joined_tsv(folder: Path, name: str) -> Path:
         return found[0]
     raise FileNotFoundError(
         f"p5_amazon: expected one *_items_joined.tsv (columns p5_item_id, asin, title, brand-then-categories) in "
-        f"{folder}, found {[f.name for f in found] or 'none'}; set data.name to pick one or add the file"
+        f"{folder}, found {[f.name for f in found] or 'none'}; point data.path at the P5 folder that has it, and if several are "
+        "there set data.name to pick one"
     )
 
 
@@ -108,7 +109,8 @@ def _pick(files: list[Path], name: str, what: str, folder: Path) -> Path:
         return named[0]
     raise FileNotFoundError(
         f"amazon_json: need exactly one {what} file (*.json, *.json.gz, *.jsonl, *.jsonl.gz) in {folder}, found "
-        f"{[f.name for f in files] or 'none'}; keep one, or set data.name to a string only the right one contains"
+        f"{[f.name for f in files] or 'none'}; point data.path at the folder with the review file and its meta_* file, "
+        "and if several are there set data.name to a string only the right one contains"
     )
 
 

@@ -1,0 +1,186 @@
+"""Every reader on small hand-written files, and every kind of bad input under both policies."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from raw_fixture_files import BAD_LINES, FIXTURES, GENRES, write_dataset
+
+from reaemb_ray.data.raw import kcore
+from reaemb_ray.data.readers import READERS, read_folder
+
+ALL = sorted(FIXTURES)
+
+
+def test_registry_has_every_configured_reader():
+    assert set(READERS) == {"p5_amazon", "movielens", "movielens_1m", "amazon_json", "yelp", "recbole_atomic"}
+    with pytest.raises(ValueError, match="known readers"):
+        read_folder("nope", ".")
+
+
+def test_p5_amazon_brand_detection_and_ids(dataset):
+    raw = read_folder("p5_amazon", dataset("p5_amazon"))
+    assert raw.items == {
+        "A1": [("title", "Nail red"), ("brand", "BrandX"), ("categories", "Makeup, Nails")],
+        "A2": [("title", "Face cream"), ("categories", "Makeup, Face")],  # Makeup is a category, not a brand
+        "A3": [("title", "Lotion"), ("brand", "BrandY"), ("categories", "Skin Care")],
+        "A4": [("categories", "Makeup")],
+    }
+    assert raw.sequences == {"U1": ["A1", "A2", "A3"], "U2": ["A2", "A3", "A4", "A1"]}
+    assert raw.timestamps == {}
+
+
+def test_movielens_sorts_by_time_stably_and_splits_title_year(dataset):
+    raw = read_folder("movielens", dataset("movielens"))
+    assert raw.sequences["7"] == ["2", "3", "1"] and raw.timestamps["7"] == [100, 100, 300]
+    assert raw.sequences["8"] == ["3", "1", "2"]
+    assert raw.items["1"] == [("title", "Toy Story"), ("year", "1995"), ("genres", "Animation, Comedy")]
+
+
+def test_movielens_parquet_is_preferred_and_agrees(dataset, tmp_path):
+    folder = dataset("movielens")
+    rows = [{"movie_id": 1, "movie_title": "Toy Story (1995)", "release_date": "01-Jan-1995",
+             **{g: int(g in ("Animation", "Comedy")) for g in GENRES}},
+            {"movie_id": 2, "movie_title": "Héat (1995)", "release_date": "", **{g: int(g == "Action") for g in GENRES}},
+            {"movie_id": 3, "movie_title": "Fargo (1996)", "release_date": "", **{g: int(g in ("Crime", "Drama")) for g in GENRES}}]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "MovieLens100k_items.parquet.brotli")
+    data = [tuple(map(int, line.split("\t"))) for line in FIXTURES["movielens"]["u.data"].split("\n") if line]
+    pq.write_table(pa.table({"user_id": [d[0] for d in data], "movie_id": [d[1] for d in data],
+                             "rating": [d[2] for d in data], "timestamp": [d[3] for d in data]}),
+                   folder / "MovieLens100k_data.parquet.brotli")
+    from_parquet = read_folder("movielens", folder)
+    assert from_parquet.items["2"][0] == ("title", "Héat")  # the parquet copy keeps non-ASCII titles
+    assert from_parquet.sequences == read_folder("movielens", dataset("movielens")).sequences
+
+
+def test_movielens_1m_dat(dataset):
+    raw = read_folder("movielens_1m", dataset("movielens_1m"))
+    assert raw.sequences == {"1": ["1", "2", "3"], "2": ["1", "2", "3"]}
+    assert raw.items["3"] == [("title", "Fargo"), ("year", "1996"), ("genres", "Crime, Drama")]
+
+
+def test_amazon_json_2014_literals(dataset):
+    raw = read_folder("amazon_json", dataset("amazon_json"))
+    assert raw.sequences == {"U1": ["A1", "A2", "A3"]}
+    assert raw.items["A1"] == [("title", "Red polish"), ("brand", "OPI"),
+                               ("categories", "Beauty, Makeup, Nails, Gifts"), ("price", "$5.50")]
+    assert raw.items["A3"] == [("title", "Brush"), ("description", "A soft; round brush")]
+
+
+def test_amazon_json_2023_gz_parent_asin_and_ms(tmp_path):
+    meta = "".join(json.dumps(m) + "\n" for m in [
+        {"parent_asin": "P1", "title": "Serum", "store": "Acme", "categories": [], "price": None,
+         "description": ["Light", "serum"]},
+        {"parent_asin": "P2", "title": "Mask", "details": {"Brand": "Zed"}, "price": 9.0}])
+    reviews = "".join(json.dumps(r) + "\n" for r in [
+        {"user_id": "u", "asin": "x1", "parent_asin": "P2", "timestamp": 2000},
+        {"user_id": "u", "asin": "x2", "parent_asin": "P1", "timestamp": 1000}])
+    folder = write_dataset(tmp_path / "a23", {"meta_All_Beauty.jsonl.gz": meta, "All_Beauty.jsonl.gz": reviews})
+    raw = read_folder("amazon_json", folder)
+    assert raw.sequences == {"u": ["P1", "P2"]} and raw.timestamps == {"u": [1, 2]}
+    assert raw.items["P1"] == [("title", "Serum"), ("brand", "Acme"), ("description", "Light, serum")]
+    assert raw.items["P2"] == [("title", "Mask"), ("brand", "Zed"), ("price", "$9.00")]
+
+
+def test_amazon_json_2018_category_and_price_text(tmp_path):
+    meta = json.dumps({"asin": "B1", "title": "Gel", "brand": "Q", "category": ["Beauty", "Hair"], "price": "$3.99"})
+    rev = "".join(json.dumps({"reviewerID": "r", "asin": "B1", "unixReviewTime": t}) + "\n" for t in (1, 2, 3))
+    raw = read_folder("amazon_json", write_dataset(tmp_path / "a18", {"meta_Beauty.json": meta + "\n",
+                                                                      "Beauty_5.json": rev}))
+    assert raw.items["B1"] == [("title", "Gel"), ("brand", "Q"), ("categories", "Beauty, Hair"), ("price", "$3.99")]
+    assert raw.sequences == {"r": ["B1", "B1", "B1"]}
+
+
+def test_amazon_json_ambiguous_files_are_named(dataset):
+    folder = dataset("amazon_json")
+    (folder / "other_reviews.json").write_text("")
+    with pytest.raises(FileNotFoundError, match="other_reviews.json"):
+        read_folder("amazon_json", folder)
+
+
+def test_yelp(dataset):
+    raw = read_folder("yelp", dataset("yelp"))
+    assert raw.sequences == {"u1": ["b1", "b2", "b3"]}
+    assert raw.items["b1"] == [("name", "Cafe"), ("categories", "Food, Coffee"), ("city", "Reno"), ("state", "NV")]
+    assert raw.timestamps["u1"][0] == 1556704800  # 2019-05-01 10:00:00 UTC
+
+
+def test_recbole_atomic_generic_keys(dataset):
+    raw = read_folder("recbole_atomic", dataset("recbole_atomic"), name="toy")
+    assert raw.sequences == {"u1": ["i2", "i1", "i3"]}
+    assert raw.items["i1"] == [("movie title", "Toy Story"), ("release year", "1995"), ("class", "Animation, Comedy")]
+
+
+def test_movielens_reads_recbole_copy_with_movielens_keys(tmp_path):
+    files = {k.replace("toy", "ml-100k"): v for k, v in FIXTURES["recbole_atomic"].items()}
+    raw = read_folder("movielens", write_dataset(tmp_path / "rb", files), name="ml-100k")
+    assert raw.items["i3"] == [("title", "Fargo"), ("year", "1996"), ("genres", "Crime, Drama")]
+
+
+@pytest.mark.parametrize("reader", ALL)
+def test_missing_file_names_the_file(reader, dataset):
+    folder = dataset(reader)
+    meta_file, inter_file, *_ = BAD_LINES[reader]
+    for name in (meta_file, inter_file):
+        (folder / name).rename(folder / (name + ".moved"))
+        with pytest.raises(FileNotFoundError, match="data.path"):
+            read_folder(reader, folder)
+        (folder / (name + ".moved")).rename(folder / name)
+    assert read_folder(reader, folder).num_interactions > 0
+
+
+CASES = ["item_without_metadata", "duplicate_item", "item_without_text", "malformed_line"]
+
+
+@pytest.mark.parametrize("reader", ALL)
+@pytest.mark.parametrize("case", CASES)
+def test_bad_rows_error_names_file_line_and_fix_or_are_counted(reader, case, dataset):
+    meta_file, inter_file, unknown, dup, textless, malformed = BAD_LINES[reader]
+    target, line = {"item_without_metadata": (inter_file, unknown), "duplicate_item": (meta_file, dup),
+                    "item_without_text": (meta_file, textless), "malformed_line": (inter_file, malformed)}[case]
+    lineno = FIXTURES[reader][target].count("\n") + 1
+    folder = dataset(reader, {target: line})
+    with pytest.raises(ValueError) as e:
+        read_folder(reader, folder, "error", name="toy")
+    msg = str(e.value)
+    assert f"{target}:{lineno}" in msg and case in msg and "Fix:" in msg and "on_bad_row=skip" in msg
+
+    clean = read_folder(reader, dataset(reader), "skip", name="toy")
+    raw = read_folder(reader, folder, "skip", name="toy")
+    assert raw.skipped == {case: 1}
+    assert raw.items == clean.items  # the first copy wins for duplicates; bad items never enter
+    # only p5's appended line brings a new user with one good item besides the unknown one
+    extra = 1 if (reader, case) == ("p5_amazon", "item_without_metadata") else 0
+    assert raw.num_interactions == clean.num_interactions + extra
+
+
+def test_p5_duplicate_user_line(dataset):
+    folder = dataset("p5_amazon", {"sequential_data.txt": "1 4 4 4"})
+    with pytest.raises(ValueError, match=r"sequential_data.txt:3.*duplicate_user"):
+        read_folder("p5_amazon", folder)
+    raw = read_folder("p5_amazon", folder, "skip")
+    assert raw.skipped == {"duplicate_user": 1} and raw.sequences["U1"] == ["A1", "A2", "A3"]
+
+
+def test_gzip_input(tmp_path):
+    files = {k + ".gz": v for k, v in FIXTURES["amazon_json"].items()}
+    raw = read_folder("amazon_json", write_dataset(tmp_path / "gz", files))
+    assert raw.sequences == {"U1": ["A1", "A2", "A3"]}
+    with gzip.open(tmp_path / "gz" / "meta_Beauty.json.gz", "rt") as f:
+        assert f.readline().startswith("{'asin'")
+
+
+def test_kcore_reference():
+    from reaemb_ray.data.raw import RawDataset
+
+    seqs = {"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["a", "d"], "u4": ["c"]}
+    raw = RawDataset(items={}, sequences=seqs, timestamps={"u1": [1, 2, 3], "u2": [1, 2], "u3": [1, 2], "u4": [5]})
+    out, stats = kcore(raw, 2)
+    # d (1 interaction) and u4 go; then c has 1 -> goes; u3 = [a] -> goes; a now 2, b 2; u1 [a, b], u2 [a, b]
+    assert out.sequences == {"u1": ["a", "b"], "u2": ["a", "b"]}
+    assert out.timestamps == {"u1": [1, 2], "u2": [1, 2]}
+    assert stats == {"kcore_removed_users": 2, "kcore_removed_items": 2, "kcore_removed_interactions": 4}  # 8 -> 4
+    assert kcore(raw, 0)[0] is raw
