@@ -1,0 +1,198 @@
+"""Tokenisation and the two-pass latent-thought forward, naive and with prefix reuse.
+
+Layout: prompts are left padded so `<|Thought|>` sits at t = L-2 and EOS at L-1 in every row; positions are
+`(mask.cumsum(-1) - 1).clamp(min=0)` so padding does not shift them.
+
+Why prefix reuse is exact: in a causal LM the hidden states and keys/values of positions [0, t) depend only
+on the tokens [0, t), which are the same in pass 1 and pass 2 (only position t changes). The attention
+module reads exactly those positions (query t-1, keys [0, t)). So pass 2 = (prefix, computed once) + the
+last two positions run on the prefix's key/value cache; the pooled mean combines both parts.
+With LoRA training, that one prefix pass runs with gradients (it *is* pass 2's prefix); the attention
+module sees its detached output, which equals pass 1's no-grad hidden states (same model, same tokens).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from reaemb_ray.model.backbone import THOUGHT_TOKEN
+
+_SENTINEL = "@@ATTRIBUTES@@"
+
+
+def decoder_of(lm):
+    """The inner decoder (no LM head) of a causal LM, through a peft wrapper when present."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return base.get_decoder()
+
+
+@lru_cache(maxsize=8)
+def _tail_len(tokenizer) -> int:
+    """Tokens after the attribute text (chat-template closing + `<|Thought|>` + EOS): never truncated."""
+    tail = THOUGHT_TOKEN + tokenizer.eos_token
+    if tokenizer.chat_template:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
+                                                 add_generation_prompt=True)
+        tail = rendered.split(_SENTINEL)[-1] + tail
+    return len(tokenizer(tail, add_special_tokens=False)["input_ids"])
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Left-padded batch with `<|Thought|>` at L-2 and EOS at L-1.
+
+    Over-long prompts lose the end of the attribute text: the head (system prompt, first attributes such as
+    the title) and the tail (template closing, thought, EOS) are kept.
+    """
+    if not prompts:
+        raise ValueError("tokenize_prompts got an empty list of prompts")
+    thought_id = tokenizer.convert_tokens_to_ids(THOUGHT_TOKEN)
+    eos_id = tokenizer.eos_token_id
+    if thought_id is None or thought_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {THOUGHT_TOKEN} token; load it with reaemb_ray.model.backbone.load_backbone")
+    tail = min(_tail_len(tokenizer), max_length // 2)
+    rows = []
+    for i, ids in enumerate(tokenizer(list(prompts), add_special_tokens=False)["input_ids"]):
+        if len(ids) < 3 or ids[-2] != thought_id or ids[-1] != eos_id:
+            raise ValueError(
+                f"prompt {i} must end with {THOUGHT_TOKEN} followed by the EOS token {tokenizer.eos_token!r} "
+                f"(got ...{prompts[i][-60:]!r}); build prompts with reaemb_ray.data.prompts.item_prompt")
+        if len(ids) > max_length:
+            ids = ids[: max_length - tail] + ids[-tail:]
+        rows.append(ids)
+    L = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), L), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, L - len(ids):] = torch.tensor(ids)
+        attention_mask[i, L - len(ids):] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` (B, L, d) over non-pad tokens, in float32."""
+    m = mask.to(torch.float32)[..., None]
+    return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def _last_hidden(dec, **kw) -> torch.Tensor:
+    return dec(**kw).last_hidden_state
+
+
+def naive_embed(lm, attn, batch: dict, use_thought: bool = True) -> torch.Tensor:
+    """Reference two-pass embedding (B, d): pass 1 without grad -> r -> full pass 2 with r at `<|Thought|>`."""
+    dec = decoder_of(lm)
+    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    if not use_thought:
+        return mean_pool(_last_hidden(dec, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False), mask)
+    t = ids.shape[1] - 2
+    with torch.no_grad():
+        h1 = _last_hidden(dec, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    r = attn(h1, mask, t, pos)
+    emb = lm.get_input_embeddings()(ids)
+    emb = torch.cat([emb[:, :t], r[:, None].to(emb.dtype), emb[:, t + 1:]], dim=1)
+    h2 = _last_hidden(dec, inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False)
+    return mean_pool(h2, mask)
+
+
+def efficient_embed(lm, attn, batch: dict, use_thought: bool = True) -> torch.Tensor:
+    """Same function as `naive_embed` (values and gradients) with one prefix pass + a two-position step."""
+    if not use_thought:
+        return naive_embed(lm, attn, batch, use_thought=False)
+    dec = decoder_of(lm)
+    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    t = ids.shape[1] - 2
+    out = dec(input_ids=ids[:, :t], attention_mask=mask[:, :t], position_ids=pos[:, :t], use_cache=True)
+    h_prefix = out.last_hidden_state  # carries LoRA gradients: it is pass 2's prefix
+    r = attn(h_prefix.detach(), mask[:, :t], t, pos[:, :t])  # pass 1's H: same values, no gradient
+    tail = torch.cat([r[:, None].to(h_prefix.dtype), lm.get_input_embeddings()(ids[:, t + 1:])], dim=1)
+    h_tail = dec(inputs_embeds=tail, attention_mask=mask, position_ids=pos[:, t:],
+                 past_key_values=out.past_key_values, use_cache=True).last_hidden_state
+    m = mask[:, :t].to(torch.float32)[..., None]
+    total = (h_prefix.float() * m).sum(1) + h_tail.float().sum(1)
+    return total / (m.sum(1) + 2.0)
+
+
+@dataclass
+class PromptStates:
+    """Everything a frozen LM computes once per prompt, so many thoughts can be tried cheaply.
+
+    hidden: pass-1 last-layer states of the prefix [0, t) (B, t, d) -- the attention module's input.
+    prefix_kv: per layer (keys, values) of the prefix, for `embed_with_thoughts`.
+    prefix_sum: sum of the prefix states over non-pad tokens (B, d, float32); token_count (B,) counts all
+    non-pad tokens including the thought and EOS; eos_embeds: EOS input embedding (B, 1, d).
+    """
+
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    prefix_sum: torch.Tensor
+    token_count: torch.Tensor
+    eos_embeds: torch.Tensor
+
+    @property
+    def thought_index(self) -> int:
+        return self.attention_mask.shape[1] - 2
+
+    @property
+    def prefix_mask(self) -> torch.Tensor:
+        return self.attention_mask[:, : self.thought_index]
+
+    @property
+    def prefix_positions(self) -> torch.Tensor:
+        return self.position_ids[:, : self.thought_index]
+
+    def latent_thought(self, attn) -> torch.Tensor:
+        """r = attn(H) (B, d); differentiable in the attention module's weights."""
+        return attn(self.hidden, self.prefix_mask, self.thought_index, self.prefix_positions)
+
+
+@torch.no_grad()
+def prompt_states(lm, batch: dict) -> PromptStates:
+    """Pass 1 over the prefix of a frozen LM (no gradients)."""
+    dec = decoder_of(lm)
+    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    t = ids.shape[1] - 2
+    out = dec(input_ids=ids[:, :t], attention_mask=mask[:, :t], position_ids=pos[:, :t], use_cache=True)
+    h = out.last_hidden_state
+    kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    m = mask[:, :t].to(torch.float32)[..., None]
+    return PromptStates(hidden=h, attention_mask=mask, position_ids=pos, prefix_kv=kv,
+                        prefix_sum=(h.float() * m).sum(1), token_count=mask.sum(1).to(torch.float32),
+                        eos_embeds=lm.get_input_embeddings()(ids[:, t + 1:]))
+
+
+def embed_with_thoughts(lm, states: PromptStates, thoughts: torch.Tensor) -> torch.Tensor:
+    """Embeddings (B, G, d) for G thoughts per prompt, reusing the prefix cache (expanded G times)."""
+    from transformers import DynamicCache
+
+    B, G, d = thoughts.shape
+    if B != states.hidden.shape[0]:
+        raise ValueError(f"thoughts have batch size {B} but the prompt states have {states.hidden.shape[0]}")
+    t = states.thought_index
+    cache = DynamicCache(ddp_cache_data=list(states.prefix_kv))
+    cache.batch_repeat_interleave(G)  # new tensors: the stored states stay reusable
+    eos = states.eos_embeds.repeat_interleave(G, dim=0)
+    tail = torch.cat([thoughts.reshape(B * G, 1, d).to(eos.dtype), eos], dim=1)
+    h = decoder_of(lm)(inputs_embeds=tail, attention_mask=states.attention_mask.repeat_interleave(G, dim=0),
+                       position_ids=states.position_ids[:, t:].repeat_interleave(G, dim=0),
+                       past_key_values=cache, use_cache=True).last_hidden_state
+    total = states.prefix_sum.repeat_interleave(G, dim=0) + h.float().sum(1)
+    return (total / states.token_count.repeat_interleave(G, dim=0)[:, None]).view(B, G, d)
+
+
+def naive_embed_with_thoughts(lm, batch: dict, thoughts: torch.Tensor) -> torch.Tensor:
+    """Reference for `embed_with_thoughts`: one full forward per thought."""
+    dec = decoder_of(lm)
+    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    t = ids.shape[1] - 2
+    emb = lm.get_input_embeddings()(ids)
+    outs = []
+    for g in range(thoughts.shape[1]):
+        e = torch.cat([emb[:, :t], thoughts[:, g, None].to(emb.dtype), emb[:, t + 1:]], dim=1)
+        h = _last_hidden(dec, inputs_embeds=e, attention_mask=mask, position_ids=pos, use_cache=False)
+        outs.append(mean_pool(h, mask))
+    return torch.stack(outs, dim=1)

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from reaemb_ray.model import (build_embedder, efficient_embed, embed_with_thoughts, naive_embed,
+                              naive_embed_with_thoughts, prompt_states, tokenize_prompts)
+
+
+def _batch(make_prompt, tok, attrs, max_length=64):
+    return tokenize_prompts(tok, [make_prompt(tok, a) for a in attrs], max_length)
+
+
+def test_tokenize_layout_left_padding_and_positions(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
+    module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    b = _batch(make_prompt, tok, prompts)
+    thought = tok.convert_tokens_to_ids("<|Thought|>")
+    assert (b["input_ids"][:, -2] == thought).all() and (b["input_ids"][:, -1] == tok.eos_token_id).all()
+    lengths = b["attention_mask"].sum(1)
+    assert lengths.min() < b["input_ids"].shape[1]  # the batch really is padded
+    for i, n in enumerate(lengths.tolist()):
+        assert b["attention_mask"][i, -n:].all() and not b["attention_mask"][i, :-n].any()
+        assert b["position_ids"][i, -n:].tolist() == list(range(n))
+
+
+def test_tokenize_truncates_attribute_text_but_keeps_thought_and_eos(tiny_cfg, tiny_cache, make_prompt):
+    _, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    long = "; ".join(f"feature{i} is value {i}" for i in range(200))
+    b = tokenize_prompts(tok, [make_prompt(tok, long)], 40)
+    ids = b["input_ids"][0].tolist()
+    assert len(ids) == 40
+    assert ids[-2] == tok.convert_tokens_to_ids("<|Thought|>") and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids).startswith("<|im_start|>system")  # the head of the prompt survives
+    assert tok.decode(ids).endswith("<|im_end|>\n<|im_start|>assistant\n<|Thought|><|im_end|>")  # and the closing
+
+
+def test_tokenize_rejects_prompt_without_thought(tiny_cfg, tiny_cache):
+    _, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    with pytest.raises(ValueError, match="must end with <\\|Thought\\|>"):
+        tokenize_prompts(tok, ["title is x"], 32)
+
+
+def _embed_and_grads(module, batch, efficient):
+    module.zero_grad()
+    e = module.embed(batch, efficient=efficient)
+    weights = torch.linspace(-1.0, 1.0, e.shape[1])
+    (e * weights).sum().backward()  # an arbitrary scalar that touches every coordinate
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return e.detach(), grads
+
+
+@pytest.mark.parametrize("with_lora", [True, False])
+def test_efficient_matches_naive_values_and_gradients(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts, with_lora):
+    torch.manual_seed(0)
+    module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=with_lora)
+    if with_lora:
+        randomize_lora(module)
+    module.eval()
+    b = _batch(make_prompt, tok, prompts)
+    e_naive, g_naive = _embed_and_grads(module, b, efficient=False)
+    e_eff, g_eff = _embed_and_grads(module, b, efficient=True)
+    torch.testing.assert_close(e_eff, e_naive, atol=1e-5, rtol=1e-5)
+    assert set(g_eff) == set(g_naive)
+    assert any("attn" in n for n in g_eff)
+    assert any("lora" in n for n in g_eff) == with_lora
+    for n in g_naive:
+        scale = g_naive[n].abs().max().clamp(min=1e-6)
+        assert (g_eff[n] - g_naive[n]).abs().max() / scale < 1e-4, n
+
+
+def test_thought_changes_the_embedding(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
+    module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    b = _batch(make_prompt, tok, prompts)
+    with torch.no_grad():
+        base = efficient_embed(module.lm, module.attn, b)
+        module.attn.v_proj.bias.add_(1.0)
+        moved = efficient_embed(module.lm, module.attn, b)
+        no_thought = naive_embed(module.lm, module.attn, b, use_thought=False)
+    assert (moved - base).abs().max() > 1e-3
+    assert (no_thought - base).abs().max() > 1e-3
+
+
+def test_embed_with_thoughts_matches_full_passes(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
+    torch.manual_seed(0)
+    module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    b = _batch(make_prompt, tok, prompts)
+    with torch.no_grad():
+        states = prompt_states(module.lm, b)
+        r = states.latent_thought(module.attn)
+        thoughts = r[:, None] + 0.3 * torch.randn(3, 4, r.shape[1])
+        fast = embed_with_thoughts(module.lm, states, thoughts)
+        slow = naive_embed_with_thoughts(module.lm, b, thoughts)
+        again = embed_with_thoughts(module.lm, states, thoughts)  # the stored cache is not consumed
+        plain = naive_embed(module.lm, module.attn, b)
+    assert fast.shape == (3, 4, tiny_cfg_hidden(module))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, fast)
+    assert (fast[:, 0] - fast[:, 1]).abs().max() > 1e-4  # different thoughts, different embeddings
+    # the noise-free thought through the cache equals the two-pass embedding
+    torch.testing.assert_close(embed_with_thoughts(module.lm, states, r[:, None]).squeeze(1), plain,
+                               atol=1e-5, rtol=1e-5)
+
+
+def tiny_cfg_hidden(module):
+    return module.hidden_size
