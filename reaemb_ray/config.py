@@ -110,8 +110,13 @@ class LRCLConfig:
     efficient_forward: bool = True
     checkpoint_every: int = 100
     max_items: int = 0  # train on the first N items only (0 = all), for CPU budgets
+    gradient_clipping: float = 1.0  # 0 disables
+    max_failures: int = 1  # worker-group restarts from the latest checkpoint before the job fails
+    fail_at_step: int = 0  # testing only: rank 0 raises once when reaching this step (0 = never)
 
     def validate(self) -> None:
+        if self.gradient_clipping < 0 or self.max_failures < 0 or self.fail_at_step < 0:
+            raise ConfigError("lrcl.gradient_clipping, lrcl.max_failures and lrcl.fail_at_step must be >= 0")
         for k in ("num_workers", "steps", "batch_size", "micro_batch_size", "checkpoint_every", "cpus_per_worker"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"lrcl.{k} must be >= 1, got {getattr(self, k)}")
@@ -188,8 +193,17 @@ class CRRLConfig:
     rollout_resources: ActorResources = field(default_factory=ActorResources)
     reward_resources: ActorResources = field(default_factory=ActorResources)
     learner_resources: ActorResources = field(default_factory=ActorResources)
+    # "" = {output_dir}/lrcl/final; a generator folder; or "backbone" (raw backbone, fresh attention)
+    init_from: str = ""
+    max_steps: int = 0  # 0 = epochs over the items; > 0 stops after this many learner steps
+    eval_every: int = 5  # learner steps between evaluations of the fixed item set
+    max_restarts: int = 3  # per rollout/reward worker, after which the run fails
 
     def validate(self) -> None:
+        if self.advantage == "anchor" and not self.anchor:
+            raise ConfigError("crrl.advantage=anchor needs crrl.anchor=true (sample 0 of each group is the baseline)")
+        if self.max_steps < 0 or self.eval_every < 1 or self.max_restarts < 0 or self.eval_items < 0:
+            raise ConfigError("crrl.max_steps, crrl.max_restarts, crrl.eval_items must be >= 0 and crrl.eval_every >= 1")
         for k in ("num_rollout_workers", "num_reward_workers", "group_size", "num_positives", "num_negatives",
                   "updates_per_batch", "epochs", "items_per_batch", "queue_size", "checkpoint_every"):
             if getattr(self, k) < 1:
@@ -228,9 +242,13 @@ class SRSConfig:
     bert_mask_prob: float = 0.2
     seeds: list[int] = field(default_factory=lambda: [42])
     num_threads: int = 0  # torch threads; 0 = torch default
+    # rows x padded width per forward chunk; a batch of `batch_size` users runs as length-sorted chunks
+    # (gradient accumulation, one optimiser step per batch), so long-tailed lengths do not pad everything
+    chunk_tokens: int = 16384
 
     def validate(self) -> None:
-        for k in ("hidden", "layers", "heads", "max_len", "batch_size", "epochs", "patience", "adapter_hidden"):
+        for k in ("hidden", "layers", "heads", "max_len", "batch_size", "epochs", "patience", "adapter_hidden",
+                  "chunk_tokens"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"srs.{k} must be >= 1, got {getattr(self, k)}")
         if self.hidden % self.heads:
@@ -239,6 +257,12 @@ class SRSConfig:
             raise ConfigError(f"srs.dropout must be in [0, 1), got {self.dropout}")
         if not self.backbones or not self.seeds:
             raise ConfigError("srs.backbones and srs.seeds must not be empty")
+        if self.align_alpha < 0 or self.align_tau <= 0:
+            raise ConfigError("srs.align_alpha must be >= 0 and srs.align_tau > 0")
+        if not 0.0 < self.bert_mask_prob < 1.0:
+            raise ConfigError(f"srs.bert_mask_prob must be in (0, 1), got {self.bert_mask_prob}")
+        if self.pca_dim < 0 or self.num_threads < 0:
+            raise ConfigError("srs.pca_dim and srs.num_threads must be >= 0")
 
 
 @dataclass
@@ -249,6 +273,9 @@ class EvalConfig:
     )
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     num_sampled_negatives: int = 100
+    # full ranking removes the items already in the user's input sequence (S3Rec/CL4SRec convention, which
+    # the commonly cited Beauty numbers use); false ranks against every item
+    exclude_history: bool = True
 
     def validate(self) -> None:
         if not self.methods:

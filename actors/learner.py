@@ -1,0 +1,39 @@
+"""Learner actor: a thin Ray shell over `reaemb_ray.rl.learner.Learner` (DeepSpeed over the attention module)."""
+from __future__ import annotations
+
+import time
+
+import ray
+
+from reaemb_ray import metrics
+from reaemb_ray.rl.learner import Learner
+
+
+@ray.remote
+class LearnerActor:
+    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", port: int = 29611):
+        self.core = Learner(base_dir, crrl, total_steps, dtype, port)
+
+    @ray.method(num_returns=2)
+    def step(self, batch: dict, rewards):
+        """One learner step on a rollout batch -> (metrics, new weights); weights stay in the object store."""
+        out = self.core.step(batch, rewards)
+        t0 = time.perf_counter()
+        weights = self.core.state_dict()
+        out["publish_seconds"] = time.perf_counter() - t0
+        metrics.get("reaemb_learner_samples_total").inc(out["samples"])
+        metrics.get("reaemb_learner_step_seconds").observe(out["seconds"])
+        metrics.get("reaemb_weight_version").set(out["version"])
+        return out, weights
+
+    def weights(self) -> dict:
+        return self.core.state_dict()
+
+    def version(self) -> int:
+        return self.core.version
+
+    def save(self, ckpt_dir: str, client_state: dict) -> None:
+        self.core.save(ckpt_dir, client_state)
+
+    def load(self, ckpt_dir: str) -> dict:
+        return self.core.load(ckpt_dir)

@@ -1,0 +1,37 @@
+"""RolloutWorker: a thin Ray shell over `reaemb_ray.rl.rollout.Rollout` (engine: torch | naive | vllm)."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+from actors.weight_sync import fetch
+from reaemb_ray import metrics
+from reaemb_ray.rl.engines import make_engine  # noqa: F401  (re-exported for benchmarks)
+from reaemb_ray.rl.rollout import Rollout
+
+
+@ray.remote
+class RolloutWorker:
+    def __init__(self, worker_id: int, base_dir: str, texts: dict, engine: str, group_size: int, sigma: float,
+                 anchor: bool, item_noun: str, max_length: int, dtype: str = "float32"):
+        import torch
+
+        torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
+        self.tags = {"worker": str(worker_id), "engine": engine}
+        self.core = Rollout(base_dir, texts, engine, group_size, sigma, anchor, item_noun, max_length, dtype)
+
+    def rollout(self, item_ids, cand_ids: dict, seed: int, weights_box: list, version: int) -> dict:
+        sync = fetch(weights_box, version, self.core.version, self.core.set_weights)
+        out = self.core.rollout(item_ids, cand_ids, seed)
+        out["sync_seconds"] = sync
+        metrics.get("reaemb_rollout_embeddings_total").inc(out["emb"].shape[0] * out["emb"].shape[1], tags=self.tags)
+        metrics.get("reaemb_rollout_batch_seconds").observe(out["seconds"], tags=self.tags)
+        return out
+
+    def noise_free(self, item_ids, weights_box: list, version: int):
+        fetch(weights_box, version, self.core.version, self.core.set_weights)
+        return self.core.noise_free(item_ids)
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,130 @@
+"""The CRRL learner (no Ray): a DeepSpeed engine over the latent-thought attention module.
+
+Per rollout batch: rewards -> advantages -> `updates_per_batch` clipped-objective updates. The behaviour
+log-probs come from the rollout's own mu (the weights that produced the samples), so a stale batch is
+corrected by the ratio. Learning rate: linear warmup then cosine decay, counted in optimizer updates.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from reaemb_ray.rl import advantages as adv_lib
+from reaemb_ray.rl.objectives import gaussian_logprob, gaussian_loss, paper_loss, thought_token_logprob
+from reaemb_ray.rl.policy import load_base
+
+
+def cosine_with_warmup(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def init_single_process_distributed(port: int) -> None:
+    """DeepSpeed wants a process group; one process is a world of one (gloo, CPU)."""
+    import deepspeed
+
+    for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"), ("WORLD_SIZE", "1"),
+                 ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
+        os.environ[k] = v
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
+class Learner:
+    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", port: int = 29611):
+        import deepspeed
+
+        self.cfg = crrl
+        lm, attn, _ = load_base(base_dir, dtype)
+        self.lm = lm if crrl.objective == "paper" else None  # the paper surrogate scores tokens with the LM
+        self.ref = None
+        if crrl.kl_beta:
+            import copy
+            self.ref = copy.deepcopy(attn).eval().requires_grad_(False)
+        attn.train().requires_grad_(True)
+        init_single_process_distributed(port)
+        opt = torch.optim.AdamW(attn.parameters(), lr=crrl.lr, weight_decay=0.0)
+        total_updates = max(1, total_steps * crrl.updates_per_batch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(crrl.warmup_steps, total_updates))
+        ds_cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                  "zero_optimization": {"stage": crrl.zero_stage}, "gradient_clipping": 1.0,
+                  "zero_allow_untested_optimizer": True}
+        self.engine, _, _, self.sched = deepspeed.initialize(model=attn, optimizer=opt, lr_scheduler=sched,
+                                                             config=ds_cfg)
+        self.version = 0
+        self.steps = 0
+
+    # -------------------------------------------------------------------------------------- weights
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Full attention weights as numpy (gathered when ZeRO-3 partitions them)."""
+        module = self.engine.module
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+            with deepspeed.zero.GatheredParameters(list(module.parameters())):
+                return {k: v.detach().float().cpu().numpy().copy() for k, v in module.state_dict().items()}
+        return {k: v.detach().float().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+    # ----------------------------------------------------------------------------------------- step
+
+    def _mu(self, hidden, mask, pos):
+        t = mask.shape[1] - 2
+        return self.engine(hidden, mask[:, :t], t, pos[:, :t]).float()
+
+    def step(self, batch: dict, rewards: np.ndarray) -> dict:
+        t0 = time.perf_counter()
+        c = self.cfg
+        hidden = torch.as_tensor(batch["hidden"])
+        mask = torch.as_tensor(batch["attention_mask"])
+        pos = torch.as_tensor(batch["position_ids"])
+        actions = torch.as_tensor(batch["actions"])
+        mu_b = torch.as_tensor(batch["mu"])
+        adv = torch.as_tensor(adv_lib.compute(c.advantage, rewards))
+        with torch.no_grad():
+            mu_ref = None if self.ref is None else self.ref(hidden, mask[:, :-2], mask.shape[1] - 2, pos[:, :-2]).float()
+            if c.objective == "gaussian":
+                logp_old = gaussian_logprob(actions, mu_b, c.sigma)  # behaviour policy: staleness-corrected
+            else:
+                ids = torch.as_tensor(batch["input_ids"])
+                eps = actions - mu_b[:, None]
+                logp_old = thought_token_logprob(self.lm, ids, mask, actions)
+                logp_ref = None if mu_ref is None else thought_token_logprob(self.lm, ids, mask, mu_ref[:, None] + eps)
+                n_targets = mask[:, 1:].sum(1)
+        losses, clips = [], []
+        for _ in range(c.updates_per_batch):
+            mu = self._mu(hidden, mask, pos)
+            if c.objective == "gaussian":
+                loss, clip = gaussian_loss(actions, mu, logp_old, adv, c.sigma, c.clip_low, c.clip_high,
+                                           c.kl_beta, mu_ref)
+            else:
+                new = thought_token_logprob(self.lm, ids, mask, mu[:, None] + eps)
+                loss, clip = paper_loss(new, logp_old, adv, n_targets, c.clip_low, c.clip_high, c.kl_beta, logp_ref)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(float(loss))
+            clips.append(float(clip))
+        self.steps += 1
+        self.version += 1
+        return {"loss": float(np.mean(losses)), "clip_fraction": float(np.mean(clips)),
+                "lr": float(self.sched.get_last_lr()[0]), "version": self.version, "step": self.steps,
+                "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
+                "staleness": self.version - 1 - int(batch["version"]), "samples": int(np.size(rewards)),
+                "seconds": time.perf_counter() - t0}
+
+    # ------------------------------------------------------------------------------------ checkpoint
+
+    def save(self, ckpt_dir: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(ckpt_dir, tag="state",
+                                    client_state=dict(client_state, version=self.version, steps=self.steps))
+
+    def load(self, ckpt_dir: str) -> dict:
+        _, client = self.engine.load_checkpoint(ckpt_dir, tag="state")
+        self.version, self.steps = int(client["version"]), int(client["steps"])
+        return client
