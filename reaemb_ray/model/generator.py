@@ -46,7 +46,8 @@ class ThoughtEmbedder(nn.Module):
         self.lm = lm
         self.use_thought = use_thought
         self.attn = LatentThoughtAttention(hidden_size, rope_base).to(next(lm.parameters()).dtype)
-        self.log_tau = nn.Parameter(torch.tensor(math.log(tau_init), dtype=torch.float32))
+        # shape (1,), not a scalar: DeepSpeed's parameter broadcast cannot handle 0-dim tensors
+        self.log_tau = nn.Parameter(torch.full((1,), math.log(tau_init), dtype=torch.float32))
 
     @property
     def hidden_size(self) -> int:
@@ -57,7 +58,7 @@ class ThoughtEmbedder(nn.Module):
         return hasattr(self.lm, "peft_config")
 
     def tau(self) -> torch.Tensor:
-        return self.log_tau.float().exp().clamp(min=1e-3)
+        return self.log_tau.float().exp().clamp(min=1e-3).squeeze(0)
 
     def embed(self, batch: dict, efficient: bool = True) -> torch.Tensor:
         fn = efficient_embed if efficient else naive_embed

@@ -1,0 +1,285 @@
+"""`reaemb lrcl`: stage 1 (latent-reasoning contrastive learning) as a Ray Train job with DeepSpeed.
+
+Each Ray Train worker holds the generator (LM + LoRA + thought attention + tau) in a DeepSpeed engine
+(ZeRO `lrcl.zero_stage`) and trains on its shard of a seeded item stream: two attribute-dropout views per
+item, soft contrastive loss within the micro-batch, gradient accumulation up to `lrcl.batch_size` items per
+optimiser step, linear warmup then cosine decay.
+
+Checkpoints (every `lrcl.checkpoint_every` steps and at the end) go through `ray.train.report` into
+`{output_dir}/<stage>/ray/train/step_NNNNNN/`: `generator/` (HF/peft format), `deepspeed/` (optimizer and
+scheduler state, one ZeRO partition per rank) and `data_state.json` (step, epoch, items seen, sampler
+seed). The data position is a pure function of the step, so a resumed run sees exactly the items the
+uninterrupted run would have seen. The final generator lands in `{output_dir}/<stage>/final/`, where
+<stage> is `lrcl`, or `llmemb` for the no-thought baseline (`model.use_thought=false`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("reaemb.lrcl")
+
+DATA_STATE = "data_state.json"
+
+
+def stage_name(cfg) -> str:
+    return "lrcl" if cfg.model.use_thought else "llmemb"
+
+
+# ------------------------------------------------------------------------------------ pure pieces
+
+
+class ItemStream:
+    """Seeded, epoch-wise shuffled stream of item indices; position p -> item, no state besides the seed.
+
+    Optimiser step s covers stream positions [s * B, (s + 1) * B); within it, micro-batch k of rank r takes a
+    contiguous chunk. That is a DistributedSampler whose position is fully given by (seed, step).
+    """
+
+    def __init__(self, num_items: int, seed: int):
+        if num_items < 2:
+            raise ValueError(f"LRCL needs at least 2 items for in-batch negatives, got {num_items}")
+        self.n, self.seed = num_items, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        return np.array([self._perm(p // self.n)[p % self.n] for p in range(start, start + count)], dtype=np.int64)
+
+    def micro_batch(self, step: int, micro: int, rank: int, world: int, micro_bs: int, batch_size: int) -> np.ndarray:
+        start = step * batch_size + (micro * world + rank) * micro_bs
+        return self.take(start, micro_bs)
+
+    def epoch_at(self, step: int, batch_size: int) -> int:
+        return (step * batch_size) // self.n
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def deepspeed_config(lcfg, model_dtype: str, world: int) -> dict:
+    accum = lcfg.batch_size // (lcfg.micro_batch_size * world)
+    ds = {
+        "train_batch_size": lcfg.batch_size,
+        "train_micro_batch_size_per_gpu": lcfg.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "zero_optimization": {"stage": lcfg.zero_stage},
+        "bf16": {"enabled": model_dtype == "bfloat16"},
+        "fp16": {"enabled": model_dtype == "float16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if lcfg.gradient_clipping:
+        ds["gradient_clipping"] = lcfg.gradient_clipping
+    if lcfg.offload_optimizer:
+        ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        # ZeRO-Offload steps with DeepSpeed's CPU Adam (a C++ op built on first use)
+        ds["optimizer"] = {"type": "AdamW", "params": {"lr": lcfg.lr, "weight_decay": 0.0}}
+    return ds
+
+
+def latest_checkpoint(train_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder (one that has data_state.json)."""
+    if not train_dir.exists():
+        return None
+    done = [p for p in train_dir.glob("step_*") if (p / DATA_STATE).exists()]
+    return max(done, key=lambda p: int(re.sub(r"\D", "", p.name)), default=None)
+
+
+# ------------------------------------------------------------------------------------ the worker
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import deepspeed
+    import ray.train
+    import torch
+    from tqdm import tqdm
+
+    from reaemb_ray.data.prompts import attribute_views, item_prompt
+    from reaemb_ray.losses import soft_contrastive_loss
+    from reaemb_ray.model.backbone import load_backbone
+    from reaemb_ray.model.generator import ThoughtEmbedder
+    from reaemb_ray.model.two_pass import tokenize_prompts
+
+    cfg, texts, stage = config["cfg"], config["texts"], config["stage"]
+    lc, mc = cfg.lrcl, cfg.model
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(lc.cpus_per_worker)
+    torch.manual_seed(cfg.seed)  # identical LoRA/attention init on every rank
+    deepspeed.init_distributed(dist_backend="nccl" if lc.use_gpu else "gloo")
+
+    # DeepSpeed casts the module for bf16/fp16; it keeps fp32 master weights in the optimizer.
+    lm, tok = load_backbone(config["backbone_path"], "float32")
+    module = ThoughtEmbedder(lm, use_thought=mc.use_thought, rope_base=mc.rope_base, tau_init=lc.tau_init,
+                             lora=mc.lora)
+    params = [p for p in module.parameters() if p.requires_grad]
+    ds_cfg = deepspeed_config(lc, mc.dtype, world)
+    opt = None if lc.offload_optimizer else torch.optim.AdamW(params, lr=lc.lr, weight_decay=0.0)
+    # DeepSpeed steps the scheduler at each optimiser step and stores it in its checkpoints
+    make_sched = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, lc.warmup_steps, lc.steps))
+    engine, _, _, sched = deepspeed.initialize(model=module, model_parameters=params, optimizer=opt,
+                                               lr_scheduler=make_sched, config=ds_cfg)
+    accum = ds_cfg["gradient_accumulation_steps"]
+
+    start = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = json.loads((Path(d) / DATA_STATE).read_text())
+            engine.load_checkpoint(str(Path(d) / "deepspeed"), tag=state["tag"], load_module_strict=False,
+                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        start = state["step"]
+        if state["sampler_seed"] != cfg.seed:
+            raise ValueError(f"checkpoint was made with seed {state['sampler_seed']} but seed is {cfg.seed}; "
+                             "resume with the same seed or pass --fresh")
+        if rank == 0:
+            log.warning("resuming from step %d (epoch %d, %d items seen)", start, state["epoch"], state["items_seen"])
+            print(f"resuming from step {start}", flush=True)
+
+    stream = ItemStream(len(texts), cfg.seed)
+    noun = cfg.data.item_noun
+    metrics_path = Path(config["stage_dir"]) / "metrics.jsonl"
+    bar = tqdm(total=lc.steps, initial=start, desc=f"{stage} (rank 0)", disable=rank != 0)
+    for step in range(start, lc.steps):
+        if lc.fail_at_step and step + 1 == lc.fail_at_step and ckpt is None and rank == 0:
+            raise RuntimeError(f"lrcl.fail_at_step={lc.fail_at_step}: simulated worker failure (testing only)")
+        t0 = time.time()
+        engine.train()
+        losses = []
+        for micro in range(accum):
+            idx = stream.micro_batch(step, micro, rank, world, lc.micro_batch_size, lc.batch_size)
+            rng = np.random.default_rng([cfg.seed, step, micro, rank])  # views reproducible on resume
+            views = [attribute_views(texts[i], lc.drop_ratio, rng) for i in idx]
+            prompts = [item_prompt(tok, v[0], noun) for v in views] + [item_prompt(tok, v[1], noun) for v in views]
+            batch = {k: v.to(engine.device) for k, v in tokenize_prompts(tok, prompts, mc.max_length).items()}
+            emb = engine(batch, efficient=lc.efficient_forward)
+            m = len(idx)
+            loss = soft_contrastive_loss(emb[:m], emb[m:], engine.module.tau())
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        done = step + 1
+        loss_t = torch.tensor([float(np.mean(losses))], device=engine.device)
+        torch.distributed.all_reduce(loss_t)
+        metrics = {"step": done, "loss": loss_t.item() / world, "tau": float(engine.module.tau().detach()),
+                   "lr": sched.get_last_lr()[0], "items_per_s": lc.batch_size / (time.time() - t0),
+                   "epoch": stream.epoch_at(done, lc.batch_size)}
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tau=f"{metrics['tau']:.3f}")
+        if rank == 0:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+        if done % lc.checkpoint_every == 0 or done == lc.steps:
+            _report_checkpoint(engine, tok, cfg, config, done, stream, metrics, rank)
+        else:
+            ray.train.report(metrics)
+    bar.close()
+
+
+def _report_checkpoint(engine, tok, cfg, config, step, stream, metrics, rank) -> None:
+    import tempfile
+
+    import ray.train
+    from ray.train import Checkpoint
+
+    from reaemb_ray.model.generator import save_generator
+
+    tag = f"step{step}"
+    with tempfile.TemporaryDirectory() as tmp:
+        # every rank writes its ZeRO partition; frozen base weights are not duplicated into checkpoints
+        engine.save_checkpoint(str(Path(tmp) / "deepspeed"), tag=tag, exclude_frozen_parameters=True)
+        if rank == 0:
+            save_generator(engine.module, tok, Path(tmp) / "generator",
+                           {"backbone": cfg.model.backbone, "backbone_path": config["backbone_path"],
+                            "stage": config["stage"], "step": step})
+            state = {"step": step, "epoch": stream.epoch_at(step, cfg.lrcl.batch_size), "tag": tag,
+                     "items_seen": step * cfg.lrcl.batch_size, "sampler_seed": cfg.seed,
+                     "metrics": metrics}
+            (Path(tmp) / DATA_STATE).write_text(json.dumps(state))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{step:06d}")
+
+
+# ------------------------------------------------------------------------------------ the driver
+
+
+def run_lrcl(cfg, fresh: bool = False) -> Path:
+    """Train (or resume) and return `{output_dir}/<stage>/final`."""
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from reaemb_ray.data.prepare import load_prepared
+    from reaemb_ray.model.backbone import resolve_backbone
+    from reaemb_ray.runtime import init_ray
+
+    stage = stage_name(cfg)
+    stage_dir = cfg.out.resolve() / stage
+    final = stage_dir / "final"
+    if fresh and stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    if (stage_dir / "_DONE.json").exists():
+        log.info("%s already finished (%s); pass --fresh to train again", stage, stage_dir / "_DONE.json")
+        return final
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    texts = load_prepared(cfg.out).texts[1:]  # index 0 is padding
+    if cfg.lrcl.max_items:
+        texts = texts[: cfg.lrcl.max_items]
+    # convert/download the backbone once here, not concurrently in every worker
+    backbone_path = resolve_backbone(cfg.model, cfg.data.cache_dir)
+    init_ray(cfg.ray)
+
+    train_dir = stage_dir / "ray" / "train"
+    resume = latest_checkpoint(train_dir)
+    if resume is not None:
+        log.info("resuming from step %d (%s)", json.loads((resume / DATA_STATE).read_text())["step"], resume)
+    t0 = time.time()
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg, "texts": texts, "stage": stage, "backbone_path": backbone_path,
+                           "stage_dir": str(stage_dir)},
+        scaling_config=ScalingConfig(num_workers=cfg.lrcl.num_workers, use_gpu=cfg.lrcl.use_gpu,
+                                     resources_per_worker={"CPU": cfg.lrcl.cpus_per_worker}),
+        run_config=RunConfig(storage_path=str(stage_dir / "ray"), name="train",
+                             failure_config=FailureConfig(max_failures=cfg.lrcl.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        resume_from_checkpoint=Checkpoint.from_directory(str(resume)) if resume else None,
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"{stage} training failed: {result.error}")
+    last = latest_checkpoint(train_dir)
+    if last is None or json.loads((last / DATA_STATE).read_text())["step"] != cfg.lrcl.steps:
+        raise RuntimeError(f"{stage}: no final checkpoint at step {cfg.lrcl.steps} in {train_dir}")
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(last / "generator", final)
+    state = json.loads((last / DATA_STATE).read_text())
+    (stage_dir / "_DONE.json").write_text(json.dumps(
+        {"stage": stage, "steps": cfg.lrcl.steps, "final": str(final), "seconds": round(time.time() - t0, 1),
+         "last_metrics": state["metrics"], "backbone": cfg.model.backbone}, indent=2))
+    log.info("%s finished: %s (loss %.4f)", stage, final, state["metrics"]["loss"])
+    return final
+
+
+def main(cfg, args) -> None:
+    final = run_lrcl(cfg, fresh=getattr(args, "fresh", False))
+    print(f"reaemb lrcl: generator at {final}")
