@@ -144,8 +144,11 @@ class ExportConfig:
     use_gpu: bool = False
     pca_dim: int = 0  # 0 keeps the full hidden size
     efficient_forward: bool = True
+    shard_size: int = 1024  # items per output shard; a restarted export skips finished shards
 
     def validate(self) -> None:
+        if self.shard_size < 1:
+            raise ConfigError(f"export.shard_size must be >= 1, got {self.shard_size}")
         if self.batch_size < 1 or self.num_actors < 1 or self.pca_dim < 0:
             raise ConfigError("export.batch_size and export.num_actors must be >= 1, export.pca_dim >= 0")
 
