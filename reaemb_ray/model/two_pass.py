@@ -29,14 +29,19 @@ def decoder_of(lm):
 
 
 @lru_cache(maxsize=8)
-def _tail_len(tokenizer) -> int:
-    """Tokens after the attribute text (chat-template closing + `<|Thought|>` + EOS): never truncated."""
+def _template_lengths(tokenizer) -> tuple[int, int]:
+    """(head, tail) token counts around the attribute text: system prompt + user prefix before it, template
+    closing + `<|Thought|>` + EOS after it. Truncation only ever cuts between the two."""
+    from reaemb_ray.data.prompts import SYSTEM_PROMPT, USER_PREFIX
+
     tail = THOUGHT_TOKEN + tokenizer.eos_token
+    head = ""
     if tokenizer.chat_template:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
-                                                 add_generation_prompt=True)
-        tail = rendered.split(_SENTINEL)[-1] + tail
-    return len(tokenizer(tail, add_special_tokens=False)["input_ids"])
+        chat = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": USER_PREFIX + _SENTINEL}]
+        head, after = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True).split(_SENTINEL)
+        tail = after + tail
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+    return count(head), count(tail)
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -51,7 +56,10 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_length: int) -> dict[str
     eos_id = tokenizer.eos_token_id
     if thought_id is None or thought_id == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer has no {THOUGHT_TOKEN} token; load it with reaemb_ray.model.backbone.load_backbone")
-    tail = min(_tail_len(tokenizer), max_length // 2)
+    head, tail = _template_lengths(tokenizer)
+    if max_length < head + tail + 8:
+        raise ValueError(f"model.max_length={max_length} leaves no room for the item text: the prompt template alone "
+                         f"takes {head + tail} tokens with this tokenizer; set model.max_length >= {head + tail + 32}")
     rows = []
     for i, ids in enumerate(tokenizer(list(prompts), add_special_tokens=False)["input_ids"]):
         if len(ids) < 3 or ids[-2] != thought_id or ids[-1] != eos_id:

@@ -23,7 +23,7 @@ def test_save_load_roundtrip_and_merge(tmp_path, tiny_cfg, tiny_cache, prompts, 
     for f in ("adapter_config.json", "adapter_model.safetensors", "thought_attention.safetensors",
               "tokenizer_config.json", "reaemb_meta.json"):
         assert (out / f).exists(), f
-    b = tokenize_prompts(tok, [make_prompt(tok, a) for a in prompts], 64)
+    b = tokenize_prompts(tok, [make_prompt(tok, a) for a in prompts], 128)
     with torch.no_grad():
         want = module.embed(b)
         loaded, tok2 = load_generator(out, expect_backbone="tiny")

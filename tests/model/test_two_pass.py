@@ -5,7 +5,7 @@ from reaemb_ray.model import (build_embedder, efficient_embed, embed_with_though
                               naive_embed_with_thoughts, prompt_states, tokenize_prompts)
 
 
-def _batch(make_prompt, tok, attrs, max_length=64):
+def _batch(make_prompt, tok, attrs, max_length=128):
     return tokenize_prompts(tok, [make_prompt(tok, a) for a in attrs], max_length)
 
 
@@ -24,18 +24,21 @@ def test_tokenize_layout_left_padding_and_positions(tiny_cfg, tiny_cache, make_p
 def test_tokenize_truncates_attribute_text_but_keeps_thought_and_eos(tiny_cfg, tiny_cache, make_prompt):
     _, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
     long = "; ".join(f"feature{i} is value {i}" for i in range(200))
-    b = tokenize_prompts(tok, [make_prompt(tok, long)], 40)
+    b = tokenize_prompts(tok, [make_prompt(tok, long)], 80)
     ids = b["input_ids"][0].tolist()
-    assert len(ids) == 40
+    assert len(ids) == 80
+    assert "feature0 is value 0" in tok.decode(ids)  # the start of the attribute text survives
     assert ids[-2] == tok.convert_tokens_to_ids("<|Thought|>") and ids[-1] == tok.eos_token_id
     assert tok.decode(ids).startswith("<|im_start|>system")  # the head of the prompt survives
     assert tok.decode(ids).endswith("<|im_end|>\n<|im_start|>assistant\n<|Thought|><|im_end|>")  # and the closing
 
 
-def test_tokenize_rejects_prompt_without_thought(tiny_cfg, tiny_cache):
+def test_tokenize_rejects_prompt_without_thought_or_too_short_max_length(tiny_cfg, tiny_cache, make_prompt):
     _, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    with pytest.raises(ValueError, match="model.max_length=32 leaves no room"):
+        tokenize_prompts(tok, [make_prompt(tok, "title is x")], 32)
     with pytest.raises(ValueError, match="must end with <\\|Thought\\|>"):
-        tokenize_prompts(tok, ["title is x"], 32)
+        tokenize_prompts(tok, ["title is x"], 128)
 
 
 def _embed_and_grads(module, batch, efficient):
