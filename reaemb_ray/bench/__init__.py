@@ -1,0 +1,1 @@
+"""Benchmark pieces used by `reaemb bench` (reaemb_ray/stages/bench.py)."""

@@ -1,0 +1,82 @@
+"""Single-process measurements: the machine's matmul peak and the efficient vs naive two-pass forward.
+
+Every comparison runs both sides on the same items, interleaved, in one process, so the ratio is
+meaningful on a noisy machine even when the absolute numbers are not.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+
+def _best_of(fn, repeats: int) -> float:
+    """Median wall seconds of `fn()` over `repeats` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> dict:
+    """Achieved GFLOP/s of an n x n x n matmul: the practical peak the model FLOP/s is compared to."""
+    dt = getattr(torch, dtype)
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    sec = _best_of(lambda: a @ b, repeats)
+    return {"dtype": dtype, "n": n, "seconds": sec, "gflops": 2 * n**3 / sec / 1e9}
+
+
+def count_params(lm) -> int:
+    return sum(p.numel() for p in lm.parameters())
+
+
+def forward_flops(n_params: int, tokens: int) -> float:
+    """Forward FLOPs of a decoder over `tokens` tokens (2 x params per token; attention is small at these
+    lengths and left out, so the achieved FLOP/s is a slight underestimate)."""
+    return 2.0 * n_params * tokens
+
+
+def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: list[str], max_length: int,
+                       micro_batch: int, repeats: int = 2) -> dict:
+    """LRCL training step (two views, contrastive loss, backward) and export (no grad), both paths."""
+    from reaemb_ray.losses import soft_contrastive_loss
+    from reaemb_ray.model.two_pass import tokenize_prompts
+
+    va = tokenize_prompts(tokenizer, prompts_a, max_length)
+    vb = tokenize_prompts(tokenizer, prompts_b, max_length)
+    n = len(prompts_a)
+    params = [p for p in embedder.parameters() if p.requires_grad]
+
+    def train_step(efficient: bool):
+        def run():
+            for i in range(0, n, micro_batch):
+                x = embedder.embed({k: v[i:i + micro_batch] for k, v in va.items()}, efficient=efficient)
+                y = embedder.embed({k: v[i:i + micro_batch] for k, v in vb.items()}, efficient=efficient)
+                soft_contrastive_loss(x, y, embedder.tau()).backward()
+            for p in params:
+                p.grad = None
+        return run
+
+    def export(efficient: bool):
+        def run():
+            with torch.no_grad():
+                for i in range(0, n, micro_batch):
+                    embedder.embed({k: v[i:i + micro_batch] for k, v in va.items()}, efficient=efficient)
+        return run
+
+    embedder.train()
+    t_train = {e: _best_of(train_step(e), repeats) for e in (False, True)}
+    embedder.eval()
+    t_export = {e: _best_of(export(e), repeats) for e in (False, True)}
+    return {
+        "items": n,
+        "seq_len": int(va["input_ids"].shape[1]),
+        "lrcl_train_step": {"naive_items_per_s": n / t_train[False], "efficient_items_per_s": n / t_train[True],
+                            "speedup": t_train[False] / t_train[True]},
+        "export": {"naive_items_per_s": n / t_export[False], "efficient_items_per_s": n / t_export[True],
+                   "speedup": t_export[False] / t_export[True]},
+    }

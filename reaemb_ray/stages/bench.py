@@ -1,0 +1,170 @@
+"""`reaemb bench`: what the system costs, as ratios measured side by side in one run. Prints JSON.
+
+Sections (each with the throughputs behind its ratio):
+  forward        efficient vs naive two-pass forward: LRCL training step and embedding export
+  rollout        rollout engines, embeddings/s: prefix-reuse torch vs naive two-pass vs vLLM
+  flops          achieved model FLOP/s of the rollout engine vs the machine's matmul peak (same dtype)
+  crrl           end-to-end CRRL samples/s with 1 vs 2 rollout workers; share of wall time in weight sync,
+                 learner queue waits and reward scoring
+  memory         peak resident memory (all processes) of each pipeline stage
+
+`--quick` uses the tiny random LLM and small sizes (a few minutes; CI runs it); without it, the configured
+backbone (SmolLM2 by default) and larger sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import random
+import time
+from pathlib import Path
+
+from reaemb_ray.config import Config
+
+log = logging.getLogger("reaemb.bench")
+
+
+def _sizes(quick: bool) -> dict:
+    if quick:
+        return dict(fwd_items=16, micro=8, engine_items=16, engine_batch=8, group=4, crrl_items=32, crrl_batch=8)
+    return dict(fwd_items=32, micro=8, engine_items=32, engine_batch=8, group=8, crrl_items=64, crrl_batch=8)
+
+
+def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
+    from reaemb_ray.stages.run import _with
+
+    changes = {"output_dir": str(out)}
+    if quick:
+        changes.update({"model.backbone": "tiny", "model.max_length": 96})
+    return _with(cfg, **changes)
+
+
+def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
+    import numpy as np
+    import torch
+
+    from reaemb_ray.data.prompts import attribute_views, item_prompt
+    from reaemb_ray.bench.compute import efficient_vs_naive
+    from reaemb_ray.model.generator import build_embedder
+
+    torch.manual_seed(cfg.seed)
+    embedder, tok, _ = build_embedder(cfg.model, cfg.data.cache_dir, with_lora=True)
+    rng = np.random.default_rng(cfg.seed)
+    views = [attribute_views(t, cfg.lrcl.drop_ratio, rng) for t in texts[: sz["fwd_items"]]]
+    a = [item_prompt(tok, v[0], cfg.data.item_noun) for v in views]
+    b = [item_prompt(tok, v[1], cfg.data.item_noun) for v in views]
+    res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"])
+    res["backbone"] = cfg.model.backbone
+    res["threads"] = torch.get_num_threads()
+    return res
+
+
+def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str]) -> tuple[dict, str]:
+    from reaemb_ray.bench.engines import compare_engines
+    from reaemb_ray.rl.policy import prepare_base
+    from reaemb_ray.stages.run import _with
+
+    base = prepare_base(_with(cfg, **{"crrl.init_from": "backbone"}), cfg.out / "bench_base")
+    ids = sorted(texts)[: sz["engine_items"]]
+    res = compare_engines(str(base), {i: texts[i] for i in ids}, ids, engines, sz["group"], cfg.crrl.sigma,
+                          cfg.data.item_noun, cfg.model.max_length, cfg.model.dtype, sz["engine_batch"],
+                          num_cpus=float(cfg.ray.num_cpus or 2))
+    return res, str(base)
+
+
+def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:
+    from reaemb_ray.stages.crrl import run_crrl
+    from reaemb_ray.stages.run import _with
+
+    out = {}
+    for workers in (1, 2):
+        c = _with(cfg, **{"crrl.init_from": base, "crrl.num_rollout_workers": workers, "crrl.num_reward_workers": 1,
+                          "crrl.max_items": sz["crrl_items"], "crrl.items_per_batch": sz["crrl_batch"],
+                          "crrl.group_size": sz["group"], "crrl.eval_items": 0, "crrl.engine": "torch",
+                          "crrl.checkpoint_every": 10_000, "crrl.max_staleness": 1,
+                          "crrl.rollout_resources.num_cpus": 0.5, "crrl.reward_resources.num_cpus": 0.25,
+                          "crrl.learner_resources.num_cpus": 0.25,
+                          "output_dir": str(cfg.out / f"bench_crrl_{workers}")})
+        t = run_crrl(c, fresh=True)
+        samples = t["steps"] * sz["crrl_batch"] * sz["group"]
+        wall = t["wall_s"]
+        out[f"{workers}_rollout_workers"] = {
+            "steps": t["steps"], "samples": samples, "wall_s": wall, "samples_per_s": samples / wall,
+            "share_weight_sync": t["sync_s"] / wall, "share_learner_queue_wait": t["learner_wait_s"] / wall,
+            "share_reward": t["reward_s"] / wall, "share_learner": t["learner_s"] / wall,
+            "rollout_embeddings_per_s": t["embeddings_per_s"]}
+    out["speedup_2_vs_1"] = out["2_rollout_workers"]["samples_per_s"] / out["1_rollout_workers"]["samples_per_s"]
+    return out
+
+
+def bench_memory(cfg: Config) -> dict:
+    """Run each pipeline stage of `cfg` once and record its peak memory (all processes)."""
+    from reaemb_ray.bench.memory import peak_memory
+    from reaemb_ray.stages.run import plan
+
+    res = {}
+    for st in plan(cfg):
+        with peak_memory() as m:
+            st.run(cfg, True)
+        res[st.name] = m
+    return res
+
+
+def run_bench(cfg: Config, quick: bool) -> dict:
+    import torch
+
+    from reaemb_ray.bench.compute import matmul_peak
+    from reaemb_ray.rl.policy import load_item_texts
+    from reaemb_ray.runtime import init_ray
+    from reaemb_ray.stages.run import _call, _with
+
+    sz = _sizes(quick)
+    out_dir = Path(cfg.output_dir).expanduser().resolve() / ("bench-quick" if quick else "bench")
+    bcfg = _bench_cfg(cfg, quick, out_dir)
+    init_ray(bcfg.ray)
+    t0 = time.perf_counter()
+    result: dict = {"quick": quick, "backbone": bcfg.model.backbone, "dtype": bcfg.model.dtype,
+                    "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
+                                "torch": torch.__version__}}
+    _call("prepare", bcfg, False)
+    texts = load_item_texts(bcfg.out / "prepared")
+    order = sorted(texts)
+    random.Random(0).shuffle(order)
+    sample = {i: texts[i] for i in order}
+
+    log.info("bench: matmul peak")
+    result["matmul_peak"] = matmul_peak(bcfg.model.dtype, 1024 if quick else 2048)
+    log.info("bench: efficient vs naive forward")
+    result["forward"] = bench_forward(bcfg, list(sample.values()), sz)
+    log.info("bench: rollout engines")
+    engines = ["torch", "naive", "vllm"]
+    result["rollout"], base = bench_rollout(bcfg, sample, sz, engines)
+    peak = result["matmul_peak"]["gflops"]
+    result["flops"] = {e: {"achieved_gflops": r["useful_gflops"], "peak_gflops": peak,
+                           "fraction_of_peak": r["useful_gflops"] / peak} for e, r in result["rollout"].items()}
+    log.info("bench: CRRL end to end, 1 vs 2 rollout workers")
+    result["crrl"] = bench_crrl(bcfg, sz, base)
+    log.info("bench: peak memory per stage")
+    mem_cfg = _with(bcfg, **{"output_dir": str(out_dir / "pipeline")})
+    result["memory"] = bench_memory(mem_cfg)
+    result["ratios"] = {
+        "lrcl_train_step_efficient_vs_naive": result["forward"]["lrcl_train_step"]["speedup"],
+        "export_efficient_vs_naive": result["forward"]["export"]["speedup"],
+        **{f"rollout_{e}_vs_naive": r["vs_naive"] for e, r in result["rollout"].items() if e != "naive"},
+        "rollout_torch_fraction_of_matmul_peak": result["flops"]["torch"]["fraction_of_peak"],
+        "crrl_2_vs_1_rollout_workers": result["crrl"]["speedup_2_vs_1"],
+    }
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def main(cfg: Config, args: argparse.Namespace) -> None:
+    res = run_bench(cfg, quick=getattr(args, "quick", False))
+    text = json.dumps(res, indent=2, default=float)
+    print(text)
+    dest = Path(args.out) if getattr(args, "out", None) else Path(cfg.output_dir).expanduser() / "bench.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    log.info("bench written to %s", dest)

@@ -1,0 +1,81 @@
+"""`reaemb run`: the stage plan, and the main job end to end on real MovieLens-100k (configs/ci.yaml) with
+skip-on-rerun and fingerprint invalidation, through the real CLI in a subprocess."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reaemb_ray.config import load_config
+from reaemb_ray.stages.run import plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _names(overrides):
+    return [s.name for s in plan(load_config(None, overrides))]
+
+
+def test_plan_follows_the_methods():
+    assert _names(["eval.methods=[id]"]) == ["prepare", "evaluate"]
+    assert _names(["eval.methods=[id,raw_llm]"]) == ["prepare", "export_raw_llm", "evaluate"]
+    assert _names(["eval.methods=[lrcl]"]) == ["prepare", "lrcl", "export_lrcl", "evaluate"]
+    full = _names(["eval.methods=[id,raw_llm,llmemb,lrcl,crrl]", "crrl.reward=mix"])
+    assert full == ["prepare", "srs_pretrain", "llmemb", "lrcl", "crrl", "export_raw_llm", "export_llmemb",
+                    "export_lrcl", "export_crrl", "evaluate"]
+    # the srs reward needs the pretrained ID-SASRec; the co-occurrence reward does not
+    assert "srs_pretrain" not in _names(["eval.methods=[crrl]", "crrl.reward=cooccurrence"])
+    assert "srs_pretrain" in _names(["eval.methods=[crrl]", "crrl.reward=srs"])
+
+
+def test_every_stage_depends_only_on_earlier_stages():
+    stages = plan(load_config(None, ["crrl.reward=mix", "srs.align_alpha=0.01"]))
+    seen = set()
+    for st in stages:
+        assert set(st.deps) <= seen, f"{st.name} depends on a later stage"
+        seen.add(st.name)
+
+
+def _reaemb(*args, cwd):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "reaemb_ray.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end_resumes_and_invalidates(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--config", str(REPO / "configs/ci.yaml"), f"output_dir={out}"]
+    first = _reaemb(*args, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "report:" in first.stdout
+    report = json.loads((out / "eval/report.json").read_text())
+    methods = {r["method"] for r in report}
+    assert methods == {"id", "raw_llm", "lrcl", "crrl"}
+    for m in ("raw_llm", "lrcl", "crrl"):
+        assert (out / f"embeddings/{m}/embeddings.parquet").exists()
+    assert (out / "eval/report.md").exists()
+
+    # a rerun with the same config does nothing
+    again = _reaemb(*args, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "prepare=skipped" in again.stdout and "crrl=skipped" in again.stdout and "evaluate=skipped" in again.stdout
+
+    # a CRRL setting re-runs CRRL, its export and the evaluation, and nothing upstream
+    changed = _reaemb(*args, "crrl.sigma=0.2", cwd=REPO)
+    assert changed.returncode == 0, changed.stderr[-4000:]
+    for s in ("prepare", "lrcl", "export_raw_llm", "export_lrcl"):
+        assert f"{s}=skipped" in changed.stdout
+    for s in ("crrl", "export_crrl", "evaluate"):
+        assert f"{s}=ran" in changed.stdout
+
+
+def test_failing_stage_is_named_and_exit_is_nonzero(tmp_path):
+    # the LRCL backbone does not exist: prepare succeeds, lrcl fails, and the run says which stage
+    res = _reaemb("run", "--config", str(REPO / "configs/ci.yaml"), f"output_dir={tmp_path / 'r'}",
+                  "model.backbone=/no/such/model", "eval.methods=[lrcl]", cwd=REPO)
+    assert res.returncode == 1
+    assert "stage 'lrcl' failed" in res.stderr
+    assert (tmp_path / "r/prepared/items.parquet").exists()  # what was computed is kept
