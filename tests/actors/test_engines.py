@@ -1,0 +1,45 @@
+"""Rollout engines agree with the naive two-pass forward (torch prefix reuse and vLLM)."""
+import pytest
+import torch
+
+from reaemb_ray.config import load_config
+from reaemb_ray.rl.engines import make_engine
+from reaemb_ray.rl.policy import prepare_base
+from reaemb_ray.rl.rollout import Rollout
+from reaemb_ray.rl.synthetic import write_synthetic_prepared
+from reaemb_ray.rl.policy import load_item_texts
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eng")
+    prep = write_synthetic_prepared(d / "prepared", clusters=2, per_cluster=3)
+    cfg = load_config(None, [f"output_dir={d}", "model.backbone=tiny", "crrl.init_from=backbone"])
+    return str(prepare_base(cfg, d / "crrl" / "base")), load_item_texts(prep)
+
+
+def _outputs(base, engine_name):
+    path, texts = base
+    ro = Rollout(path, texts, "naive", 4, 0.5, True, "beauty", 128)
+    batch = ro.tokenize([1, 2, 5, 6])
+    ref_p1 = ro.engine.pass1(batch)
+    mu = ref_p1.latent_thought(ro.attn)
+    thoughts = mu[:, None] + 0.5 * torch.randn(4, 3, mu.shape[1], generator=torch.Generator().manual_seed(0))
+    ref = ro.engine.embed(ref_p1, batch, thoughts)
+    eng = make_engine(engine_name, ro.lm, path, 128)
+    p1 = eng.pass1(batch)
+    return ref_p1, ref, p1, eng.embed(p1, batch, p1.latent_thought(ro.attn)[:, None] + (thoughts - mu[:, None])), ro
+
+
+def test_torch_prefix_reuse_matches_naive(base):
+    ref_p1, ref, p1, out, ro = _outputs(base, "torch")
+    torch.testing.assert_close(p1.hidden, ref_p1.hidden, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.vllm
+def test_vllm_engine_matches_naive(base):
+    ref_p1, ref, p1, out, ro = _outputs(base, "vllm")
+    m = ref_p1.attention_mask[:, :-2].bool()
+    torch.testing.assert_close(p1.hidden[m], ref_p1.hidden[m], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
