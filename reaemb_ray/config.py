@@ -248,6 +248,7 @@ class SRSConfig:
     # rows x padded width per forward chunk; a batch of `batch_size` users runs as length-sorted chunks
     # (gradient accumulation, one optimiser step per batch), so long-tailed lengths do not pad everything
     chunk_tokens: int = 16384
+    max_minutes: float = 0.0  # > 0 stops training (keeping the best state so far) after this wall time
 
     def validate(self) -> None:
         for k in ("hidden", "layers", "heads", "max_len", "batch_size", "epochs", "patience", "adapter_hidden",
@@ -264,8 +265,8 @@ class SRSConfig:
             raise ConfigError("srs.align_alpha must be >= 0 and srs.align_tau > 0")
         if not 0.0 < self.bert_mask_prob < 1.0:
             raise ConfigError(f"srs.bert_mask_prob must be in (0, 1), got {self.bert_mask_prob}")
-        if self.pca_dim < 0 or self.num_threads < 0:
-            raise ConfigError("srs.pca_dim and srs.num_threads must be >= 0")
+        if self.pca_dim < 0 or self.num_threads < 0 or self.max_minutes < 0:
+            raise ConfigError("srs.pca_dim, srs.num_threads and srs.max_minutes must be >= 0")
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""Where a recommender's item vectors come from: learned IDs, or a frozen external table through an adapter.
+
+Every backbone asks its `ItemEncoder` for item vectors, so swapping ID embeddings for LLM embeddings
+changes nothing else. The optional LLMEmb alignment loss pulls adapted LLM vectors towards a pretrained
+ID-SASRec item table.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pca_fit_transform(x: np.ndarray, dim: int) -> np.ndarray:
+    """Project the centred rows of `x` on their top-`dim` principal directions (SVD, deterministic signs)."""
+    xc = x - x.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+    vt = vt[:dim]
+    vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])[:, None]  # sign convention: max |entry| > 0
+    return (xc @ vt.T).astype(np.float32)
+
+
+def load_embedding_table(path: str | Path, num_items: int, pca_dim: int = 0) -> np.ndarray:
+    """Read `embeddings.parquet` (item_id, vector) -> (num_items + 1, d) float32, row = item id, row 0 zeros.
+
+    The table must hold every item 1..num_items exactly once, all vectors the same length, all finite.
+    Tables wider than `pca_dim` (> 0) are reduced by PCA fitted on the table itself.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embedding table {path} does not exist")
+    t = pq.read_table(path)
+    if "item_id" not in t.column_names or "vector" not in t.column_names:
+        raise ValueError(f"{path}: needs columns item_id and vector, found {t.column_names}")
+    ids = t.column("item_id").to_numpy().astype(np.int64)
+    vecs = t.column("vector").to_pylist()
+    dims = {len(v) for v in vecs if v is not None}
+    if None in vecs or len(dims) != 1:
+        raise ValueError(f"{path}: every vector must be present and of one length, found lengths {sorted(dims)}")
+    mat = np.asarray(vecs, dtype=np.float32)
+    if not np.isfinite(mat).all():
+        bad = ids[~np.isfinite(mat).all(1)][:5].tolist()
+        raise ValueError(f"{path}: vectors contain NaN/inf (item ids {bad} ...); re-run the stage that wrote it")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"{path}: duplicate item ids; each item must appear exactly once")
+    missing = np.setdiff1d(np.arange(1, num_items + 1), ids)
+    if len(missing):
+        raise ValueError(
+            f"{path}: {len(missing)} item ids of 1..{num_items} are missing (e.g. {missing[:5].tolist()}); "
+            "the table was exported for another prepared dataset -- re-run export"
+        )
+    extra = ids[(ids < 1) | (ids > num_items)]
+    if len(extra):
+        raise ValueError(f"{path}: item ids outside 1..{num_items} (e.g. {extra[:5].tolist()})")
+    mat = mat[np.argsort(ids)]
+    if pca_dim and mat.shape[1] > pca_dim:
+        mat = pca_fit_transform(mat, pca_dim)
+    return np.concatenate([np.zeros((1, mat.shape[1]), np.float32), mat])
+
+
+class ItemEncoder(nn.Module):
+    """Maps item ids (any shape, 0 = padding) to vectors (..., hidden); padding maps to zeros."""
+
+    num_items: int
+    hidden: int
+
+    def table(self) -> torch.Tensor:
+        """(num_items + 1, hidden): every item's vector, row = id."""
+        return self(torch.arange(self.num_items + 1, device=self.device))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class IDEncoder(ItemEncoder):
+    def __init__(self, num_items: int, hidden: int):
+        super().__init__()
+        self.num_items, self.hidden = num_items, hidden
+        self.emb = nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        nn.init.normal_(self.emb.weight, std=0.02)
+        with torch.no_grad():
+            self.emb.weight[0].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.emb(ids)
+
+    def table(self) -> torch.Tensor:
+        return self.emb.weight
+
+
+class ExternalEncoder(ItemEncoder):
+    """Frozen table (N+1, d) -> Linear(d, adapter_hidden) -> Linear(adapter_hidden, hidden) (METHOD.md)."""
+
+    def __init__(self, table: np.ndarray, hidden: int, adapter_hidden: int = 256):
+        super().__init__()
+        self.num_items, self.hidden = table.shape[0] - 1, hidden
+        self.register_buffer("frozen", torch.as_tensor(table, dtype=torch.float32))
+        self.adapter = nn.Sequential(nn.Linear(table.shape[1], adapter_hidden), nn.Linear(adapter_hidden, hidden))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.adapter(self.frozen[ids])
+        return out * (ids != 0).unsqueeze(-1).to(out.dtype)
+
+
+def build_encoder(num_items: int, hidden: int, table: np.ndarray | None, adapter_hidden: int) -> ItemEncoder:
+    if table is None:
+        return IDEncoder(num_items, hidden)
+    if table.shape[0] != num_items + 1:
+        raise ValueError(f"embedding table has {table.shape[0] - 1} items, the data has {num_items}")
+    return ExternalEncoder(table, hidden, adapter_hidden)
+
+
+def alignment_loss(adapted: torch.Tensor, pretrained: torch.Tensor, tau: float) -> torch.Tensor:
+    """LLMEmb-style alignment: symmetric InfoNCE between adapted vectors and pretrained ID vectors.
+
+    adapted, pretrained: (M, h) rows for the same M distinct items. Row i of each is the positive pair;
+    the other items in the batch are negatives. Cosine similarities divided by `tau`.
+    """
+    if adapted.shape != pretrained.shape:
+        raise ValueError(
+            f"alignment needs equal shapes, got adapted {tuple(adapted.shape)} vs pretrained {tuple(pretrained.shape)}; "
+            "the pretrained ID-SASRec must use the same srs.hidden"
+        )
+    logits = F.normalize(adapted, dim=-1) @ F.normalize(pretrained, dim=-1).T / tau
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -1,0 +1,110 @@
+"""Ranking metrics for leave-one-out evaluation: HR@k and NDCG@k from the target's rank.
+
+Conventions (docs/EVALUATION.md):
+- rank is 0-based and pessimistic: rank = #items scoring higher than the target + #other items tied with it.
+- full ranking: every item 1..N competes; padding (0) never does; with `exclude_history` the items already
+  in the user's input sequence are removed (except the target itself, if the user repeats it), the
+  convention of the S3Rec/CL4SRec code behind the commonly cited Beauty numbers.
+- sampled: the target against `n` negatives drawn uniformly, without repetition, from the items the user
+  never interacted with (seeded), as in the ReaEmb paper.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def pessimistic_rank(scores: torch.Tensor, target_col: torch.Tensor) -> torch.Tensor:
+    """scores (B, C), target_col (B,) column of the target -> (B,) int64 0-based rank, ties counted against."""
+    t = scores.gather(1, target_col[:, None])
+    if torch.isnan(t).any():
+        raise ValueError("NaN scores for the target item; the model diverged (try a lower srs.lr)")
+    return (scores >= t).sum(1) - 1
+
+
+def full_ranks(scores: torch.Tensor, targets: torch.Tensor, history: list[np.ndarray] | None = None) -> torch.Tensor:
+    """Rank of `targets` (B,) among all items given scores (B, N+1); column 0 (padding) is excluded."""
+    scores = scores.clone()
+    target_score = scores.gather(1, targets[:, None])
+    scores[:, 0] = float("-inf")
+    if history is not None:
+        rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(history)]).astype(np.int64)
+        cols = np.concatenate(history).astype(np.int64)
+        scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
+        scores.scatter_(1, targets[:, None], target_score)  # a repeated target still competes
+    return pessimistic_rank(scores, targets)
+
+
+def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Rank of the target among itself + its sampled negatives (B, n): column 0 of the candidate block."""
+    cand = torch.cat([targets[:, None], negatives], 1)
+    return pessimistic_rank(scores.gather(1, cand), torch.zeros(len(cand), dtype=torch.long))
+
+
+def hit_ndcg(ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user HR@k and NDCG@k (one relevant item: NDCG = 1/log2(rank + 2) when rank < k)."""
+    ranks = np.asarray(ranks)
+    hit = (ranks < k).astype(np.float64)
+    return hit, hit / np.log2(ranks + 2.0)
+
+
+def summarize(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
+    out = {}
+    for k in ks:
+        hit, ndcg = hit_ndcg(ranks, k)
+        out[f"HR@{k}"], out[f"NDCG@{k}"] = float(hit.mean()) if len(hit) else float("nan"), \
+            float(ndcg.mean()) if len(ndcg) else float("nan")
+    return out
+
+
+def sample_negatives_per_user(interacted: list[np.ndarray], num_items: int, n: int, seed: int) -> np.ndarray:
+    """(U, n) distinct items per user from 1..N minus the user's items, uniform, reproducible from `seed`."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(interacted), n), dtype=np.int64)
+    for u, items in enumerate(interacted):
+        seen = np.unique(items)
+        if num_items - len(seen) < n:
+            raise ValueError(
+                f"user row {u} interacted with {len(seen)} of {num_items} items, fewer than "
+                f"eval.num_sampled_negatives={n} remain; lower eval.num_sampled_negatives"
+            )
+        picked: list[int] = []
+        while len(picked) < n:
+            draw = rng.integers(1, num_items + 1, size=2 * (n - len(picked)) + 8)
+            draw = draw[~np.isin(draw, seen)]
+            _, first = np.unique(draw, return_index=True)
+            draw = draw[np.sort(first)]  # keep draw order, drop repeats
+            draw = draw[~np.isin(draw, picked)]
+            picked.extend(draw[: n - len(picked)].tolist())
+        out[u] = picked
+    return out
+
+
+def user_groups(test_items: np.ndarray, popularity: np.ndarray, full_lengths: np.ndarray,
+                tail_threshold: int, short_threshold: int) -> dict[str, np.ndarray]:
+    """Boolean masks over users: overall; tail/popular by the test item's training popularity; short/long users."""
+    pop = popularity[test_items]
+    return {
+        "overall": np.ones(len(test_items), dtype=bool),
+        "tail": pop < tail_threshold,
+        "popular": pop >= tail_threshold,
+        "short": full_lengths < short_threshold,
+        "long": full_lengths >= short_threshold,
+    }
+
+
+POPULARITY_BUCKETS = [0, 5, 10, 20, 50, 100, 200]  # lower edges of the test item's training popularity
+
+
+def popularity_bucket_labels() -> list[str]:
+    e = POPULARITY_BUCKETS
+    return [f"{a}-{b - 1}" for a, b in zip(e[:-1], e[1:])] + [f">={e[-1]}"]
+
+
+def ndcg_by_popularity(ranks: np.ndarray, test_items: np.ndarray, popularity: np.ndarray, k: int = 10) -> list[dict]:
+    """NDCG@k per bucket of the test item's training popularity (the long-tail picture)."""
+    bucket = np.searchsorted(POPULARITY_BUCKETS, popularity[test_items], side="right") - 1
+    _, ndcg = hit_ndcg(ranks, k)
+    return [{"bucket": label, "n_users": int((bucket == b).sum()),
+             "value": float(ndcg[bucket == b].mean()) if (bucket == b).any() else float("nan")}
+            for b, label in enumerate(popularity_bucket_labels())]

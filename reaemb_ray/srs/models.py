@@ -1,0 +1,274 @@
+"""SASRec, GRU4Rec and Bert4Rec behind one RecBole-like interface.
+
+Conventions: item ids 1..N, 0 is padding. `forward` accepts left- or right-padded (B, L) sequences and
+right-aligns them internally (positions then count from the first item, so the batch width never changes a
+row's result). All item vectors come from an `ItemEncoder`, so ID and LLM embeddings share everything else.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reaemb_ray.srs.encoders import ItemEncoder, alignment_loss
+
+
+def right_align(seq: torch.Tensor) -> torch.Tensor:
+    """Move each row's non-zero ids to the front, keeping their order (left padding -> right padding)."""
+    order = torch.sort((seq == 0).to(torch.int8), dim=1, stable=True).indices
+    return seq.gather(1, order)
+
+
+def keep_last(seq: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Right-aligned (B, L) -> (B, <= max_len) keeping each row's last `max_len` items."""
+    if seq.size(1) <= max_len:
+        return seq
+    lengths = (seq != 0).sum(1, keepdim=True)
+    idx = (lengths - max_len).clamp(min=0) + torch.arange(max_len, device=seq.device)
+    return seq.gather(1, idx.clamp(max=seq.size(1) - 1)) * (torch.arange(max_len, device=seq.device) < lengths)
+
+
+def sample_negatives(pos: np.ndarray, num_items: int, rng: np.random.Generator) -> np.ndarray:
+    """One uniform negative in 1..N per positive (0 where pos is padding), never equal to that positive."""
+    neg = rng.integers(1, num_items + 1, size=pos.shape)
+    clash = neg == pos
+    while clash.any():  # a handful of redraws at most
+        neg[clash] = rng.integers(1, num_items + 1, size=int(clash.sum()))
+        clash = neg == pos
+    return neg * (pos != 0)
+
+
+class SequentialRecommender(nn.Module):
+    """Base class: user representation from a sequence, dot-product scores against the item table."""
+
+    def __init__(self, encoder: ItemEncoder, hidden: int, max_len: int):
+        super().__init__()
+        self.encoder, self.hidden, self.max_len = encoder, hidden, max_len
+        self.num_items = encoder.num_items
+        self.align_alpha, self.align_tau = 0.0, 1.0
+        self.register_buffer("align_table", None, persistent=False)
+
+    def set_alignment(self, table: np.ndarray, alpha: float, tau: float) -> None:
+        """Add alpha * alignment_loss(adapted item vectors, pretrained ID-SASRec rows) to the training loss."""
+        if table.shape != (self.num_items + 1, self.hidden):
+            raise ValueError(
+                f"pretrained ID-SASRec item table is {table.shape}, expected {(self.num_items + 1, self.hidden)}; "
+                "re-run the pretrain step with the same data and srs.hidden"
+            )
+        self.align_table = torch.as_tensor(table, dtype=torch.float32)
+        self.align_alpha, self.align_tau = alpha, tau
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.encoder.table()
+
+    def full_scores(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, N+1) scores of every item (column 0 is padding; the metrics exclude it)."""
+        return self.forward(seq) @ self.item_embeddings().T
+
+    def make_train_batch(self, seqs: list[np.ndarray], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean training loss over the batch's prediction targets."""
+        raise NotImplementedError
+
+    def num_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many predictions `calculate_loss` averages over (to weight chunks of one batch)."""
+        raise NotImplementedError
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.calculate_loss(batch)
+        if self.align_alpha > 0:
+            ids = torch.unique(torch.cat([v.flatten() for v in batch.values()]))
+            ids = ids[(ids > 0) & (ids <= self.num_items)]
+            loss = loss + self.align_alpha * alignment_loss(self.encoder(ids), self.align_table[ids], self.align_tau)
+        return loss
+
+
+# ------------------------------------------------------------------------------------------ next-item models
+
+
+class NextItemModel(SequentialRecommender):
+    """SASRec/GRU4Rec: per-position hidden states; BCE with one sampled negative per position."""
+
+    min_train_len = 2  # a training sequence needs an input item and a next item
+
+    def sequence_output(self, seq: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        seq = keep_last(right_align(seq), self.max_len)
+        out = self.sequence_output(seq)
+        last = ((seq != 0).sum(1) - 1).clamp(min=0)
+        return out[torch.arange(len(seq)), last]
+
+    def make_train_batch(self, seqs, rng):
+        # input = train[:-1], target = train[1:]; users with a single training item have no target
+        seqs = [s[-(self.max_len + 1):] for s in seqs if len(s) >= 2]
+        width = max(len(s) for s in seqs) - 1
+        inp = np.zeros((len(seqs), width), np.int64)
+        pos = np.zeros_like(inp)
+        for i, s in enumerate(seqs):
+            inp[i, : len(s) - 1], pos[i, : len(s) - 1] = s[:-1], s[1:]
+        neg = sample_negatives(pos, self.num_items, rng)
+        return {"seq": torch.from_numpy(inp), "pos": torch.from_numpy(pos), "neg": torch.from_numpy(neg)}
+
+    def num_targets(self, batch):
+        return int((batch["pos"] != 0).sum())
+
+    def calculate_loss(self, batch):
+        out = self.sequence_output(batch["seq"])
+        pos_logit = (out * self.encoder(batch["pos"])).sum(-1)
+        neg_logit = (out * self.encoder(batch["neg"])).sum(-1)
+        valid = (batch["pos"] != 0).float()
+        bce = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none") + \
+            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none")
+        return (bce * valid).sum() / valid.sum().clamp(min=1)
+
+
+class SelfAttentionBlock(nn.Module):
+    """SASRec block (pre-LN on the query as in the reference SASRec): attention + point-wise FFN."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.ln_attn, self.ln_ffn = nn.LayerNorm(hidden, eps=1e-8), nn.LayerNorm(hidden, eps=1e-8)
+        self.q, self.kv = nn.Linear(hidden, hidden), nn.Linear(hidden, 2 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.Dropout(dropout), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.Dropout(dropout))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """allowed: (B, 1, L, L) bool, True where query i may attend to key j."""
+        b, l, h = x.shape
+        q_in = self.ln_attn(x)
+        q, (k, v) = self.q(q_in), self.kv(x).split(h, -1)
+        q, k, v = (t.view(b, l, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+        x = q_in + self.drop(self.proj(a.transpose(1, 2).reshape(b, l, h)))
+        x = self.ln_ffn(x)
+        return x + self.ffn(x)
+
+
+class SASRec(NextItemModel):
+    def __init__(self, encoder: ItemEncoder, hidden: int = 128, layers: int = 2, heads: int = 1,
+                 dropout: float = 0.5, max_len: int = 200, causal: bool = True):
+        super().__init__(encoder, hidden, max_len)
+        self.causal = causal  # False only to demonstrate the published bug in tests
+        self.pos_emb = nn.Embedding(max_len, hidden)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)  # same scale as the item vectors, not N(0, 1)
+        self.emb_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(SelfAttentionBlock(hidden, heads, dropout) for _ in range(layers))
+        self.ln_out = nn.LayerNorm(hidden, eps=1e-8)
+
+    def sequence_output(self, seq):
+        b, l = seq.shape
+        keep = seq != 0
+        x = self.encoder(seq) * math.sqrt(self.hidden) + self.pos_emb.weight[:l]
+        x = self.emb_drop(x) * keep.unsqueeze(-1)
+        # causal: position i sees keys j <= i; key padding: never attend to padding. With right padding a real
+        # query always has key 0 allowed; padded queries see their real prefix, so no row is fully masked.
+        allowed = keep[:, None, None, :]
+        if self.causal:
+            allowed = allowed & torch.ones(l, l, dtype=torch.bool, device=seq.device).tril()
+        for block in self.blocks:
+            x = block(x, allowed) * keep.unsqueeze(-1)
+        return self.ln_out(x)
+
+
+class GRU4Rec(NextItemModel):
+    def __init__(self, encoder: ItemEncoder, hidden: int = 128, layers: int = 1, dropout: float = 0.5,
+                 max_len: int = 200, **_):
+        super().__init__(encoder, hidden, max_len)
+        self.emb_drop = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True, bias=False)
+        self.dense = nn.Linear(hidden, hidden)
+
+    def sequence_output(self, seq):
+        # right padding: a unidirectional GRU's outputs at real positions never see the padding after them
+        out, _ = self.gru(self.emb_drop(self.encoder(seq)))
+        return self.dense(out)
+
+
+# ------------------------------------------------------------------------------------------------ Bert4Rec
+
+
+class Bert4Rec(SequentialRecommender):
+    """Bidirectional encoder, cloze objective (softmax over all items at masked positions)."""
+
+    min_train_len = 1
+
+    def __init__(self, encoder: ItemEncoder, hidden: int = 128, layers: int = 2, heads: int = 1,
+                 dropout: float = 0.5, max_len: int = 200, mask_prob: float = 0.2):
+        super().__init__(encoder, hidden, max_len)
+        self.mask_id, self.mask_prob = encoder.num_items + 1, mask_prob
+        self.mask_emb = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.pos_emb = nn.Embedding(max_len, hidden)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)  # same scale as the item vectors, not N(0, 1)
+        self.ln_in = nn.LayerNorm(hidden, eps=1e-8)
+        self.emb_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(SelfAttentionBlock(hidden, heads, dropout) for _ in range(layers))
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=1e-8))
+
+    def sequence_output(self, seq: torch.Tensor) -> torch.Tensor:
+        b, l = seq.shape
+        keep = seq != 0
+        is_mask = (seq == self.mask_id).unsqueeze(-1)
+        x = torch.where(is_mask, self.mask_emb, self.encoder(seq.masked_fill(is_mask.squeeze(-1), 0)))
+        x = self.emb_drop(self.ln_in(x + self.pos_emb.weight[:l])) * keep.unsqueeze(-1)
+        allowed = keep[:, None, None, :]  # bidirectional, padding keys hidden
+        for block in self.blocks:
+            x = block(x, allowed) * keep.unsqueeze(-1)
+        return self.head(x)
+
+    def forward(self, seq):
+        """Append [MASK] after each row's last item and return the hidden state there."""
+        seq = keep_last(right_align(seq), self.max_len - 1)
+        lengths = (seq != 0).sum(1)
+        seq = F.pad(seq, (0, 1))
+        seq[torch.arange(len(seq)), lengths] = self.mask_id
+        return self.sequence_output(seq)[torch.arange(len(seq)), lengths]
+
+    def make_train_batch(self, seqs, rng):
+        seqs = [s[-self.max_len:] for s in seqs]
+        width = max(len(s) for s in seqs)
+        inp = np.zeros((len(seqs), width), np.int64)
+        for i, s in enumerate(seqs):
+            inp[i, : len(s)] = s
+        real = inp != 0
+        masked = real & (rng.random(inp.shape) < self.mask_prob)
+        # every row predicts something: rows with no draw mask their last item (the test-time position)
+        none = ~masked.any(1)
+        masked[none, real[none].sum(1) - 1] = True
+        labels = np.where(masked, inp, 0)
+        inp = np.where(masked, self.mask_id, inp)
+        return {"seq": torch.from_numpy(inp), "labels": torch.from_numpy(labels)}
+
+    def num_targets(self, batch):
+        return int((batch["labels"] != 0).sum())
+
+    def calculate_loss(self, batch):
+        out = self.sequence_output(batch["seq"])
+        where = batch["labels"] != 0
+        logits = out[where] @ self.item_embeddings().T  # (M, N+1)
+        logits[:, 0] = float("-inf")
+        return F.cross_entropy(logits, batch["labels"][where])
+
+
+MODELS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": Bert4Rec}
+
+
+def build_model(name: str, encoder: ItemEncoder, srs) -> SequentialRecommender:
+    """Build a backbone by registry name from an `SRSConfig`."""
+    if name not in MODELS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(MODELS)}")
+    kw = dict(hidden=srs.hidden, layers=srs.layers, dropout=srs.dropout, max_len=srs.max_len)
+    if name == "gru4rec":
+        return GRU4Rec(encoder, **kw)
+    if name == "bert4rec":
+        return Bert4Rec(encoder, heads=srs.heads, mask_prob=srs.bert_mask_prob, **kw)
+    return SASRec(encoder, heads=srs.heads, **kw)

@@ -1,0 +1,105 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reaemb_ray.config import SRSConfig
+from reaemb_ray.srs.encoders import (ExternalEncoder, alignment_loss, build_encoder, load_embedding_table,
+                                     pca_fit_transform)
+from reaemb_ray.srs.models import build_model
+
+
+def write_table(path, ids, vecs):
+    pq.write_table(pa.table({"item_id": pa.array(ids, pa.int64()),
+                             "vector": pa.array([list(map(float, v)) for v in vecs], pa.list_(pa.float32()))}), path)
+    return path
+
+
+def test_load_table_orders_rows_by_id_and_pads_row_zero(tmp_path):
+    vecs = np.arange(12, dtype=np.float32).reshape(4, 3)
+    t = load_embedding_table(write_table(tmp_path / "e.parquet", [3, 1, 4, 2], vecs), num_items=4)
+    assert t.shape == (5, 3) and (t[0] == 0).all()
+    np.testing.assert_array_equal(t[3], vecs[0])
+    np.testing.assert_array_equal(t[1], vecs[1])
+
+
+def test_pca_matches_reference_and_is_applied_only_when_wider(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 10)).astype(np.float32) @ np.diag(np.linspace(3, 0.1, 10)).astype(np.float32)
+    z = pca_fit_transform(x, 4)
+    # reference: eigenvectors of the covariance; compare up to sign per component
+    xc = x - x.mean(0)
+    w, v = np.linalg.eigh(xc.T.astype(np.float64) @ xc)
+    ref = xc @ v[:, ::-1][:, :4]
+    np.testing.assert_allclose(np.abs(z), np.abs(ref), atol=1e-4)
+    path = write_table(tmp_path / "e.parquet", np.arange(1, 41), x)
+    assert load_embedding_table(path, 40, pca_dim=4).shape == (41, 4)
+    assert load_embedding_table(path, 40, pca_dim=16).shape == (41, 10)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "missing"), ("nan", "NaN"), ("dup", "duplicate"), ("ragged", "one length")])
+def test_bad_tables_name_the_file(tmp_path, case, match):
+    ids, vecs = list(range(1, 6)), [np.ones(3)] * 5
+    if case == "missing":
+        ids, vecs = ids[:4], vecs[:4]
+    elif case == "nan":
+        vecs = [np.ones(3)] * 4 + [np.array([1.0, np.nan, 0.0])]
+    elif case == "dup":
+        ids = [1, 2, 3, 4, 4]
+    else:
+        vecs = [np.ones(3)] * 4 + [np.ones(2)]
+    path = write_table(tmp_path / "bad.parquet", ids, vecs)
+    with pytest.raises(ValueError, match=match) as e:
+        load_embedding_table(path, 5)
+    assert "bad.parquet" in str(e.value)
+
+
+def test_external_encoder_is_frozen_table_through_two_linear_layers():
+    table = np.concatenate([np.zeros((1, 8)), np.random.default_rng(0).normal(size=(6, 8))]).astype(np.float32)
+    torch.manual_seed(0)
+    enc = build_encoder(6, 4, table, adapter_hidden=5)
+    assert isinstance(enc, ExternalEncoder)
+    l1, l2 = enc.adapter
+    assert (l1.in_features, l1.out_features, l2.out_features) == (8, 5, 4)
+    ids = torch.tensor([[2, 0]])
+    ref = l2(l1(torch.from_numpy(table[2])))
+    assert torch.allclose(enc(ids)[0, 0], ref, atol=1e-6) and (enc(ids)[0, 1] == 0).all()
+    assert enc.table().shape == (7, 4)
+    assert all(p is not enc.frozen for p in enc.parameters())  # the table itself never trains
+    m = build_model("sasrec", enc, SRSConfig(hidden=4, heads=1, max_len=5))
+    loss = m.training_loss(m.make_train_batch([np.array([1, 2, 3])], np.random.default_rng(0)))
+    loss.backward()
+    assert l1.weight.grad is not None and enc.frozen.grad is None
+
+
+def test_alignment_loss_matches_reference_and_prefers_aligned_pairs():
+    torch.manual_seed(0)
+    a, p = torch.randn(5, 4), torch.randn(5, 4)
+    tau = 2.0
+    logits = np.array([[F.cosine_similarity(a[i], p[j], 0).item() / tau for j in range(5)] for i in range(5)])
+    ls = lambda L: np.mean([np.log(np.exp(L[i]).sum()) - L[i, i] for i in range(5)])
+    assert alignment_loss(a, p, tau).item() == pytest.approx(0.5 * (ls(logits) + ls(logits.T)), rel=1e-5)
+    assert alignment_loss(p * 3, p, 0.1) < alignment_loss(a, p, 0.1)
+    with pytest.raises(ValueError, match="srs.hidden"):
+        alignment_loss(a, torch.randn(5, 3), tau)
+
+
+def test_alignment_term_is_added_to_the_training_loss():
+    rng = np.random.default_rng(0)
+    table = np.concatenate([np.zeros((1, 8)), rng.normal(size=(6, 8))]).astype(np.float32)
+    pretrained = rng.normal(size=(7, 4)).astype(np.float32)
+    srs = SRSConfig(hidden=4, heads=1, max_len=5, dropout=0.0)
+    torch.manual_seed(0)
+    m = build_model("gru4rec", build_encoder(6, 4, table, 5), srs)
+    batch = m.make_train_batch([np.array([1, 2, 3])], np.random.default_rng(0))
+    base = m.training_loss(batch).item()
+    m.set_alignment(pretrained, alpha=0.5, tau=2.0)
+    ids = torch.tensor([1, 2, 3] + sorted(set(batch["neg"].flatten().tolist()) - {0, 1, 2, 3}))
+    ids = torch.unique(ids)
+    extra = 0.5 * alignment_loss(m.encoder(ids), torch.from_numpy(pretrained)[ids], 2.0).item()
+    assert m.training_loss(batch).item() == pytest.approx(base + extra, rel=1e-5)
+    with pytest.raises(ValueError, match="pretrained ID-SASRec"):
+        m.set_alignment(pretrained[:, :3], 0.5, 2.0)

@@ -1,0 +1,85 @@
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reaemb_ray.config import load_config
+from reaemb_ray.srs.data import load_seq_data
+from reaemb_ray.srs.pretrain import load_item_table
+from reaemb_ray.srs.trainer import fit_and_test
+from reaemb_ray.stages import evaluate
+
+TINY = ["srs.hidden=16", "srs.heads=1", "srs.max_len=20", "srs.epochs=3", "srs.patience=2", "srs.batch_size=32",
+        "srs.seeds=[0]", "eval.ks=[5,10]", "eval.num_sampled_negatives=10", "srs.adapter_hidden=8", "srs.pca_dim=6"]
+
+
+def cfg_for(prepared_dir, *extra):
+    return load_config(None, [f"output_dir={prepared_dir.parent}", *TINY, *extra])
+
+
+def write_lrcl_table(out, num_items=30, dim=12):
+    d = out / "embeddings" / "lrcl"
+    d.mkdir(parents=True)
+    vecs = np.random.default_rng(0).normal(size=(num_items, dim)).astype(np.float32)
+    pq.write_table(pa.table({"item_id": pa.array(np.arange(1, num_items + 1), pa.int64()),
+                             "vector": pa.array(vecs.tolist(), pa.list_(pa.float32()))}), d / "embeddings.parquet")
+
+
+def test_training_is_reproducible_and_learns(prepared_dir):
+    cfg = cfg_for(prepared_dir, "srs.epochs=4")
+    data = load_seq_data(prepared_dir)
+    _, r1, full1, s1 = fit_and_test(data, "sasrec", cfg.srs, 0, 10, progress=False)
+    _, r2, full2, s2 = fit_and_test(data, "sasrec", cfg.srs, 0, 10, progress=False)
+    assert (full1 == full2).all() and (s1 == s2).all() and r1.curve[-1]["loss"] == r2.curve[-1]["loss"]
+    assert len(r1.curve) == r1.epochs_run and r1.best_val_ndcg10 == max(c["val_ndcg10"] for c in r1.curve)
+    assert full1.max() < 30 and s1.max() <= 10
+
+
+def test_evaluate_stage_writes_report_skips_missing_and_resumes(prepared_dir, caplog):
+    out = prepared_dir.parent
+    write_lrcl_table(out)
+    cfg = cfg_for(prepared_dir, "srs.backbones=[sasrec,gru4rec]", "eval.methods=[id,lrcl,crrl]",
+                  "srs.align_alpha=0.01")
+    evaluate.main(cfg, SimpleNamespace(fresh=False))
+    assert "crrl" in caplog.text and "not found" in caplog.text
+    assert load_item_table(out).shape == (31, 16)  # align_alpha > 0 pretrained the ID-SASRec first
+    assert (out / "srs_pretrain" / "_DONE.json").exists()
+    records = json.loads((out / "eval" / "report.json").read_text())
+    keys = {(r["method"], r["backbone"], r["protocol"], r["group"], r["metric"], r["k"]) for r in records}
+    assert len(keys) == 2 * 2 * 2 * 5 * 2 * 2 == len(records)
+    assert {r["method"] for r in records} == {"id", "lrcl"}
+    over = [r for r in records if r["group"] == "overall"]
+    assert all(r["n_users"] == 80 for r in over) and all(0 <= r["value"] <= 1 for r in over)
+    tail = next(r for r in records if r["group"] == "tail")
+    pop = next(r for r in records if r["group"] == "popular")
+    assert tail["n_users"] + pop["n_users"] == 80
+    md = (out / "eval" / "report.md").read_text()
+    assert "## sasrec, full" in md and "## gru4rec, sampled10" in md and "| lrcl |" in md and "crrl" in md
+    assert (out / "eval" / "val_curves.png").stat().st_size > 1000
+    assert (out / "eval" / "ndcg_by_popularity.png").stat().st_size > 1000
+
+    run_file = out / "eval" / "runs" / "id__sasrec__seed0.json"
+    stamp = run_file.stat().st_mtime_ns
+    evaluate.main(cfg, SimpleNamespace(fresh=False))  # resumes: no retraining
+    assert run_file.stat().st_mtime_ns == stamp
+    assert json.loads((out / "eval" / "report.json").read_text()) == records
+
+
+def test_evaluate_rejects_a_broken_table(prepared_dir):
+    out = prepared_dir.parent
+    d = out / "embeddings" / "lrcl"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"item_id": pa.array([1, 2], pa.int64()),
+                             "vector": pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32()))}),
+                   d / "embeddings.parquet")
+    with pytest.raises(ValueError, match=r"lrcl/embeddings.parquet.*28 item ids"):
+        evaluate.main(cfg_for(prepared_dir, "eval.methods=[lrcl]"), SimpleNamespace(fresh=False))
+
+
+def test_missing_prepared_data_says_which_stage_to_run(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "eval.methods=[id]"])
+    with pytest.raises(FileNotFoundError, match="reaemb prepare"):
+        evaluate.main(cfg, SimpleNamespace(fresh=False))

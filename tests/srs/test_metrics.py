@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from reaemb_ray.srs.metrics import (full_ranks, hit_ndcg, ndcg_by_popularity, pessimistic_rank,
+                                    sample_negatives_per_user, sampled_ranks, summarize, user_groups)
+
+
+def test_pessimistic_rank_counts_ties_against_the_target():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.5, 0.2], [3.0, 1.0, 1.0, 1.0, 1.0]])
+    # row 0: target col 2 (0.5): one higher (0.9) + one tie (col 3) -> rank 2; row 1: target col 1: 1 higher + 3 ties
+    assert pessimistic_rank(scores, torch.tensor([2, 1])).tolist() == [2, 4]
+
+
+def test_hit_ndcg_hand_computed():
+    hit, ndcg = hit_ndcg(np.array([0, 1, 9, 10]), 10)
+    assert hit.tolist() == [1, 1, 1, 0]
+    np.testing.assert_allclose(ndcg, [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0])
+    s = summarize(np.array([0, 3]), [1, 5])
+    assert s["HR@1"] == 0.5 and s["HR@5"] == 1.0
+    assert s["NDCG@5"] == pytest.approx((1 + 1 / np.log2(5)) / 2)
+
+
+def test_full_ranks_exclude_padding_and_history_but_not_a_repeated_target():
+    # items 1..5; column 0 (padding) has the highest score and must not count
+    scores = torch.tensor([[9.0, 0.3, 0.8, 0.7, 0.6, 0.5]] * 2)
+    t = torch.tensor([4, 2])
+    assert full_ranks(scores, t).tolist() == [2, 0]  # row0: items 2,3 above 0.6
+    hist = [np.array([2, 1]), np.array([2, 3])]  # row 1 repeats its target (2)
+    assert full_ranks(scores, t, hist).tolist() == [1, 0]  # row0: item 2 removed -> only 3 above
+
+
+def test_sampled_ranks_only_compare_candidates():
+    scores = torch.tensor([[0.0, 0.5, 0.9, 0.1, 0.7, 0.5]])
+    ranks = sampled_ranks(scores, torch.tensor([1]), torch.tensor([[3, 5]]))  # 0.5 vs {0.1, 0.5 tie}
+    assert ranks.tolist() == [1]
+
+
+def test_sampled_negatives_never_seen_distinct_and_seeded():
+    interacted = [np.array([1, 2, 3]), np.arange(1, 15)]
+    a = sample_negatives_per_user(interacted, 20, 6, seed=3)
+    b = sample_negatives_per_user(interacted, 20, 6, seed=3)
+    assert (a == b).all() and a.shape == (2, 6)
+    for row, seen in zip(a, interacted):
+        assert len(set(row)) == 6 and not set(row) & set(seen) and row.min() >= 1 and row.max() <= 20
+    with pytest.raises(ValueError, match="num_sampled_negatives"):
+        sample_negatives_per_user([np.arange(1, 18)], 20, 6, seed=0)
+
+
+def test_groups_and_popularity_buckets():
+    pop = np.array([0, 50, 3, 19, 20])
+    g = user_groups(np.array([1, 2, 3, 4]), pop, np.array([5, 12, 9, 10]), tail_threshold=20, short_threshold=10)
+    assert g["tail"].tolist() == [False, True, True, False]
+    assert g["popular"].tolist() == [True, False, False, True]
+    assert g["short"].tolist() == [True, False, True, False] and g["long"].tolist() == [False, True, False, True]
+    b = ndcg_by_popularity(np.array([0, 20, 1, 0]), np.array([1, 2, 3, 4]), pop, 10)
+    by = {x["bucket"]: x for x in b}
+    assert by["0-4"]["n_users"] == 1 and by["0-4"]["value"] == 0.0  # item 2 (pop 3), rank 20
+    assert by["20-49"]["value"] == 1.0 and by["50-99"]["value"] == 1.0
+    assert by["10-19"]["value"] == pytest.approx(1 / np.log2(3))
