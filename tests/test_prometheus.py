@@ -97,11 +97,9 @@ def prometheus_url(ray_metrics_port, tmp_path_factory):
 
 
 def emit_with_actor():
-    """Start an actor that reports every reaemb metric through reaemb_ray.metrics.get, as the stages do.
-
-    HOOK: once the CRRL stage runs in a few seconds on CPU, a short real run (`reaemb crrl` on a tiny config,
-    in this process so it joins the Ray started above -- init_ray returns early when Ray is up) can replace
-    this actor for the rollout/reward/learner series; the queries and assertions below stay the same."""
+    """Start an actor that reports every reaemb metric through reaemb_ray.metrics.get with known values
+    (tags all "0"), so every series exists -- including those of stages not run here (LRCL).
+    test_real_crrl_run_reaches_prometheus covers what a real CRRL run emits."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -186,3 +184,42 @@ def test_every_dashboard_query_returns_data(prometheus_url):
     import ray
 
     ray.get(emitter.stop.remote())
+
+
+def test_real_crrl_run_reaches_prometheus(prometheus_url, tmp_path):
+    """A short real CRRL run (tiny random Llama, synthetic co-occurrence data, torch engine) on this Ray:
+    its rollout/reward/learner series reach Prometheus with the values the run recorded."""
+    pytest.importorskip("reaemb_ray.stages.crrl")
+    from reaemb_ray.config import load_config
+    from reaemb_ray.rl.synthetic import write_synthetic_prepared
+    from reaemb_ray.stages.crrl import run_crrl
+
+    write_synthetic_prepared(tmp_path / "prepared")
+    cfg = load_config(None, [
+        f"output_dir={tmp_path}", "model.backbone=tiny", "model.max_length=128", "crrl.init_from=backbone",
+        "crrl.engine=torch", "crrl.items_per_batch=8", "crrl.epochs=1", "crrl.group_size=4", "crrl.eval_items=8",
+        "crrl.num_rollout_workers=1", "crrl.num_reward_workers=1", "crrl.rollout_resources.num_cpus=0.5",
+        "crrl.reward_resources.num_cpus=0.25", "crrl.learner_resources.num_cpus=0.5"])
+    t0 = time.time()
+    res = run_crrl(cfg, fresh=True)
+    rows = [json.loads(x) for x in (tmp_path / "crrl" / "metrics.jsonl").read_text().splitlines()]
+    assert res["steps"] == len(rows) >= 2
+    print(f"CRRL run: {res['steps']} steps in {time.time() - t0:.1f}s")
+
+    def values(promql):
+        return [float(s["value"][1]) for s in query(prometheus_url, promql)]
+
+    # the emitter of the other tests tags everything "0"; the real run's labels are its own
+    embeddings = 'sum(ray_reaemb_rollout_embeddings_total{engine="torch"})'
+    wait_for("the real run's rollout counter", lambda: values(embeddings), 30)
+    # every learner step consumed one rollout batch of items_per_batch items x group_size noisy samples
+    expected = res["steps"] * cfg.crrl.items_per_batch * cfg.crrl.group_size
+    got = wait_for(f"{expected} rollout embeddings", lambda: values(embeddings)[0] >= expected and values(embeddings), 20)
+    assert got == [expected]
+    assert wait_for("reward scores", lambda: values('sum(ray_reaemb_reward_scores_total{worker!="0"} or '
+                                                      'ray_reaemb_reward_scores_total{reward!="0"})'), 20)[0] > 0
+    last = rows[-1]
+    loss = wait_for("the crrl loss gauge", lambda: values('ray_reaemb_loss{stage="crrl"}'), 20)
+    assert loss == [pytest.approx(last["loss"], rel=1e-5, abs=1e-7)]
+    p95 = values('histogram_quantile(0.95, sum by (le) (rate(ray_reaemb_rollout_batch_seconds_bucket{engine="torch"}[1m])))')
+    assert p95 and p95[0] > 0
