@@ -164,6 +164,7 @@ def train_loop(config: dict) -> None:
         if lc.fail_at_step and step + 1 == lc.fail_at_step and ckpt is None and rank == 0:
             raise RuntimeError(f"lrcl.fail_at_step={lc.fail_at_step}: simulated worker failure (testing only)")
         t0 = time.time()
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)  # LoRA dropout masks: a function of the step
         engine.train()
         losses = []
         for micro in range(accum):
