@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,7 @@ def init_ray(ray_cfg) -> None:
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS", "")
     env_vars = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, namespace=ray_cfg.namespace, log_to_driver=True,
                      runtime_env={"env_vars": env_vars})
@@ -33,3 +35,20 @@ def init_ray(ray_cfg) -> None:
         kwargs["num_cpus"] = ray_cfg.num_cpus
     ray.init(**kwargs)
     log.info("started an embedded local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes: Ray itself retries an unreachable address for a long time."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep:
+        host, port = hostport, "10001" if address.startswith("ray://") else "6379"
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r} ({e}); check the address and that the head node is up "
+            "(`ray status --address ...`), or set ray.address='' to run on an embedded local Ray"
+        ) from None

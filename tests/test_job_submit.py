@@ -27,19 +27,24 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
 pytestmark = pytest.mark.slow
 
-# The job: `reaemb prepare` on a tiny dataset, after printing where reaemb_ray was imported from (it must be
-# the uploaded working dir). One python process: `ray job submit` shell-quotes each argument, so no `&&`.
-# LEAD: switch to a small `reaemb run` once a CPU test config exists, e.g. argv
-#   ["run", "--config", "configs/test.yaml", f"output_dir={out}"], and check `{out}/eval/report.json` below.
-def job_command(raw: Path, out: Path) -> list[str]:
-    argv = ["prepare", "data.reader=movielens", f"data.path={raw}", "data.name=tiny", f"output_dir={out}"]
+# The job: a small `reaemb run` (real MovieLens-100k, tiny LLM, ID baseline + raw-LLM embeddings) after
+# printing where reaemb_ray was imported from (it must be the uploaded working dir). One python process:
+# `ray job submit` shell-quotes each argument, so no `&&`.
+SHARED_ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+
+
+def job_command(out: Path) -> list[str]:
+    data = str(SHARED_ML100K) if SHARED_ML100K.exists() else "auto:ml-100k"
+    argv = ["run", "--config", "configs/ci.yaml", f"output_dir={out}", f"data.path={data}",
+            "eval.methods=[id,raw_llm]", "srs.epochs=2"]
     code = ("import sys, reaemb_ray; from reaemb_ray.cli import main; "
             f"print('REAEMB_FROM', reaemb_ray.__file__, flush=True); sys.exit(main({argv!r}))")
     return ["python", "-c", code]
 
 
 def expected_outputs(out: Path) -> list[Path]:
-    return [out / "prepared" / f for f in ("items.parquet", "splits.parquet", "cooccurrence.parquet", "_DONE.json")]
+    return [out / "prepared" / "splits.parquet", out / "embeddings" / "raw_llm" / "embeddings.parquet",
+            out / "eval" / "report.json", out / "eval" / "report.md", out / "_manifest.json"]
 
 
 def free_port() -> int:
@@ -118,27 +123,18 @@ def ray_cli(args: list[str], env: dict, timeout: float = 120) -> subprocess.Comp
     return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def write_tiny_movielens(raw: Path) -> None:
-    raw.mkdir(parents=True)
-    genres = 19 * ["0"]
-    (raw / "u.item").write_text("".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|{'|'.join(genres)}\n"
-                                        for i in range(1, 6)))
-    (raw / "u.data").write_text("".join(f"{u}\t{i}\t4\t{100 * u + i}\n" for u in (1, 2, 3) for i in range(1, 6)))
-
-
-def test_job_submit_runs_a_stage_from_the_working_dir(ray_head, tmp_path):
+def test_job_submit_runs_the_pipeline_from_the_working_dir(ray_head, tmp_path):
     url, env = ray_head
-    raw, out = tmp_path / "raw", tmp_path / "out"
-    write_tiny_movielens(raw)
+    out = tmp_path / "out"
     job_id = f"reaemb-test-{secrets.token_hex(4)}"
     t0 = time.time()
     submit = ray_cli(["job", "submit", "--address", url, "--no-wait", "--submission-id", job_id,
                       "--working-dir", str(ROOT),
                       "--runtime-env-json", '{"excludes": ["outputs/", ".git/", "*.gguf", "*.safetensors"]}',
-                      "--", *job_command(raw, out)], env)
+                      "--", *job_command(out)], env)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     status = ""
-    while time.time() - t0 < 240:
+    while time.time() - t0 < 600:
         res = ray_cli(["job", "status", "--address", url, job_id], env)
         status = (res.stdout + res.stderr).upper()  # "... SUCCEEDED" on stdout, "Job '...' failed" on stderr
         if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
