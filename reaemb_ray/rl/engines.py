@@ -69,6 +69,25 @@ class NaiveEngine:
         return two_pass.naive_embed_with_thoughts(self.lm, batch, thoughts)
 
 
+def _lm_only_folder(model_dir) -> str:
+    """vLLM loads every *.safetensors in a folder: hide the attention weights behind a folder of symlinks."""
+    from pathlib import Path
+
+    from reaemb_ray.model.generator import ATTN_FILE
+
+    src = Path(model_dir).resolve()
+    out = src.parent / (src.name + "_lm_only")
+    out.mkdir(exist_ok=True)
+    for f in src.iterdir():
+        link = out / f.name
+        if f.name != ATTN_FILE and not link.exists():
+            try:
+                link.symlink_to(f)
+            except FileExistsError:  # another worker made it first
+                pass
+    return str(out)
+
+
 class VllmEngine:
     """Two vLLM pooling engines (one LLM serves one pooling task) over the merged model folder."""
 
@@ -80,7 +99,7 @@ class VllmEngine:
         from vllm import LLM
         from vllm.config import PoolerConfig
 
-        common = dict(model=str(model_dir), runner="pooling", convert="embed", enforce_eager=True,
+        common = dict(model=str(_lm_only_folder(model_dir)), runner="pooling", convert="embed", enforce_eager=True,
                       dtype="float32", max_model_len=max_length, seed=0)
         self.lm = lm  # only its input embedding table is used (to build prompt_embeds)
         self.tokens = LLM(**common, pooler_config=PoolerConfig(task="token_embed", use_activation=False))
