@@ -201,8 +201,16 @@ class CRRLConfig:
     max_steps: int = 0  # 0 = epochs over the items; > 0 stops after this many learner steps
     eval_every: int = 5  # learner steps between evaluations of the fixed item set
     max_restarts: int = 3  # per rollout/reward worker, after which the run fails
+    # Extra CRRL runs from the same LRCL model for comparison, as "objective/reward" (e.g. "paper/srs"); each
+    # becomes an evaluated method `crrl-<objective>-<reward>` next to `crrl` (the configured objective/reward).
+    variants: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        for v in self.variants:
+            obj, _, rew = v.partition("/")
+            if obj not in ("gaussian", "paper") or rew not in ("cooccurrence", "srs", "mix"):
+                raise ConfigError(f"crrl.variants entry {v!r} must be objective/reward with objective in gaussian, "
+                                  "paper and reward in cooccurrence, srs, mix (e.g. 'paper/srs')")
         if self.advantage == "anchor" and not self.anchor:
             raise ConfigError("crrl.advantage=anchor needs crrl.anchor=true (sample 0 of each group is the baseline)")
         if self.max_steps < 0 or self.eval_every < 1 or self.max_restarts < 0 or self.eval_items < 0:

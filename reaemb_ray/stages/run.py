@@ -62,14 +62,53 @@ def _train_srs_sections(cfg: Config) -> dict:
     return {"srs": s, "seed": cfg.seed}
 
 
+def variant_method(variant: str) -> str:
+    """`paper/srs` -> the evaluated method name `crrl-paper-srs`."""
+    return "crrl-" + variant.replace("/", "-")
+
+
+def evaluated_methods(cfg: Config) -> list[str]:
+    """`eval.methods`, plus one `crrl-<objective>-<reward>` method per CRRL variant when `crrl` is evaluated."""
+    extra = [variant_method(v) for v in cfg.crrl.variants] if "crrl" in cfg.eval.methods else []
+    return list(cfg.eval.methods) + [m for m in extra if m not in cfg.eval.methods]
+
+
+def _variant_cfg(cfg: Config, variant: str) -> Config:
+    """A CRRL variant works in `variants/<method>/`, sharing prepare, LRCL and the pretrained SRS by symlink."""
+    objective, reward = variant.split("/")
+    vdir = cfg.out / "variants" / variant_method(variant)
+    vdir.mkdir(parents=True, exist_ok=True)
+    for shared in ("prepared", "lrcl", "srs_pretrain"):
+        link, target = vdir / shared, (cfg.out / shared).resolve()
+        if target.exists() and not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+    return _with(cfg, output_dir=str(vdir), **{"crrl.objective": objective, "crrl.reward": reward,
+                                               "crrl.variants": []})
+
+
+def _run_variant(cfg: Config, fresh: bool, variant: str) -> None:
+    _call("crrl", _variant_cfg(cfg, variant), fresh)
+
+
+def _export_variant(cfg: Config, fresh: bool, variant: str) -> None:
+    vcfg = _variant_cfg(cfg, variant)
+    _call("export", _with(vcfg, **{"export.method": "crrl"}), fresh)
+    link = cfg.out / "embeddings" / variant_method(variant)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to((vcfg.out / "embeddings" / "crrl").resolve(), target_is_directory=True)
+
+
 def plan(cfg: Config) -> list[Stage]:
-    """The stages `eval.methods` needs, in dependency order."""
+    """The stages `eval.methods` (and `crrl.variants`) need, in dependency order."""
     methods = cfg.eval.methods
     model = asdict(cfg.model)
+    variants = cfg.crrl.variants if "crrl" in methods else []
     stages = [
         Stage("prepare", [], lambda c: {"data": asdict(c.data)}, lambda c, f: _call("prepare", c, f), ["prepared"]),
     ]
-    needs_pretrain = "crrl" in methods and cfg.crrl.reward in ("srs", "mix") or cfg.srs.align_alpha > 0
+    rewards = {cfg.crrl.reward} | {v.split("/")[1] for v in variants}
+    needs_pretrain = "crrl" in methods and bool(rewards & {"srs", "mix"}) or cfg.srs.align_alpha > 0
     if needs_pretrain:
         stages.append(Stage("srs_pretrain", ["prepare"], _train_srs_sections, _pretrain, ["srs_pretrain"]))
     if "llmemb" in methods:
@@ -81,8 +120,12 @@ def plan(cfg: Config) -> list[Stage]:
                             lambda c, f: _call("lrcl", _with(c, **{"model.use_thought": True}), f), ["lrcl"]))
     if "crrl" in methods:
         deps = ["lrcl"] + (["srs_pretrain"] if needs_pretrain else [])
-        stages.append(Stage("crrl", deps, lambda c: {"crrl": asdict(c.crrl)},
+        crrl_sections = {k: v for k, v in asdict(cfg.crrl).items() if k != "variants"}
+        stages.append(Stage("crrl", deps, lambda c: {"crrl": crrl_sections},
                             lambda c, f: _call("crrl", c, f), ["crrl"]))
+        for v in variants:
+            stages.append(Stage(variant_method(v), deps, lambda c, v=v: {"crrl": crrl_sections, "variant": v},
+                                lambda c, f, v=v: _run_variant(c, f, v), [f"variants/{variant_method(v)}"]))
     export = {k: v for k, v in asdict(cfg.export).items() if k != "method"}
     upstream = {"raw_llm": ["prepare"], "llmemb": ["llmemb"], "lrcl": ["lrcl"], "crrl": ["crrl"]}
     for m in [m for m in methods if m != "id"]:
@@ -91,9 +134,17 @@ def plan(cfg: Config) -> list[Stage]:
                                             "backbone": model["backbone"] if m == "raw_llm" else None},
                             lambda c, f, m=m: _call("export", _with(c, **{"export.method": m}), f),
                             [f"embeddings/{m}"]))
-    deps = ["prepare"] + [f"export_{m}" for m in methods if m != "id"] + (["srs_pretrain"] if needs_pretrain else [])
+    for v in variants:
+        m = variant_method(v)
+        stages.append(Stage(f"export_{m}", [m], lambda c: {"export": export, "method": "crrl"},
+                            lambda c, f, v=v: _export_variant(c, f, v), [f"embeddings/{m}"]))
+    all_methods = evaluated_methods(cfg)
+    deps = ["prepare"] + [f"export_{m}" for m in all_methods if m != "id"] + (["srs_pretrain"] if needs_pretrain else [])
+    # evaluate keeps each (method, backbone, seed) result keyed by its inputs, so it is never started "fresh":
+    # a changed embedding table re-trains only the recommenders that read it
     stages.append(Stage("evaluate", deps, lambda c: {"srs": asdict(c.srs), "eval": asdict(c.eval)},
-                        lambda c, f: _call("evaluate", c, f), ["eval"]))
+                        lambda c, f: _call("evaluate", _with(c, **{"eval.methods": all_methods}), False),
+                        ["eval"]))
     return stages
 
 
