@@ -27,6 +27,7 @@ def init_ray(ray_cfg) -> None:
                 f"cannot reach the Ray cluster at {address!r} ({e}); check the address and that the head node "
                 "is up (`ray status --address ...`), or set ray.address='' to run on an embedded local Ray"
             ) from None
+        _CONNECTED[0] = True
         log.info("connected to Ray cluster at %s", address)
         return
     kwargs = dict(address="local", namespace=ray_cfg.namespace, include_dashboard=ray_cfg.include_dashboard,
@@ -52,3 +53,29 @@ def _check_reachable(address: str) -> None:
             f"cannot reach the Ray cluster at {address!r} ({e}); check the address and that the head node is up "
             "(`ray status --address ...`), or set ray.address='' to run on an embedded local Ray"
         ) from None
+
+
+def check_fits(requests: dict[str, dict[str, float]], embedded_only: bool = True) -> None:
+    """Fail fast, naming the actors, when the actors a stage is about to start cannot all be placed.
+
+    `requests` maps an actor group ("3 rollout workers") to its total {"CPU": x, "GPU": y}. On an
+    autoscaling cluster, missing resources are added by the autoscaler, so only an embedded local Ray (or
+    `embedded_only=False`) is checked; there, a request that does not fit would otherwise hang forever.
+    """
+    import ray
+
+    if embedded_only and (os.environ.get("RAY_ADDRESS") or _CONNECTED[0]):
+        return
+    have = ray.cluster_resources()
+    for res in ("CPU", "GPU"):
+        need = sum(r.get(res, 0.0) for r in requests.values())
+        if need > have.get(res, 0.0) + 1e-9:
+            parts = ", ".join(f"{k}: {v.get(res, 0.0):g}" for k, v in requests.items() if v.get(res, 0.0))
+            raise ValueError(
+                f"the actors need {need:g} {res} in all ({parts}) but this Ray has {have.get(res, 0.0):g}; lower "
+                f"the *_resources.num_{res.lower()}s or the worker counts in the config (fractions such as 0.5 are "
+                "fine), or run on a cluster with more nodes"
+            )
+
+
+_CONNECTED = [False]  # set when init_ray joined an existing cluster
