@@ -2,10 +2,13 @@
 
 Methods: `id` learns item IDs; any other method reads `{output_dir}/embeddings/<method>/embeddings.parquet`
 through the frozen-table adapter. Each finished run leaves `eval/runs/<method>__<backbone>__seed<s>.json`,
-so a rerun only trains what is missing (unless --fresh).
+keyed by a fingerprint of its inputs (SRS/eval settings, prepared splits, the table's bytes): a rerun only
+trains what is missing or whose inputs changed (everything with --fresh).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -32,6 +35,24 @@ def table_path(output_dir: Path, method: str) -> Path:
     return output_dir / "embeddings" / method / "embeddings.parquet"
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str) -> str:
+    srs = dataclasses.asdict(cfg.srs)
+    for k in ("backbones", "seeds", "num_threads"):
+        srs.pop(k)
+    ev = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k != "methods"}
+    key = {"srs": srs, "eval": ev, "backbone": backbone, "seed": seed, "data": data_digest, "table": table_digest,
+           "groups": [cfg.data.tail_threshold, cfg.data.short_user_threshold]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def main(cfg, args=None) -> Path:
     fresh = bool(getattr(args, "fresh", False))
     out = cfg.out / "eval"
@@ -41,6 +62,7 @@ def main(cfg, args=None) -> Path:
     groups = user_groups(data.test, data.popularity, data.full_lengths(), cfg.data.tail_threshold,
                          cfg.data.short_user_threshold)
     sampled_name = f"sampled{cfg.eval.num_sampled_negatives}"
+    data_digest = _file_digest(cfg.out / "prepared" / "splits.parquet")
 
     align_table = None
     if cfg.srs.align_alpha > 0 and any(m != "id" for m in cfg.eval.methods):
@@ -49,7 +71,7 @@ def main(cfg, args=None) -> Path:
 
     records, curves, buckets, skipped = [], {}, {}, []
     for method in cfg.eval.methods:
-        table = None
+        table, table_digest = None, "id"
         if method != "id":
             path = table_path(cfg.out, method)
             if not path.exists():
@@ -58,20 +80,22 @@ def main(cfg, args=None) -> Path:
                 skipped.append(msg)
                 continue
             table = load_embedding_table(path, data.num_items, cfg.srs.pca_dim)
+            table_digest = _file_digest(path)
         for backbone in cfg.srs.backbones:
             for seed in cfg.srs.seeds:
                 name = f"{method}__{backbone}__seed{seed}"
                 result_file = runs_dir / f"{name}.json"
-                if result_file.exists() and not fresh:
+                fp = run_fingerprint(cfg, backbone, seed, data_digest, table_digest)
+                run = json.loads(result_file.read_text()) if result_file.exists() and not fresh else {}
+                if run.get("fingerprint") == fp:
                     log.info("reusing finished run %s", result_file)
-                    run = json.loads(result_file.read_text())
                 else:
                     t0 = time.perf_counter()
                     _, res, full, samp = fit_and_test(
                         data, backbone, cfg.srs, seed, cfg.eval.num_sampled_negatives, table=table,
                         align_table=align_table if table is not None else None, exclude_history=cfg.eval.exclude_history, desc=name)
                     ranks = {"full": full, sampled_name: samp}
-                    run = {"records": run_records(method, backbone, seed, ranks, groups, cfg.eval.ks),
+                    run = {"fingerprint": fp, "records": run_records(method, backbone, seed, ranks, groups, cfg.eval.ks),
                            "curve": res.curve, "best_epoch": res.best_epoch, "seconds": time.perf_counter() - t0,
                            "popularity_buckets": ndcg_by_popularity(full, data.test, data.popularity, 10)}
                     result_file.write_text(json.dumps(run))

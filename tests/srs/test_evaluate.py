@@ -66,6 +66,14 @@ def test_evaluate_stage_writes_report_skips_missing_and_resumes(prepared_dir, ca
     evaluate.main(cfg, SimpleNamespace(fresh=False))  # resumes: no retraining
     assert run_file.stat().st_mtime_ns == stamp
     assert json.loads((out / "eval" / "report.json").read_text()) == records
+    # a changed table re-trains only the runs that read it
+    lrcl_file = out / "eval" / "runs" / "lrcl__sasrec__seed0.json"
+    lrcl_stamp = lrcl_file.stat().st_mtime_ns
+    (out / "embeddings" / "lrcl" / "embeddings.parquet").unlink()
+    (out / "embeddings" / "lrcl").rmdir()
+    write_lrcl_table(out, dim=10)
+    evaluate.main(cfg, SimpleNamespace(fresh=False))
+    assert run_file.stat().st_mtime_ns == stamp and lrcl_file.stat().st_mtime_ns != lrcl_stamp
 
 
 def test_evaluate_rejects_a_broken_table(prepared_dir):
