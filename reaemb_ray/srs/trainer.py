@@ -33,7 +33,8 @@ class TrainResult:
     best_val_ndcg10: float
     epochs_run: int
     train_seconds: float
-    curve: list[dict] = field(default_factory=list)  # per epoch: epoch, loss, val_ndcg10, seconds
+    # per epoch: epoch, loss, val_ndcg10, seconds (wall), cpu_seconds (this process; robust to other load)
+    curve: list[dict] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -69,7 +70,7 @@ def train(model: SequentialRecommender, data: SeqData, srs, seed: int, exclude_h
     t0 = time.perf_counter()
     bar = tqdm(range(1, srs.epochs + 1), desc=desc, disable=not progress, unit="epoch")
     for epoch in bar:
-        te = time.perf_counter()
+        te, ce = time.perf_counter(), time.process_time()
         model.train()
         losses = []
         for idx in random_batches(len(seqs), srs.batch_size, rng):
@@ -90,7 +91,7 @@ def train(model: SequentialRecommender, data: SeqData, srs, seed: int, exclude_h
                                     srs.chunk_tokens)
         val = float(hit_ndcg(val_ranks, 10)[1].mean())
         curve.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg10": val,
-                      "seconds": time.perf_counter() - te})
+                      "seconds": time.perf_counter() - te, "cpu_seconds": time.process_time() - ce})
         if val > best:
             best, best_epoch, bad = val, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
