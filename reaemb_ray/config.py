@@ -280,7 +280,8 @@ class SRSConfig:
 @dataclass
 class EvalConfig:
     # Which embedding sources `evaluate`/`run` compare; each maps to a stage output.
-    methods: list[Literal["id", "raw_llm", "llmemb", "lrcl", "crrl"]] = field(
+    # (`crrl-<objective>-<reward>` names the CRRL variants of `crrl.variants`.)
+    methods: list[str] = field(
         default_factory=lambda: ["id", "raw_llm", "llmemb", "lrcl", "crrl"]
     )
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
@@ -292,6 +293,12 @@ class EvalConfig:
     def validate(self) -> None:
         if not self.methods:
             raise ConfigError("eval.methods must not be empty")
+        for m in self.methods:
+            obj, _, rew = m.removeprefix("crrl-").partition("-")
+            variant = m.startswith("crrl-") and obj in ("gaussian", "paper") and rew in ("cooccurrence", "srs", "mix")
+            if m not in ("id", "raw_llm", "llmemb", "lrcl", "crrl") and not variant:
+                raise ConfigError(f"eval.methods entry {m!r} is not allowed; use id, raw_llm, llmemb, lrcl, crrl or "
+                                  "crrl-<objective>-<reward> (e.g. crrl-paper-srs)")
         if any(k < 1 for k in self.ks):
             raise ConfigError(f"eval.ks must be positive, got {self.ks}")
         if self.num_sampled_negatives < 1:
