@@ -289,6 +289,9 @@ class EvalConfig:
     # full ranking removes the items already in the user's input sequence (S3Rec/CL4SRec convention, which
     # the commonly cited Beauty numbers use); false ranks against every item
     exclude_history: bool = True
+    # Methods trained with every seed in srs.seeds; the others use only the first seed (to spend a CPU budget
+    # on the rows that matter). Empty = every method gets every seed.
+    main_methods: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.methods:

@@ -82,7 +82,8 @@ def main(cfg, args=None) -> Path:
             table = load_embedding_table(path, data.num_items, cfg.srs.pca_dim)
             table_digest = _file_digest(path)
         for backbone in cfg.srs.backbones:
-            for seed in cfg.srs.seeds:
+            main = not cfg.eval.main_methods or method in cfg.eval.main_methods
+            for seed in cfg.srs.seeds if main else cfg.srs.seeds[:1]:
                 name = f"{method}__{backbone}__seed{seed}"
                 result_file = runs_dir / f"{name}.json"
                 fp = run_fingerprint(cfg, backbone, seed, data_digest, table_digest)

@@ -91,3 +91,13 @@ def test_missing_prepared_data_says_which_stage_to_run(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}", "eval.methods=[id]"])
     with pytest.raises(FileNotFoundError, match="reaemb prepare"):
         evaluate.main(cfg, SimpleNamespace(fresh=False))
+
+
+def test_main_methods_get_all_seeds_others_the_first(prepared_dir):
+    out = prepared_dir.parent
+    write_lrcl_table(out)
+    cfg = cfg_for(prepared_dir, "srs.epochs=1", "srs.seeds=[0,1]", "eval.methods=[id,lrcl]", "eval.main_methods=[id]")
+    evaluate.main(cfg, SimpleNamespace(fresh=False))
+    records = json.loads((out / "eval" / "report.json").read_text())
+    seeds = {m: {r["seed"] for r in records if r["method"] == m} for m in ("id", "lrcl")}
+    assert seeds == {"id": {0, 1}, "lrcl": {0}}
