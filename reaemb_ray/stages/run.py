@@ -119,12 +119,14 @@ def plan(cfg: Config) -> list[Stage]:
         stages.append(Stage("lrcl", ["prepare"], lambda c: {"model": model, "lrcl": asdict(c.lrcl), "seed": c.seed},
                             lambda c, f: _call("lrcl", _with(c, **{"model.use_thought": True}), f), ["lrcl"]))
     if "crrl" in methods:
-        deps = ["lrcl"] + (["srs_pretrain"] if needs_pretrain else [])
+        # only the srs/mix rewards read the pretrained ID-SASRec
+        uses_srs = lambda reward: ["srs_pretrain"] if reward in ("srs", "mix") else []  # noqa: E731
+        deps = ["lrcl"] + uses_srs(cfg.crrl.reward)
         crrl_sections = {k: v for k, v in asdict(cfg.crrl).items() if k != "variants"}
         stages.append(Stage("crrl", deps, lambda c: {"crrl": crrl_sections},
                             lambda c, f: _call("crrl", c, f), ["crrl"]))
         for v in variants:
-            stages.append(Stage(variant_method(v), deps, lambda c, v=v: {"crrl": crrl_sections, "variant": v},
+            stages.append(Stage(variant_method(v), ["lrcl"] + uses_srs(v.split("/")[1]), lambda c, v=v: {"crrl": crrl_sections, "variant": v},
                                 lambda c, f, v=v: _run_variant(c, f, v), [f"variants/{variant_method(v)}"]))
     export = {k: v for k, v in asdict(cfg.export).items() if k != "method"}
     upstream = {"raw_llm": ["prepare"], "llmemb": ["llmemb"], "lrcl": ["lrcl"], "crrl": ["crrl"]}
