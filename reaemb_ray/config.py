@@ -257,10 +257,15 @@ class SRSConfig:
     # (gradient accumulation, one optimiser step per batch), so long-tailed lengths do not pad everything
     chunk_tokens: int = 16384
     max_minutes: float = 0.0  # > 0 stops training (keeping the best state so far) after this wall time
+    # validate (for early stopping) every this many epochs and after the last; srs.patience counts validations
+    eval_every: int = 1
+    # 0 = early stopping validates all users; n > 0 = a fixed random sample of n users (seeded by the run's
+    # seed). Only validation: the test always ranks every user.
+    valid_users: int = 0
 
     def validate(self) -> None:
         for k in ("hidden", "layers", "heads", "max_len", "batch_size", "epochs", "patience", "adapter_hidden",
-                  "chunk_tokens"):
+                  "chunk_tokens", "eval_every"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"srs.{k} must be >= 1, got {getattr(self, k)}")
         if self.hidden % self.heads:
@@ -273,8 +278,9 @@ class SRSConfig:
             raise ConfigError("srs.align_alpha must be >= 0 and srs.align_tau > 0")
         if not 0.0 < self.bert_mask_prob < 1.0:
             raise ConfigError(f"srs.bert_mask_prob must be in (0, 1), got {self.bert_mask_prob}")
-        if self.pca_dim < 0 or self.num_threads < 0 or self.max_minutes < 0:
-            raise ConfigError("srs.pca_dim, srs.num_threads and srs.max_minutes must be >= 0")
+        if self.pca_dim < 0 or self.num_threads < 0 or self.max_minutes < 0 or self.valid_users < 0:
+            raise ConfigError("srs.pca_dim, srs.num_threads, srs.max_minutes and srs.valid_users must be >= 0 "
+                              "(valid_users 0 = validate on all users)")
 
 
 @dataclass

@@ -81,7 +81,9 @@ class IDEncoder(ItemEncoder):
     def __init__(self, num_items: int, hidden: int):
         super().__init__()
         self.num_items, self.hidden = num_items, hidden
-        self.emb = nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        # sparse gradients: a batch touches a few hundred of N rows, and a dense (N+1, h) gradient per lookup
+        # (3 lookups per chunk) cost more than the model itself; the trainer densifies once before Adam
+        self.emb = nn.Embedding(num_items + 1, hidden, padding_idx=0, sparse=True)
         nn.init.normal_(self.emb.weight, std=0.02)
         with torch.no_grad():
             self.emb.weight[0].zero_()

@@ -19,20 +19,31 @@ def pessimistic_rank(scores: torch.Tensor, target_col: torch.Tensor) -> torch.Te
     t = scores.gather(1, target_col[:, None])
     if torch.isnan(t).any():
         raise ValueError("NaN scores for the target item; the model diverged (try a lower srs.lr)")
-    return (scores >= t).sum(1) - 1
+    # (the int32 sum of a bool matrix is about twice as fast as the default int64 one)
+    return (scores >= t).sum(1, dtype=torch.int32).long() - 1
 
 
 def full_ranks(scores: torch.Tensor, targets: torch.Tensor, history: list[np.ndarray] | None = None) -> torch.Tensor:
-    """Rank of `targets` (B,) among all items given scores (B, N+1); column 0 (padding) is excluded."""
-    scores = scores.clone()
-    target_score = scores.gather(1, targets[:, None])
-    scores[:, 0] = float("-inf")
+    """Rank of `targets` (B,) among all items given scores (B, N+1); column 0 (padding) is excluded.
+
+    Same result as setting the excluded columns to -inf and ranking, but without copying the (B, N+1)
+    scores: rank among all columns, minus the excluded columns that scored >= the target.
+    """
+    rank = pessimistic_rank(scores, targets)
+    t = scores.gather(1, targets[:, None])[:, 0]
+    rank -= (scores[:, 0] >= t).long()  # padding never competes
     if history is not None:
         rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(history)]).astype(np.int64)
         cols = np.concatenate(history).astype(np.int64)
-        scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
-        scores.scatter_(1, targets[:, None], target_score)  # a repeated target still competes
-    return pessimistic_rank(scores, targets)
+        tgt = targets.numpy()
+        # each excluded item once (a user may repeat items); a repeated target still competes
+        pairs = np.unique(rows * scores.size(1) + cols)
+        rows, cols = pairs // scores.size(1), pairs % scores.size(1)
+        keep = (cols != 0) & (cols != tgt[rows])
+        rows, cols = torch.from_numpy(rows[keep]), torch.from_numpy(cols[keep])
+        beats = scores[rows, cols] >= t[rows]
+        rank -= torch.bincount(rows[beats], minlength=len(rank))
+    return rank
 
 
 def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:

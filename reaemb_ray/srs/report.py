@@ -77,7 +77,8 @@ def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, curve in curves.items():
-        ax.plot([c["epoch"] for c in curve], [c["val_ndcg10"] for c in curve], label=name)
+        validated = [c for c in curve if "val_ndcg10" in c]  # srs.eval_every > 1 validates some epochs only
+        ax.plot([c["epoch"] for c in validated], [c["val_ndcg10"] for c in validated], marker=".", label=name)
     ax.set(xlabel="epoch", ylabel="validation NDCG@10 (full ranking)", title="Validation curves")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -58,3 +58,26 @@ def test_groups_and_popularity_buckets():
     assert by["0-4"]["n_users"] == 1 and by["0-4"]["value"] == 0.0  # item 2 (pop 3), rank 20
     assert by["20-49"]["value"] == 1.0 and by["50-99"]["value"] == 1.0
     assert by["10-19"]["value"] == pytest.approx(1 / np.log2(3))
+
+
+def reference_full_ranks(scores, targets, history):
+    """The plain definition: excluded columns set to -inf (the target restored), then count >= target."""
+    s = scores.clone()
+    t = s.gather(1, targets[:, None])
+    s[:, 0] = float("-inf")
+    for i, h in enumerate(history or []):
+        s[i, torch.as_tensor(h, dtype=torch.long)] = float("-inf")
+    s.scatter_(1, targets[:, None], t)
+    return (s >= t).sum(1) - 1
+
+
+def test_full_ranks_match_the_plain_definition_on_random_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        b, n = int(rng.integers(1, 12)), int(rng.integers(2, 30))
+        scores = torch.from_numpy(rng.integers(-3, 4, (b, n + 1)).astype(np.float32))  # many ties
+        targets = torch.from_numpy(rng.integers(1, n + 1, b))
+        hist = [np.append(rng.integers(1, n + 1, int(rng.integers(0, 6))), [targets[i].item()] * int(rng.integers(0, 2)))
+                for i in range(b)]  # repeated items, sometimes the target itself
+        assert torch.equal(full_ranks(scores, targets, hist), reference_full_ranks(scores, targets, hist))
+        assert torch.equal(full_ranks(scores, targets), reference_full_ranks(scores, targets, None))

@@ -4,7 +4,8 @@ import torch
 
 from reaemb_ray.config import SRSConfig
 from reaemb_ray.srs.encoders import IDEncoder
-from reaemb_ray.srs.models import SASRec, build_model, keep_last, right_align
+from reaemb_ray.srs.models import Dropout, SASRec, build_model, keep_last, right_align
+from reaemb_ray.srs.trainer import densify_grads, make_optimizer
 
 N = 30
 SRS = SRSConfig(hidden=16, layers=2, heads=2, dropout=0.1, max_len=12)
@@ -55,7 +56,7 @@ def test_a_few_steps_reduce_the_loss(name):
     m = model(name)
     rng = np.random.default_rng(0)
     seqs = [np.array([(s + j) % N + 1 for j in range(8)]) for s in range(N)]  # i -> i+1 pattern
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    opt = make_optimizer(m, 1e-2)
     torch.manual_seed(1)
     fixed = m.make_train_batch(seqs, np.random.default_rng(5))
     m.eval()
@@ -67,6 +68,7 @@ def test_a_few_steps_reduce_the_loss(name):
         assert loss.ndim == 0 and torch.isfinite(loss)
         opt.zero_grad()
         loss.backward()
+        densify_grads(m)  # ID embeddings have sparse gradients
         opt.step()
     m.eval()
     with torch.no_grad():
@@ -94,3 +96,47 @@ def test_bert4rec_masks_and_appends_mask_token():
     seq = torch.tensor([[1, 2, 3]])
     expected = m.sequence_output(torch.tensor([[1, 2, 3, m.mask_id]]))[:, 3]
     assert torch.allclose(m(seq), expected, atol=1e-6)
+
+
+def test_dropout_keeps_1_minus_p_scales_and_is_identity_in_eval():
+    torch.manual_seed(0)
+    d = Dropout(0.3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))  # inverted dropout, like nn.Dropout
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient flows through kept entries only, with the same scale
+    assert d.eval()(x) is x and Dropout(0.0).train()(x) is x
+
+
+def test_training_attention_path_matches_scaled_dot_product_attention():
+    # all dropout off except a negligible attention dropout: the hand-written training path must equal the
+    # scaled_dot_product_attention used at evaluation
+    m = model("sasrec")
+    seq = torch.tensor([[3, 7, 9, 11, 2], [4, 5, 0, 0, 0]])
+    expected = m.eval().sequence_output(seq)
+    m.train()
+    for mod in m.modules():
+        if isinstance(mod, Dropout):
+            mod.p = 1e-12 if mod is m.blocks[0].attn_drop or mod is m.blocks[1].attn_drop else 0.0
+    assert torch.allclose(m.sequence_output(seq), expected, atol=1e-5)
+
+
+def test_sparse_id_gradients_give_the_same_adam_step_as_dense():
+    sparse_m = model("sasrec").train()
+    dense_m = model("sasrec").train()
+    dense_m.encoder.emb.sparse = False
+    batch = sparse_m.make_train_batch([np.array([1, 2, 3, 4]), np.array([5, 6, 7])], np.random.default_rng(0))
+    for m in (sparse_m, dense_m):
+        for mod in m.modules():
+            if isinstance(mod, Dropout):
+                mod.p = 0.0
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        m.training_loss(batch).backward()
+        densify_grads(m)
+        opt.step()
+    assert sparse_m.encoder.emb.weight.grad.layout == torch.strided
+    for (name, a), b in zip(sparse_m.state_dict().items(), dense_m.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
