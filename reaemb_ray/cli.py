@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "bench":
             sp.add_argument("--quick", action="store_true", help="small sizes, finishes in a few minutes")
             sp.add_argument("--out", default=None, help="also write the JSON here")
-        if name in ("prepare", "lrcl", "crrl", "export", "evaluate", "run"):
+        if name in ("prepare", "lrcl", "crrl", "export", "evaluate", "run", "bench"):
             sp.add_argument("--fresh", action="store_true", help="ignore existing outputs and start over")
     return p
 

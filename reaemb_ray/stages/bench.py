@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import random
 import time
@@ -61,17 +62,21 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
     return res
 
 
-def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str]) -> tuple[dict, str]:
-    from reaemb_ray.bench.engines import compare_engines
+def prepare_base_for_bench(cfg: Config) -> Path:
+    """A CRRL policy folder (merged LM + fresh attention) from the raw backbone, shared by the sections."""
     from reaemb_ray.rl.policy import prepare_base
     from reaemb_ray.stages.run import _with
 
-    base = prepare_base(_with(cfg, **{"crrl.init_from": "backbone"}), cfg.out / "bench_base")
+    return prepare_base(_with(cfg, **{"crrl.init_from": "backbone"}), cfg.out / "bench_base")
+
+
+def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str], base: str) -> dict:
+    from reaemb_ray.bench.engines import compare_engines
+
     ids = sorted(texts)[: sz["engine_items"]]
-    res = compare_engines(str(base), {i: texts[i] for i in ids}, ids, engines, sz["group"], cfg.crrl.sigma,
-                          cfg.data.item_noun, cfg.model.max_length, cfg.model.dtype, sz["engine_batch"],
-                          num_cpus=float(cfg.ray.num_cpus or 2))
-    return res, str(base)
+    return compare_engines(base, {i: texts[i] for i in ids}, ids, engines, sz["group"], cfg.crrl.sigma,
+                           cfg.data.item_noun, cfg.model.max_length, cfg.model.dtype, sz["engine_batch"],
+                           num_cpus=float(cfg.ray.num_cpus or 2))
 
 
 def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:
@@ -80,13 +85,17 @@ def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:
 
     out = {}
     for workers in (1, 2):
+        run_dir = cfg.out / f"bench_crrl_{workers}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "prepared").exists():
+            (run_dir / "prepared").symlink_to((cfg.out / "prepared").resolve(), target_is_directory=True)
         c = _with(cfg, **{"crrl.init_from": base, "crrl.num_rollout_workers": workers, "crrl.num_reward_workers": 1,
                           "crrl.max_items": sz["crrl_items"], "crrl.items_per_batch": sz["crrl_batch"],
                           "crrl.group_size": sz["group"], "crrl.eval_items": 0, "crrl.engine": "torch",
                           "crrl.checkpoint_every": 10_000, "crrl.max_staleness": 1,
                           "crrl.rollout_resources.num_cpus": 0.5, "crrl.reward_resources.num_cpus": 0.25,
                           "crrl.learner_resources.num_cpus": 0.25,
-                          "output_dir": str(cfg.out / f"bench_crrl_{workers}")})
+                          "output_dir": str(run_dir)})
         t = run_crrl(c, fresh=True)
         samples = t["steps"] * sz["crrl_batch"] * sz["group"]
         wall = t["wall_s"]
@@ -112,7 +121,9 @@ def bench_memory(cfg: Config) -> dict:
     return res
 
 
-def run_bench(cfg: Config, quick: bool) -> dict:
+def run_bench(cfg: Config, quick: bool, fresh: bool = False) -> dict:
+    """Run every section; each finished section is saved, so an interrupted bench resumes (both sides of every
+    ratio always come from the same section run)."""
     import torch
 
     from reaemb_ray.bench.compute import matmul_peak
@@ -123,32 +134,39 @@ def run_bench(cfg: Config, quick: bool) -> dict:
     sz = _sizes(quick)
     out_dir = Path(cfg.output_dir).expanduser().resolve() / ("bench-quick" if quick else "bench")
     bcfg = _bench_cfg(cfg, quick, out_dir)
+    partial = out_dir / "partial.json"
+    header = {"quick": quick, "backbone": bcfg.model.backbone, "dtype": bcfg.model.dtype, "sizes": sz}
+    result: dict = json.loads(partial.read_text()) if partial.exists() and not fresh else {}
+    if any(result.get(k) != v for k, v in header.items()):
+        result = {}
+    result.update(header, machine={"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__})
     init_ray(bcfg.ray)
-    t0 = time.perf_counter()
-    result: dict = {"quick": quick, "backbone": bcfg.model.backbone, "dtype": bcfg.model.dtype,
-                    "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
-                                "torch": torch.__version__}}
     _call("prepare", bcfg, False)
     texts = load_item_texts(bcfg.out / "prepared")
     order = sorted(texts)
     random.Random(0).shuffle(order)
     sample = {i: texts[i] for i in order}
+    base = str(prepare_base_for_bench(bcfg))
 
-    log.info("bench: matmul peak")
-    result["matmul_peak"] = matmul_peak(bcfg.model.dtype, 1024 if quick else 2048)
-    log.info("bench: efficient vs naive forward")
-    result["forward"] = bench_forward(bcfg, list(sample.values()), sz)
-    log.info("bench: rollout engines")
-    engines = ["torch", "naive", "vllm"]
-    result["rollout"], base = bench_rollout(bcfg, sample, sz, engines)
+    sections = [
+        ("matmul_peak", lambda: matmul_peak(bcfg.model.dtype, 1024 if quick else 2048)),
+        ("forward", lambda: bench_forward(bcfg, list(sample.values()), sz)),
+        ("rollout", lambda: bench_rollout(bcfg, sample, sz, ["torch", "naive", "vllm"], base)),
+        ("crrl", lambda: bench_crrl(bcfg, sz, base)),
+        ("memory", lambda: bench_memory(_with(bcfg, **{"output_dir": str(out_dir / "pipeline")}))),
+    ]
+    for name, fn in sections:
+        if name in result:
+            log.info("bench: %s already measured (%s), kept", name, partial)
+            continue
+        log.info("bench: %s", name)
+        t0 = time.perf_counter()
+        result[name] = fn()
+        result.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t0, 1)
+        partial.write_text(json.dumps(result, indent=2, default=float))
     peak = result["matmul_peak"]["gflops"]
     result["flops"] = {e: {"achieved_gflops": r["useful_gflops"], "peak_gflops": peak,
                            "fraction_of_peak": r["useful_gflops"] / peak} for e, r in result["rollout"].items()}
-    log.info("bench: CRRL end to end, 1 vs 2 rollout workers")
-    result["crrl"] = bench_crrl(bcfg, sz, base)
-    log.info("bench: peak memory per stage")
-    mem_cfg = _with(bcfg, **{"output_dir": str(out_dir / "pipeline")})
-    result["memory"] = bench_memory(mem_cfg)
     result["ratios"] = {
         "lrcl_train_step_efficient_vs_naive": result["forward"]["lrcl_train_step"]["speedup"],
         "export_efficient_vs_naive": result["forward"]["export"]["speedup"],
@@ -156,12 +174,12 @@ def run_bench(cfg: Config, quick: bool) -> dict:
         "rollout_torch_fraction_of_matmul_peak": result["flops"]["torch"]["fraction_of_peak"],
         "crrl_2_vs_1_rollout_workers": result["crrl"]["speedup_2_vs_1"],
     }
-    result["seconds"] = time.perf_counter() - t0
+    result["seconds"] = sum(result["section_seconds"].values())
     return result
 
 
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    res = run_bench(cfg, quick=getattr(args, "quick", False))
+    res = run_bench(cfg, quick=getattr(args, "quick", False), fresh=getattr(args, "fresh", False))
     text = json.dumps(res, indent=2, default=float)
     print(text)
     dest = Path(args.out) if getattr(args, "out", None) else Path(cfg.output_dir).expanduser() / "bench.json"
