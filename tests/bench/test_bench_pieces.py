@@ -1,0 +1,44 @@
+"""Benchmark building blocks: matmul peak, efficient-vs-naive timing on a tiny LLM, peak memory of a child."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from reaemb_ray.bench.compute import efficient_vs_naive, forward_flops, matmul_peak
+from reaemb_ray.bench.memory import peak_memory
+from reaemb_ray.config import ModelConfig
+from reaemb_ray.data.prompts import attribute_views, item_prompt
+from reaemb_ray.model.generator import build_embedder
+
+
+def test_matmul_peak_is_positive_and_consistent():
+    r = matmul_peak("float32", n=256, repeats=2)
+    assert r["gflops"] > 0 and abs(r["gflops"] - 2 * 256**3 / r["seconds"] / 1e9) < 1e-6
+
+
+def test_forward_flops_counts_two_per_parameter_per_token():
+    assert forward_flops(1000, 7) == 14000
+
+
+def test_efficient_vs_naive_reports_both_paths(tmp_path):
+    cfg = ModelConfig(backbone="tiny", max_length=128)
+    embedder, tok, _ = build_embedder(cfg, str(tmp_path), with_lora=True)
+    rng = np.random.default_rng(0)
+    texts = ["title is Movie A; genres is Drama; year is 1995", "title is Movie B; genres is Comedy, Drama"] * 2
+    views = [attribute_views(t, 0.4, rng) for t in texts]
+    a = [item_prompt(tok, v[0], "movie") for v in views]
+    b = [item_prompt(tok, v[1], "movie") for v in views]
+    res = efficient_vs_naive(embedder, tok, a, b, 128, micro_batch=2, repeats=1)
+    for part in ("lrcl_train_step", "export"):
+        assert res[part]["naive_items_per_s"] > 0 and res[part]["efficient_items_per_s"] > 0
+        assert res[part]["speedup"] == pytest.approx(res[part]["efficient_items_per_s"] / res[part]["naive_items_per_s"])
+    assert res["items"] == 4
+    assert all(p.grad is None for p in embedder.parameters())  # the timing leaves no gradients behind
+
+
+def test_peak_memory_counts_child_processes():
+    code = "import time; x = bytearray(300 * 2**20); time.sleep(1.5)"
+    with peak_memory(interval=0.1) as m:
+        subprocess.run([sys.executable, "-c", code], check=True)
+    assert m["delta_mb"] > 250, m
