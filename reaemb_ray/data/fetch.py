@@ -43,7 +43,9 @@ def local_copy(dataset: str) -> Path | None:
         root = Path(os.environ["REAEMB_DATA_DIR"]).expanduser()
         candidates += [root / dataset, root]
     if dataset == "ml-100k":
+        # ../shared/data beside the working directory, or beside this checkout of the package
         candidates.append(Path.cwd().parent / "shared" / "data" / "ml-100k")
+        candidates.append(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-100k")
     for c in candidates:
         if c.is_dir() and _usable(c, dataset):
             return c

@@ -142,7 +142,10 @@ def train_loop(config: dict) -> None:
     accum = ds_cfg["gradient_accumulation_steps"]
 
     start = 0
+    # in-run restarts (FailureConfig) hand the checkpoint to Ray Train; a rerun of the stage passes it in config
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and config.get("resume_dir"):
+        ckpt = ray.train.Checkpoint.from_directory(config["resume_dir"])
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / DATA_STATE).read_text())
@@ -225,7 +228,7 @@ def _report_checkpoint(engine, tok, cfg, config, step, stream, metrics, rank) ->
 
 def run_lrcl(cfg, fresh: bool = False) -> Path:
     """Train (or resume) and return `{output_dir}/<stage>/final`."""
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from reaemb_ray.data.prepare import load_prepared
@@ -256,13 +259,12 @@ def run_lrcl(cfg, fresh: bool = False) -> Path:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg, "texts": texts, "stage": stage, "backbone_path": backbone_path,
-                           "stage_dir": str(stage_dir)},
+                           "stage_dir": str(stage_dir), "resume_dir": str(resume) if resume else None},
         scaling_config=ScalingConfig(num_workers=cfg.lrcl.num_workers, use_gpu=cfg.lrcl.use_gpu,
                                      resources_per_worker={"CPU": cfg.lrcl.cpus_per_worker}),
         run_config=RunConfig(storage_path=str(stage_dir / "ray"), name="train",
                              failure_config=FailureConfig(max_failures=cfg.lrcl.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        resume_from_checkpoint=Checkpoint.from_directory(str(resume)) if resume else None,
     )
     result = trainer.fit()
     if result.error:

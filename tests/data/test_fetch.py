@@ -46,7 +46,7 @@ def test_local_copy_preferred(monkeypatch, tmp_path, cache):
     monkeypatch.setenv("REAEMB_DATA_DIR", str(SHARED))
     assert local_copy("ml-100k") == SHARED / "ml-100k"
     monkeypatch.delenv("REAEMB_DATA_DIR")
-    monkeypatch.chdir(SHARED.parent.parent / "main")  # ../shared/data/ml-100k relative to the working directory
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # ../shared/data/ml-100k relative to the working directory
     cfg = load_config(None, ["data.path=auto:ml-100k", f"data.cache_dir={tmp_path / 'empty'}"])
     assert resolve_data_path(cfg.data) == SHARED / "ml-100k"
     raw, _ = read_raw(cfg.data)

@@ -1,4 +1,6 @@
 """Export with Ray Data on a tiny generator: every item once, matches direct embedding, restart skips shards."""
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -10,7 +12,7 @@ from reaemb_ray.data.prompts import item_prompt
 from reaemb_ray.model import build_embedder, save_generator, tokenize_prompts
 from reaemb_ray.stages.export import run_export
 
-ML100K = "/work/shared/data/ml-100k"
+ML100K = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k")  # ../shared beside the repo
 
 
 @pytest.fixture(scope="module")

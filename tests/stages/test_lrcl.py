@@ -1,5 +1,6 @@
 """LRCL as a real Ray Train + DeepSpeed job: 2 CPU workers, tiny model, 20 MovieLens items."""
 import json
+from pathlib import Path
 
 import pytest
 import ray
@@ -9,7 +10,7 @@ from reaemb_ray.data.prepare import prepare
 from reaemb_ray.model import load_generator
 from reaemb_ray.stages.lrcl import ItemStream, lr_factor, run_lrcl
 
-ML100K = "/work/shared/data/ml-100k"
+ML100K = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k")  # ../shared beside the repo
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,18 @@ def test_killed_run_resumes_from_checkpoint_with_same_data_and_optimizer(uninter
     for r in rows[3:]:
         assert r["loss"] == pytest.approx(want[r["step"]]["loss"], rel=1e-4, abs=1e-5), r
         assert r["lr"] == pytest.approx(want[r["step"]]["lr"])
+
+
+def test_rerun_of_a_failed_job_resumes_from_its_checkpoint(uninterrupted, tmp_path):
+    """A job that died for good (no retries left) is resumed by simply running the stage again."""
+    full_out, cache, _ = uninterrupted
+    cfg = _cfg(tmp_path, cache, **{"lrcl.fail_at_step": 4, "lrcl.max_failures": 0})
+    prepare(cfg)
+    with pytest.raises(Exception):
+        run_lrcl(cfg)
+    run_lrcl(_cfg(tmp_path, cache))
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 3, 4, 5, 6]
+    want = {r["step"]: r for r in _metrics(full_out)}
+    for r in rows[3:]:
+        assert r["loss"] == pytest.approx(want[r["step"]]["loss"], rel=1e-4, abs=1e-5), r
