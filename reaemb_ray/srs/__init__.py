@@ -8,11 +8,11 @@ from reaemb_ray.srs.encoders import ExternalEncoder, IDEncoder, ItemEncoder, ali
 from reaemb_ray.srs.metrics import full_ranks, hit_ndcg, sampled_ranks, summarize
 from reaemb_ray.srs.models import MODELS, Bert4Rec, GRU4Rec, SASRec, SequentialRecommender, build_model
 from reaemb_ray.srs.pretrain import load_item_table, pretrain_id_sasrec
-from reaemb_ray.srs.trainer import TrainResult, fit_and_test, train
+from reaemb_ray.srs.trainer import TrainResult, densify_grads, fit_and_test, make_optimizer, train
 
 __all__ = [
     "SeqData", "load_seq_data", "ItemEncoder", "IDEncoder", "ExternalEncoder", "alignment_loss",
     "load_embedding_table", "full_ranks", "sampled_ranks", "hit_ndcg", "summarize", "MODELS", "SequentialRecommender",
     "SASRec", "GRU4Rec", "Bert4Rec", "build_model", "load_item_table", "pretrain_id_sasrec", "TrainResult",
-    "fit_and_test", "train",
+    "fit_and_test", "train", "make_optimizer", "densify_grads",
 ]
