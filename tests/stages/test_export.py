@@ -15,13 +15,6 @@ from reaemb_ray.stages.export import run_export
 ML100K = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k")  # ../shared beside the repo
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def test_export_lrcl_all_items_and_restart(tmp_path, local_ray):
     cache = tmp_path / "backbones"
     cfg = load_config(None, [f"output_dir={tmp_path}", "data.reader=movielens", f"data.path={ML100K}",

@@ -13,13 +13,6 @@ from reaemb_ray.stages.lrcl import ItemStream, lr_factor, run_lrcl
 ML100K = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k")  # ../shared beside the repo
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _cfg(out, cache, **extra):
     over = [f"output_dir={out}", "data.reader=movielens", f"data.path={ML100K}", "data.name=ml-100k",
             f"data.cache_dir={cache}", "model.backbone=tiny", "model.max_length=128", "lrcl.steps=6",
