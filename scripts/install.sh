@@ -25,6 +25,9 @@ if [[ $EXTRA == cpu* ]]; then
   pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 
+# make the `reaemb` entry point visible where pyenv shims front the interpreter
+command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1 || true
+
 if [[ $DEV == 1 ]] && ! command -v prometheus >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [[ $(id -u) != 0 ]] && SUDO=sudo
