@@ -63,37 +63,47 @@ def resolve_backbone_name(name: str, cache_dir: str | os.PathLike) -> str:
     return name
 
 
+def _build_once(cache: Path, name: str, build) -> Path:
+    """`cache/name`, made once by `build() -> (model, tokenizer)` under a file lock, written atomically."""
+    out = cache / name
+    if (out / "config.json").exists():
+        return out
+    with _file_lock(cache / f".{name}.lock"):
+        if (out / "config.json").exists():  # another process finished while we waited
+            return out
+        model, tok = build()
+        partial = cache / (name + ".partial")
+        model.save_pretrained(partial)
+        tok.save_pretrained(partial)
+        os.replace(partial, out)  # atomic: readers never see a half-written folder
+    return out
+
+
 # ------------------------------------------------------------------------------------------- smollm2
 
 
 def _ensure_smollm2(cache: Path) -> Path:
-    out = cache / SMOLLM2_DIR
-    if (out / "config.json").exists():
-        return out
-    with _file_lock(cache / f".{SMOLLM2_DIR}.lock"):
-        if (out / "config.json").exists():  # another process finished while we waited
-            return out
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    return _build_once(cache, SMOLLM2_DIR, lambda: _convert_smollm2(cache))
 
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            gguf_path = _fetch_smollm2_gguf(Path(tmp))
-            log.info("converting %s to an HF folder at %s (once)", gguf_path.name, out)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                         dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            # The GGUF loader marks the model as quantized; the weights are already dequantized to fp32.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            for attr in ("is_quantized", "quantization_method"):
-                if hasattr(model, attr):
-                    with contextlib.suppress(AttributeError):
-                        setattr(model, attr, False if attr == "is_quantized" else None)
-            partial = cache / (SMOLLM2_DIR + ".partial")
-            model.save_pretrained(partial)
-            tok.save_pretrained(partial)
-            os.replace(partial, out)  # atomic: readers never see a half-written folder
-    return out
+
+def _convert_smollm2(cache: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        gguf_path = _fetch_smollm2_gguf(Path(tmp))
+        log.info("converting %s to an HF folder in %s (once)", gguf_path.name, cache)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        # The GGUF loader marks the model as quantized; the weights are already dequantized to fp32.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        for attr in ("is_quantized", "quantization_method"):
+            if hasattr(model, attr):
+                with contextlib.suppress(AttributeError):
+                    setattr(model, attr, False if attr == "is_quantized" else None)
+        return model, tok
 
 
 def _fetch_smollm2_gguf(tmp: Path) -> Path:
@@ -139,39 +149,33 @@ def _tiny_corpus() -> list[str]:
 
 
 def _ensure_tiny(cache: Path) -> Path:
-    out = cache / TINY_DIR
-    if (out / "config.json").exists():
-        return out
-    with _file_lock(cache / f".{TINY_DIR}.lock"):
-        if (out / "config.json").exists():
-            return out
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    return _build_once(cache, TINY_DIR, _build_tiny)
 
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        bpe = Tokenizer(models.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        bpe.train_from_iterator(_tiny_corpus(), trainer=trainer)
-        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                      bos_token=None, unk_token=None)
-        tok.chat_template = CHAT_TEMPLATE
-        cfg = LlamaConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                          intermediate_size=256, vocab_size=len(tok), max_position_embeddings=2048,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
-                          tie_word_embeddings=True, rope_theta=10000.0)
-        gen = torch.Generator().manual_seed(1234)
-        model = LlamaForCausalLM(cfg)
-        with torch.no_grad():  # deterministic weights independent of the global RNG
-            for p in model.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05 if p.dim() > 1 else torch.ones_like(p))
-        partial = cache / (TINY_DIR + ".partial")
-        model.save_pretrained(partial)
-        tok.save_pretrained(partial)
-        os.replace(partial, out)
-    return out
+
+def _build_tiny():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  bos_token=None, unk_token=None)
+    tok.chat_template = CHAT_TEMPLATE
+    cfg = LlamaConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                      intermediate_size=256, vocab_size=len(tok), max_position_embeddings=2048,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+                      tie_word_embeddings=True, rope_theta=10000.0)
+    gen = torch.Generator().manual_seed(1234)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # deterministic weights independent of the global RNG
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05 if p.dim() > 1 else torch.ones_like(p))
+    return model, tok
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -6,6 +6,8 @@ row's result). All item vectors come from an `ItemEncoder`, so ID and LLM embedd
 """
 from __future__ import annotations
 
+import abc
+
 import math
 
 import numpy as np
@@ -41,7 +43,7 @@ def sample_negatives(pos: np.ndarray, num_items: int, rng: np.random.Generator) 
     return neg * (pos != 0)
 
 
-class SequentialRecommender(nn.Module):
+class SequentialRecommender(nn.Module, abc.ABC):
     """Base class: user representation from a sequence, dot-product scores against the item table."""
 
     def __init__(self, encoder: ItemEncoder, hidden: int, max_len: int):
@@ -68,16 +70,17 @@ class SequentialRecommender(nn.Module):
         """(B, N+1) scores of every item (column 0 is padding; the metrics exclude it)."""
         return self.forward(seq) @ self.item_embeddings().T
 
+    @abc.abstractmethod
     def make_train_batch(self, seqs: list[np.ndarray], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Training inputs/targets for a list of sequences."""
 
+    @abc.abstractmethod
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean training loss over the batch's prediction targets."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def num_targets(self, batch: dict[str, torch.Tensor]) -> int:
         """How many predictions `calculate_loss` averages over (to weight chunks of one batch)."""
-        raise NotImplementedError
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.calculate_loss(batch)
@@ -118,8 +121,9 @@ class NextItemModel(SequentialRecommender):
 
     min_train_len = 2  # a training sequence needs an input item and a next item
 
+    @abc.abstractmethod
     def sequence_output(self, seq: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Per-position hidden states (B, L, h) of a right-aligned sequence."""
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         seq = keep_last(right_align(seq), self.max_len)
