@@ -30,12 +30,22 @@ def init_ray(ray_cfg) -> None:
         _CONNECTED[0] = True
         log.info("connected to Ray cluster at %s", address)
         return
+    runtime_env = {"env_vars": env_vars}
+    if not ray_cfg.include_dashboard:
+        runtime_env["worker_process_setup_hook"] = "reaemb_ray.runtime.quiet_state_api_pollers"
     kwargs = dict(address="local", namespace=ray_cfg.namespace, include_dashboard=ray_cfg.include_dashboard,
-                  _node_ip_address="127.0.0.1", runtime_env={"env_vars": env_vars})
+                  _node_ip_address="127.0.0.1", runtime_env=runtime_env)
     if ray_cfg.num_cpus:
         kwargs["num_cpus"] = ray_cfg.num_cpus
     ray.init(**kwargs)
     log.info("started an embedded local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+
+
+def quiet_state_api_pollers() -> None:
+    """Worker setup hook for an embedded Ray without dashboard: the State API lives in the dashboard, so Ray
+    Train's PlacementGroupCleaner would warn every few seconds that it cannot query it. Its only job (removing
+    the placement group of a controller that died) matters on long-lived clusters, which run a dashboard."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def _check_reachable(address: str) -> None:

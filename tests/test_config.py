@@ -73,3 +73,15 @@ def test_save_and_reload_roundtrip(tmp_path):
 
 def test_parse_overrides_builds_a_tree():
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_optional_literal_rejects_unknown_values_and_accepts_null():
+    assert load_config(None, ["export.dtype=bfloat16"]).export.dtype == "bfloat16"
+    assert load_config(None, ["export.dtype=null"]).export.dtype is None
+    with pytest.raises(ConfigError, match=r"export.dtype='bf16' must be one of .* or null"):
+        load_config(None, ["export.dtype=bf16"])
+
+
+def test_lrcl_zero3_is_refused_with_the_alternative():
+    with pytest.raises(ConfigError, match="lrcl.zero_stage=3 is not supported.*use lrcl.zero_stage=2"):
+        load_config(None, ["lrcl.zero_stage=3"])

@@ -96,7 +96,8 @@ def save_generator(module: ThoughtEmbedder, tokenizer, out_dir, meta: dict) -> P
     save_file(_state_to_cpu(module.attn.state_dict()), str(out / ATTN_FILE))
     tokenizer.save_pretrained(str(out))
     full = dict(meta, hidden_size=module.hidden_size, use_thought=module.use_thought,
-                rope_base=module.attn.rope_base, tau=float(module.tau()), log_tau=float(module.log_tau),
+                rope_base=module.attn.rope_base, tau=float(module.tau().detach()),
+                log_tau=float(module.log_tau.detach()),
                 lora=module.has_lora, merged=bool(meta.get("merged", False)), vocab_size=len(tokenizer))
     (out / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
     return out

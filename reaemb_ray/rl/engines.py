@@ -118,7 +118,7 @@ class VllmEngine:
         h = torch.zeros(B, t, d)
         for i, o in enumerate(outs):
             data = torch.as_tensor(o.outputs.data, dtype=torch.float32)
-            h[i, t - data.shape[0]:] = data  # left padding, as the torch layout
+            h[i, mask[i, :t].bool()] = data  # back into the batch layout (shared head, then left padding)
         return Pass1(h, mask, pos)
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reaemb_ray import metrics
+from reaemb_ray.runtime import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ class Controller:
         self.texts_ref = ray.put(self.texts)
         self.cands_ref = ray.put(self.cands)
         self.RolloutWorker, self.RewardWorker = RolloutWorker, RewardWorker
+        need = lambda r, n: {"CPU": r.num_cpus * n, "GPU": r.num_gpus * n}
+        check_fits({"the learner": need(c.learner_resources, 1),
+                    f"{c.num_rollout_workers} rollout workers": need(c.rollout_resources, c.num_rollout_workers),
+                    f"{c.num_reward_workers} reward workers": need(c.reward_resources, c.num_reward_workers)})
         res = c.learner_resources
         self.learner = LearnerActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
             self.base, c, self.total, cfg.model.dtype, 29500 + random.Random().randint(0, 9999))

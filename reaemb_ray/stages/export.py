@@ -37,7 +37,7 @@ class ItemEmbedder:
         torch.set_num_threads(max(1, threads))
         method, out, mc = cfg.export.method, cfg.out.resolve(), cfg.model
         if method == "raw_llm":
-            lm, tok = load_backbone(backbone_path, mc.dtype)
+            lm, tok = load_backbone(backbone_path, export_dtype(cfg))
             module = ThoughtEmbedder(lm, use_thought=False)
         else:
             module, tok = load_generator_for(method, out, cfg)
@@ -57,6 +57,10 @@ class ItemEmbedder:
         return {"item_id": np.asarray(batch["item_id"], dtype=np.int64), "vector": emb.float().numpy()}
 
 
+def export_dtype(cfg) -> str:
+    return cfg.export.dtype or cfg.model.dtype
+
+
 def load_generator_for(method: str, out: Path, cfg):
     """(ThoughtEmbedder, tokenizer) for a trained method, with the backbone checked against the config."""
     from safetensors.torch import load_file
@@ -68,7 +72,7 @@ def load_generator_for(method: str, out: Path, cfg):
     if not src.exists():
         stage = "reaemb lrcl" + (" model.use_thought=false" if method == "llmemb" else "")
         raise FileNotFoundError(f"export.method={method} needs the trained generator at {src}; run `{stage}` first")
-    module, tok = load_generator(src, merge_lora=True, dtype=cfg.model.dtype, expect_backbone=cfg.model.backbone,
+    module, tok = load_generator(src, merge_lora=True, dtype=export_dtype(cfg), expect_backbone=cfg.model.backbone,
                                  cache_dir=cfg.data.cache_dir)
     if method == "crrl":
         attn = out / "crrl" / "final" / ATTN_FILE
@@ -78,8 +82,15 @@ def load_generator_for(method: str, out: Path, cfg):
         if state["q_proj.weight"].shape[0] != module.hidden_size:
             raise ValueError(f"{attn} is for hidden size {state['q_proj.weight'].shape[0]} but the LRCL model has "
                              f"{module.hidden_size}; the CRRL and LRCL checkpoints do not belong together")
-        module.attn.load_state_dict({k: v.to(to_dtype(cfg.model.dtype)) for k, v in state.items()})
+        module.attn.load_state_dict({k: v.to(to_dtype(export_dtype(cfg))) for k, v in state.items()})
     return module, tok
+
+
+def item_blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
+    """Blocks of two batches each. One big block would come back only when all of it is embedded: no progress,
+    and no finished shard on disk if the export is killed."""
+    step = max(batch_size, 1) * 2
+    return [table.slice(i, step) for i in range(0, table.num_rows, step)]
 
 
 def _shard_path(shard_dir: Path, k: int) -> Path:
@@ -122,11 +133,15 @@ def run_export(cfg, fresh: bool = False) -> dict:
     num_shards = int(shard_of[-1]) + 1
     done = {k for k in range(num_shards) if _shard_path(shard_dir, k).exists()}
     todo = np.flatnonzero(~np.isin(shard_of, list(done)))
+    # Within a shard, embed items in order of text length: batches pad less, shards still finish one by one.
+    lengths = np.array([len(t) for t in items.column("text").to_pylist()])
+    todo = todo[np.lexsort((lengths[todo], shard_of[todo]))]
     log.info("export %s: %d items in %d shards, %d already done", method, n, num_shards, len(done))
     t0 = time.time()
     if len(todo):
         init_ray(cfg.ray)
-        ds = ray.data.from_arrow(items.take(pa.array(todo)))
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the tqdm bar below counts items
+        ds = ray.data.from_arrow(item_blocks(items.take(pa.array(todo)), ec.batch_size))
         ds = ds.map_batches(ItemEmbedder, fn_constructor_args=(cfg, backbone_path, ec.cpus_per_actor),
                             batch_size=ec.batch_size, batch_format="numpy", concurrency=ec.num_actors,
                             num_cpus=ec.cpus_per_actor, num_gpus=1 if ec.use_gpu else 0)
@@ -151,7 +166,8 @@ def run_export(cfg, fresh: bool = False) -> dict:
     summary = {"method": method, "items": n, "dim": int(vectors.shape[1]), "pca_dim": ec.pca_dim,
                "shards": num_shards, "shards_skipped": len(done), "seconds": round(seconds, 1),
                "items_per_s": round(len(todo) / seconds, 2) if len(todo) and seconds > 0 else None,
-               "backbone": cfg.model.backbone, "efficient_forward": ec.efficient_forward}
+               "backbone": cfg.model.backbone, "efficient_forward": ec.efficient_forward,
+               "dtype": export_dtype(cfg)}
     (dest / "_DONE.json").write_text(json.dumps(summary, indent=2))
     log.info("export %s: wrote %s (%d x %d)", method, dest / "embeddings.parquet", n, vectors.shape[1])
     return summary

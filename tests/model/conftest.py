@@ -17,9 +17,15 @@ def tiny_cfg():
 
 
 def _make_prompt(tok, attributes: str) -> str:
-    chat = [{"role": "system", "content": "You are a specialist."},
-            {"role": "user", "content": "Please provide the item description. The item information is: \n" + attributes}]
-    return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + "<|Thought|>" + tok.eos_token
+    """The real prompt: every row shares the template head, so batches use the shared-head layout."""
+    from reaemb_ray.data.prompts import item_prompt
+
+    return item_prompt(tok, attributes, "item")
+
+
+def _make_custom_prompt(tok, attributes: str) -> str:
+    """A prompt whose rows share no token prefix (the text reversed): batches use plain left padding."""
+    return attributes[::-1] + "<|Thought|>" + tok.eos_token
 
 
 PROMPT_ATTRS = [
@@ -43,9 +49,9 @@ def _randomize_lora(module, seed=0):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-@pytest.fixture()
-def make_prompt():
-    return _make_prompt
+@pytest.fixture(params=["shared_head", "left_padded"])
+def make_prompt(request):
+    return _make_prompt if request.param == "shared_head" else _make_custom_prompt
 
 
 @pytest.fixture()

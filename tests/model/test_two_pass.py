@@ -3,30 +3,43 @@ import torch
 
 from reaemb_ray.model import (build_embedder, efficient_embed, embed_with_thoughts, naive_embed,
                               naive_embed_with_thoughts, prompt_states, tokenize_prompts)
+from reaemb_ray.model.two_pass import _template_lengths, shared_head_length
 
 
 def _batch(make_prompt, tok, attrs, max_length=128):
     return tokenize_prompts(tok, [make_prompt(tok, a) for a in attrs], max_length)
 
 
-def test_tokenize_layout_left_padding_and_positions(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
+def test_tokenize_layout_padding_and_positions(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
     module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
-    b = _batch(make_prompt, tok, prompts)
+    texts = [make_prompt(tok, a) for a in prompts]
+    b = tokenize_prompts(tok, texts, 128)
+    ids, mask, pos = b["input_ids"], b["attention_mask"], b["position_ids"]
     thought = tok.convert_tokens_to_ids("<|Thought|>")
-    assert (b["input_ids"][:, -2] == thought).all() and (b["input_ids"][:, -1] == tok.eos_token_id).all()
-    lengths = b["attention_mask"].sum(1)
-    assert lengths.min() < b["input_ids"].shape[1]  # the batch really is padded
-    for i, n in enumerate(lengths.tolist()):
-        assert b["attention_mask"][i, -n:].all() and not b["attention_mask"][i, :-n].any()
-        assert b["position_ids"][i, -n:].tolist() == list(range(n))
+    assert (ids[:, -2] == thought).all() and (ids[:, -1] == tok.eos_token_id).all()
+    assert mask.sum(1).min() < ids.shape[1]  # the batch really is padded
+    for i, text in enumerate(texts):
+        keep = mask[i].bool()
+        assert ids[i, keep].tolist() == tok(text, add_special_tokens=False)["input_ids"]  # order kept, no loss
+        assert pos[i, keep].tolist() == list(range(int(keep.sum())))
+    head = _template_lengths(tok)[0]
+    S = shared_head_length(ids, mask, ids.shape[1] - 2)
+    if make_prompt.__name__ == "_make_prompt":  # the template head in the same columns of every row
+        assert head > 8 and S >= head - 2 and mask[:, :S].all()
+    else:  # plain left padding: the padding is all at the start of each row
+        assert S == 0
+        for i, n in enumerate(mask.sum(1).tolist()):
+            assert mask[i, -n:].all() and not mask[i, :-n].any()
 
 
-def test_tokenize_truncates_attribute_text_but_keeps_thought_and_eos(tiny_cfg, tiny_cache, make_prompt):
+def test_tokenize_truncates_attribute_text_but_keeps_thought_and_eos(tiny_cfg, tiny_cache):
+    from reaemb_ray.data.prompts import item_prompt
+
     _, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
     long = "; ".join(f"feature{i} is value {i}" for i in range(200))
-    b = tokenize_prompts(tok, [make_prompt(tok, long)], 80)
+    b = tokenize_prompts(tok, [item_prompt(tok, long, "item")], 120)
     ids = b["input_ids"][0].tolist()
-    assert len(ids) == 80
+    assert len(ids) == 120
     assert "feature0 is value 0" in tok.decode(ids)  # the start of the attribute text survives
     assert ids[-2] == tok.convert_tokens_to_ids("<|Thought|>") and ids[-1] == tok.eos_token_id
     assert tok.decode(ids).startswith("<|im_start|>system")  # the head of the prompt survives
@@ -58,6 +71,8 @@ def test_efficient_matches_naive_values_and_gradients(tiny_cfg, tiny_cache, make
         randomize_lora(module)
     module.eval()
     b = _batch(make_prompt, tok, prompts)
+    shared = shared_head_length(b["input_ids"], b["attention_mask"], b["input_ids"].shape[1] - 2)
+    assert (shared > 0) == (make_prompt.__name__ == "_make_prompt")  # both prefix paths are exercised
     e_naive, g_naive = _embed_and_grads(module, b, efficient=False)
     e_eff, g_eff = _embed_and_grads(module, b, efficient=True)
     torch.testing.assert_close(e_eff, e_naive, atol=1e-5, rtol=1e-5)
@@ -104,3 +119,22 @@ def test_embed_with_thoughts_matches_full_passes(tiny_cfg, tiny_cache, make_prom
 
 def tiny_cfg_hidden(module):
     return module.hidden_size
+
+
+def test_no_thought_pass_with_shared_head_matches_naive(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
+    torch.manual_seed(0)
+    module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=True)
+    randomize_lora(module)
+    module.eval()
+    b = _batch(make_prompt, tok, prompts)
+    grads = []
+    for fn in (naive_embed, efficient_embed):
+        module.zero_grad()
+        e = fn(module.lm, module.attn, b, use_thought=False)
+        e.sum().backward()
+        grads.append((e.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}))
+    (e_naive, g_naive), (e_eff, g_eff) = grads
+    torch.testing.assert_close(e_eff, e_naive, atol=1e-5, rtol=1e-5)
+    assert set(g_eff) == set(g_naive) and any("lora" in n for n in g_eff)
+    for n in g_naive:
+        torch.testing.assert_close(g_eff[n], g_naive[n], atol=1e-5, rtol=1e-4)

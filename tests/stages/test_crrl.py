@@ -174,3 +174,11 @@ def test_crrl_with_vllm_engine_in_the_controller(local_ray, tmp_path, compact_ba
         body = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
     assert any(line.startswith("ray_reaemb_rollout_embeddings_total") and 'engine="vllm"' in line
                for line in body.splitlines())
+
+
+def test_actors_that_cannot_fit_fail_fast_naming_them(local_ray, tmp_path):
+    cfg = _cfg(tmp_path, "crrl.num_rollout_workers=3", "crrl.rollout_resources.num_cpus=1")
+    t0 = time.time()
+    with pytest.raises(ValueError, match=r"need 4.* CPU in all .*3 rollout workers: 3.* this Ray has 2"):
+        run_crrl(cfg, fresh=True)
+    assert time.time() - t0 < 60  # instead of waiting forever for CPUs that never come

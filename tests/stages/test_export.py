@@ -67,3 +67,34 @@ def test_export_without_trained_generator_names_the_stage(tmp_path):
     prepare(cfg)
     with pytest.raises(FileNotFoundError, match="model.use_thought=false"):
         run_export(cfg)
+
+
+def test_bfloat16_export_agrees_with_float32(tmp_path):
+    from reaemb_ray.model.backbone import resolve_backbone
+    from reaemb_ray.stages.export import ItemEmbedder
+
+    base = [f"output_dir={tmp_path}", "model.backbone=tiny", f"data.cache_dir={tmp_path / 'c'}",
+            "export.method=raw_llm", "data.item_noun=movie"]
+    batch = {"item_id": [1, 2, 3], "text": ["title is Kolya; year is 1996", "title is Heat; genres is Crime",
+                                            "title is English Patient, The; year is 1996; genres is Drama, War"]}
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = load_config(None, base + [f"export.dtype={dtype}"])
+        embedder = ItemEmbedder(cfg, resolve_backbone(cfg.model, cfg.data.cache_dir))
+        assert next(embedder.module.lm.parameters()).dtype == getattr(torch, dtype)
+        out[dtype] = torch.from_numpy(embedder(batch)["vector"])
+    assert out["bfloat16"].dtype == torch.float32  # the table is float32 whatever the compute dtype
+    cos = torch.nn.functional.cosine_similarity(out["float32"], out["bfloat16"])
+    assert cos.min() > 0.99, cos
+    assert not torch.equal(out["float32"], out["bfloat16"])  # bf16 really ran
+
+
+def test_items_stream_in_small_blocks():
+    import pyarrow as pa
+
+    from reaemb_ray.stages.export import item_blocks
+
+    table = pa.table({"item_id": list(range(1, 102)), "text": ["x"] * 101})
+    blocks = item_blocks(table, 16)
+    assert [b.num_rows for b in blocks] == [32, 32, 32, 5]
+    assert pa.concat_tables(blocks).equals(table)

@@ -84,3 +84,21 @@ def test_rerun_of_a_failed_job_resumes_from_its_checkpoint(uninterrupted, tmp_pa
     want = {r["step"]: r for r in _metrics(full_out)}
     for r in rows[3:]:
         assert r["loss"] == pytest.approx(want[r["step"]]["loss"], rel=1e-4, abs=1e-5), r
+
+
+def test_bfloat16_training_under_deepspeed(tmp_path, local_ray):
+    """model.dtype=bfloat16: DeepSpeed's bf16 mode (bf16 module, fp32 master weights) on the CPU workers."""
+    from safetensors import safe_open
+
+    cache = tmp_path / "backbones"
+    cfg = _cfg(tmp_path, cache, **{"model.dtype": "bfloat16", "lrcl.steps": 4})
+    prepare(cfg)
+    final = run_lrcl(cfg)
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["loss"] == r["loss"] and r["loss"] < 1e6 for r in rows), rows  # finite
+    with safe_open(str(final / "adapter_model.safetensors"), "pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    assert dtypes == {"BF16"}, dtypes  # the trained weights really were bf16
+    module, _ = load_generator(final, expect_backbone="tiny", cache_dir=str(cache), dtype="bfloat16")
+    assert next(module.lm.parameters()).dtype.is_floating_point and module.has_lora
