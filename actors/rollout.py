@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+import time
 
 import ray
 
-from actors.weight_sync import fetch
+from actors.weight_sync import WeightGroup, fetch
 from reaemb_ray import metrics
 from reaemb_ray.rl.engines import make_engine  # noqa: F401  (re-exported for benchmarks)
 from reaemb_ray.rl.rollout import Rollout
@@ -32,6 +33,20 @@ class RolloutWorker:
     def noise_free(self, item_ids, weights_box: list, version: int):
         fetch(weights_box, version, self.core.version, self.core.set_weights)
         return self.core.noise_free(item_ids)
+
+    # crrl.weight_sync=collective: ranks 1..N of the learner's broadcast group
+    def join_weight_group(self, host: str, port: int, rank: int, world: int, generation: int, timeout_s: float,
+                          use_gpu: bool = False) -> None:
+        self.group = WeightGroup(rank, world, generation, timeout_s, host=host, port=port, use_gpu=use_gpu)
+
+    def receive_weights(self, version: int) -> float:
+        t0 = time.perf_counter()
+        state = self.group.broadcast(None, self.core.attn.state_dict())
+        self.core.set_weights(state, version)
+        return time.perf_counter() - t0
+
+    def weights_version(self) -> int:
+        return self.core.version
 
     def pid(self) -> int:
         return os.getpid()

@@ -197,6 +197,7 @@ class CRRLConfig:
     max_staleness: int = 1  # rollouts may lag the learner by this many weight versions
     queue_size: int = 4
     weight_sync: Literal["object_store", "collective"] = "object_store"
+    sync_timeout_s: float = 60.0  # collective: a broadcast/join waits this long for a member before failing
     zero_stage: Literal[0, 1, 2, 3] = 2
     checkpoint_every: int = 10
     eval_items: int = 64  # fixed item set whose noise-free reward is tracked

@@ -51,32 +51,42 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
     n = len(prompts_a)
     params = [p for p in embedder.parameters() if p.requires_grad]
 
-    def train_step(efficient: bool):
+    # "naive": two full passes; "prefix": prefix reuse with every row's full prefix; "shared": prefix reuse with
+    # the batch's common head run once (the default efficient path)
+    variants = {"naive": dict(efficient=False), "prefix": dict(efficient=True, share_head=False),
+                "shared": dict(efficient=True, share_head=True)}
+
+    def train_step(kw: dict):
         def run():
             for i in range(0, n, micro_batch):
-                x = embedder.embed({k: v[i:i + micro_batch] for k, v in va.items()}, efficient=efficient)
-                y = embedder.embed({k: v[i:i + micro_batch] for k, v in vb.items()}, efficient=efficient)
+                x = embedder.embed({k: v[i:i + micro_batch] for k, v in va.items()}, **kw)
+                y = embedder.embed({k: v[i:i + micro_batch] for k, v in vb.items()}, **kw)
                 soft_contrastive_loss(x, y, embedder.tau()).backward()
             for p in params:
                 p.grad = None
         return run
 
-    def export(efficient: bool):
+    def export(kw: dict):
         def run():
             with torch.no_grad():
                 for i in range(0, n, micro_batch):
-                    embedder.embed({k: v[i:i + micro_batch] for k, v in va.items()}, efficient=efficient)
+                    embedder.embed({k: v[i:i + micro_batch] for k, v in va.items()}, **kw)
         return run
 
+    def side_by_side(make) -> dict:
+        t = {name: _best_of(make(kw), repeats) for name, kw in variants.items()}
+        return {"naive_items_per_s": n / t["naive"], "prefix_reuse_items_per_s": n / t["prefix"],
+                "efficient_items_per_s": n / t["shared"], "speedup": t["naive"] / t["shared"],
+                "shared_head_speedup": t["prefix"] / t["shared"]}
+
     embedder.train()
-    t_train = {e: _best_of(train_step(e), repeats) for e in (False, True)}
+    train = side_by_side(train_step)
     embedder.eval()
-    t_export = {e: _best_of(export(e), repeats) for e in (False, True)}
-    return {
-        "items": n,
-        "seq_len": int(va["input_ids"].shape[1]),
-        "lrcl_train_step": {"naive_items_per_s": n / t_train[False], "efficient_items_per_s": n / t_train[True],
-                            "speedup": t_train[False] / t_train[True]},
-        "export": {"naive_items_per_s": n / t_export[False], "efficient_items_per_s": n / t_export[True],
-                   "speedup": t_export[False] / t_export[True]},
-    }
+    exp = side_by_side(export)
+    head = tokenize_prompts(tokenizer, prompts_a[:micro_batch], max_length)
+    from reaemb_ray.model.two_pass import shared_head_length
+
+    return {"items": n, "seq_len": int(va["input_ids"].shape[1]),
+            "shared_head_tokens": shared_head_length(head["input_ids"], head["attention_mask"],
+                                                     head["input_ids"].shape[1] - 2),
+            "lrcl_train_step": train, "export": exp}

@@ -60,9 +60,12 @@ class ThoughtEmbedder(nn.Module):
     def tau(self) -> torch.Tensor:
         return self.log_tau.float().exp().clamp(min=1e-3).squeeze(0)
 
-    def embed(self, batch: dict, efficient: bool = True) -> torch.Tensor:
-        fn = efficient_embed if efficient else naive_embed
-        return fn(self.lm, self.attn, batch, use_thought=self.use_thought)
+    def embed(self, batch: dict, efficient: bool = True, share_head: bool = True) -> torch.Tensor:
+        """efficient: prefix reuse (and the batch's shared head once, unless share_head=False); else the
+        naive two full passes, the reference."""
+        if not efficient:
+            return naive_embed(self.lm, self.attn, batch, use_thought=self.use_thought)
+        return efficient_embed(self.lm, self.attn, batch, use_thought=self.use_thought, share=share_head)
 
     def forward(self, batch: dict, efficient: bool = True) -> torch.Tensor:
         return self.embed(batch, efficient=efficient)

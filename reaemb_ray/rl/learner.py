@@ -81,11 +81,10 @@ class Learner:
     def step(self, batch: dict, rewards: np.ndarray) -> dict:
         t0 = time.perf_counter()
         c = self.cfg
-        hidden = torch.as_tensor(batch["hidden"])
-        mask = torch.as_tensor(batch["attention_mask"])
-        pos = torch.as_tensor(batch["position_ids"])
-        actions = torch.as_tensor(batch["actions"])
-        mu_b = torch.as_tensor(batch["mu"])
+        # object-store arrays are read-only; a few MB copied beats torch's non-writable-array warning
+        tensor = lambda a: torch.from_numpy(np.require(a, requirements="W"))
+        hidden, mask, pos = tensor(batch["hidden"]), tensor(batch["attention_mask"]), tensor(batch["position_ids"])
+        actions, mu_b = tensor(batch["actions"]), tensor(batch["mu"])
         adv = torch.as_tensor(adv_lib.compute(c.advantage, rewards))
         with torch.no_grad():
             mu_ref = None if self.ref is None else self.ref(hidden, mask[:, :-2], mask.shape[1] - 2, pos[:, :-2]).float()
@@ -108,7 +107,7 @@ class Learner:
                 loss, clip = paper_loss(new, logp_old, adv, n_targets, c.clip_low, c.clip_high, c.kl_beta, logp_ref)
             self.engine.backward(loss)
             self.engine.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             clips.append(float(clip))
         self.steps += 1
         self.version += 1

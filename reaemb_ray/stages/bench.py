@@ -170,6 +170,8 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False) -> dict:
     result["ratios"] = {
         "lrcl_train_step_efficient_vs_naive": result["forward"]["lrcl_train_step"]["speedup"],
         "export_efficient_vs_naive": result["forward"]["export"]["speedup"],
+        "lrcl_train_step_shared_head_on_vs_off": result["forward"]["lrcl_train_step"]["shared_head_speedup"],
+        "export_shared_head_on_vs_off": result["forward"]["export"]["shared_head_speedup"],
         **{f"rollout_{e}_vs_naive": r["vs_naive"] for e, r in result["rollout"].items() if e != "naive"},
         "rollout_torch_fraction_of_matmul_peak": result["flops"]["torch"]["fraction_of_peak"],
         "crrl_2_vs_1_rollout_workers": result["crrl"]["speedup_2_vs_1"],

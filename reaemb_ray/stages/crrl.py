@@ -115,7 +115,14 @@ class Controller:
             print(f"resuming from step {self.step}")
             if state.get("total") != self.total:
                 log.warning("the checkpoint planned %s steps, this config plans %s", state.get("total"), self.total)
-        self.weights_box = [self.learner.weights.remote()]  # boxed: workers fetch only when older
+        self.generation = 0  # of the collective weight group, bumped whenever it is formed again
+        self.collective = c.weight_sync == "collective"
+        if self.collective:
+            self.weights_box = []  # nothing to fetch: the learner pushes
+            self._form_group()
+            self._broadcast()
+        else:
+            self.weights_box = [self.learner.weights.remote()]  # boxed: workers fetch only when older
 
     # ------------------------------------------------------------------------------------ actors
 
@@ -130,7 +137,7 @@ class Controller:
         return self.RewardWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
             i, self.cands_ref, c.reward, c.reward_weights)
 
-    def _replace(self, role: str, i: int) -> None:
+    def _replace(self, role: str, i: int, regroup: bool = True) -> None:
         self.restarts[role] += 1
         if self.restarts[role] > self.cfg.crrl.max_restarts * len(self.rollout_workers if role == "rollout" else self.reward_workers):
             raise RuntimeError(f"{role} workers died more than crrl.max_restarts times per worker; giving up")
@@ -139,6 +146,46 @@ class Controller:
         pool[i] = self._new_rollout(i) if role == "rollout" else self._new_reward(i)
         metrics.get("reaemb_actor_restarts_total").inc(1, tags={"role": role})
         log.warning("%s worker %d died; recreated it and re-issued its batch", role, i)
+        if role == "rollout" and self.collective and regroup:
+            self._form_group()
+            self._broadcast()
+
+    # ------------------------------------------------------------------ collective weight sync
+
+    def _form_group(self) -> None:
+        """(Re)create the broadcast group: the learner as rank 0, rollout worker i as rank i + 1."""
+        ray, c = self._ray, self.cfg.crrl
+        self.generation += 1
+        world = len(self.rollout_workers) + 1
+        gpu = c.learner_resources.num_gpus > 0 and c.rollout_resources.num_gpus > 0
+        host, port = ray.get(self.learner.open_weight_group.remote(world, self.generation, c.sync_timeout_s))
+        ray.get([self.learner.join_weight_group.remote(gpu)] +
+                [w.join_weight_group.remote(host, port, i + 1, world, self.generation, c.sync_timeout_s, gpu)
+                 for i, w in enumerate(self.rollout_workers)])
+        log.info("weight group %d formed: learner + %d rollout workers", self.generation, world - 1)
+
+    def _broadcast(self) -> float:
+        """Push the learner's weights to every rollout worker; returns the learner's broadcast seconds. A dead
+        worker fails the broadcast (the live members time out after crrl.sync_timeout_s): it is replaced, the
+        group is formed again, and the broadcast repeated."""
+        ray = self._ray
+        while True:
+            refs = [self.learner.broadcast_weights.remote()] + \
+                   [w.receive_weights.remote(self.version) for w in self.rollout_workers]
+            ray.wait(refs, num_returns=len(refs))  # every member finishes: done, died, or timed out
+            dead = []
+            for i, ref in enumerate(refs[1:]):
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    dead.append(i)
+                except ray.exceptions.RayTaskError:
+                    pass  # a live member that timed out waiting for a dead one
+            if not dead:
+                return ray.get(refs[0])  # raises if the broadcast failed for another reason
+            for i in dead:
+                self._replace("rollout", i, regroup=False)
+            self._form_group()
 
     def _cand_ids(self, item_ids) -> dict:
         return {s: c.lookup(item_ids)[0] for s, c in self.cands.items()}
@@ -175,7 +222,7 @@ class Controller:
             rows.append({"step": 0, "eval_reward": ev})
             metrics.get("reaemb_eval_reward").set(ev)
         next_issue = self.step
-        rollouts: dict = {}  # ref -> (batch index, worker index)
+        rollouts: dict = {}  # ref -> (batch index, worker index, worker)
         rewards: dict = {}  # ref -> (batch index, rollout ref, reward worker index)
         ready: dict = {}  # batch index -> (rollout ref, reward ref)
         busy: set[int] = set()
@@ -188,7 +235,7 @@ class Controller:
             while (next_issue < self.total and len(rollouts) + len(rewards) + len(ready) < c.queue_size
                    and next_issue - self.version <= c.max_staleness and len(busy) < len(self.rollout_workers)):
                 i = min(set(range(len(self.rollout_workers))) - busy)
-                rollouts[self._issue(i, next_issue)] = (next_issue, i)
+                rollouts[self._issue(i, next_issue)] = (next_issue, i, self.rollout_workers[i])
                 busy.add(i)
                 next_issue += 1
             # feed the learner in data order
@@ -203,13 +250,14 @@ class Controller:
             done, _ = ray.wait(waiting, num_returns=1, timeout=60)
             for ref in done:
                 if ref in rollouts:
-                    k, i = rollouts.pop(ref)
+                    k, i, actor = rollouts.pop(ref)
                     busy.discard(i)
                     try:
                         head = ray.get(ref)
                     except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
-                        self._replace("rollout", i)
-                        rollouts[self._issue(i, k)] = (k, i)
+                        if self.rollout_workers[i] is actor:  # not yet replaced (by a failed broadcast)
+                            self._replace("rollout", i)
+                        rollouts[self._issue(i, k)] = (k, i, self.rollout_workers[i])
                         busy.add(i)
                         continue
                     timings["rollout_s"] += head["seconds"]
@@ -234,9 +282,12 @@ class Controller:
                     idle_since = time.perf_counter()
                     m = ray.get(m_ref)
                     self.step, self.version = m["step"], m["version"]
-                    self.weights_box = [w_ref]
                     timings["learner_s"] += m["seconds"]
                     timings["sync_s"] += m["publish_seconds"]
+                    if self.collective:
+                        timings["sync_s"] += self._broadcast()
+                    else:
+                        self.weights_box = [w_ref]
                     self._record(m, rows, metrics_path, bar)
                     if self.step % c.checkpoint_every == 0 or self.step == self.total:
                         self.checkpoint()

@@ -33,7 +33,9 @@ def test_efficient_vs_naive_reports_both_paths(tmp_path):
     for part in ("lrcl_train_step", "export"):
         assert res[part]["naive_items_per_s"] > 0 and res[part]["efficient_items_per_s"] > 0
         assert res[part]["speedup"] == pytest.approx(res[part]["efficient_items_per_s"] / res[part]["naive_items_per_s"])
-    assert res["items"] == 4
+        assert res[part]["shared_head_speedup"] == pytest.approx(
+            res[part]["efficient_items_per_s"] / res[part]["prefix_reuse_items_per_s"])
+    assert res["items"] == 4 and res["shared_head_tokens"] > 8  # the real prompt's template head is shared
     assert all(p.grad is None for p in embedder.parameters())  # the timing leaves no gradients behind
 
 

@@ -182,3 +182,28 @@ def test_actors_that_cannot_fit_fail_fast_naming_them(local_ray, tmp_path):
     with pytest.raises(ValueError, match=r"need 4.* CPU in all .*3 rollout workers: 3.* this Ray has 2"):
         run_crrl(cfg, fresh=True)
     assert time.time() - t0 < 60  # instead of waiting forever for CPUs that never come
+
+
+def test_collective_weight_sync_pushes_every_version_and_survives_a_killed_worker(local_ray, tmp_path):
+    """crrl.weight_sync=collective: a Gloo broadcast group (learner + 2 rollout workers) of its own."""
+    cfg = _cfg(tmp_path, "crrl.weight_sync=collective", "crrl.sync_timeout_s=20", "crrl.eval_every=100",
+               "crrl.eval_items=0")
+    probe = np.arange(1, 5, dtype=np.int64)
+    seen = {}
+
+    def check(step, ctl):
+        versions = ray.get([w.weights_version.remote() for w in ctl.rollout_workers])
+        embs = ray.get([w.noise_free.remote(probe, [], 0) for w in ctl.rollout_workers])
+        seen[step] = (versions, ctl.version, embs, ctl.generation)
+        if step == 2:
+            ray.kill(ctl.rollout_workers[1])  # the next rollout or broadcast finds it dead
+
+    res = run_crrl(cfg, fresh=True, hooks={"after_step": check})
+    assert res["steps"] == 4 and res["restarts"]["rollout"] == 1
+    for step, (versions, version, embs, _) in seen.items():
+        assert versions == [version, version] == [step, step]  # pushed before the step was recorded
+        np.testing.assert_array_equal(embs[0], embs[1])  # both workers hold the same weights
+    assert np.abs(seen[4][2][0] - seen[1][2][0]).max() > 1e-6  # and they did change
+    assert seen[4][3] == 2  # the group was formed again once, for the replacement worker
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
+    assert res["sync_s"] > 0
