@@ -12,7 +12,7 @@ from reaemb_ray.rl.learner import Learner
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", port: int = 29611):
+    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", port: int = 0):
         self.core = Learner(base_dir, crrl, total_steps, dtype, port)
 
     @ray.method(num_returns=2)

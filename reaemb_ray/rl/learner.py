@@ -27,9 +27,17 @@ def cosine_with_warmup(warmup: int, total: int):
     return f
 
 
-def init_single_process_distributed(port: int) -> None:
-    """DeepSpeed wants a process group; one process is a world of one (gloo, CPU)."""
+def init_single_process_distributed(port: int = 0) -> None:
+    """DeepSpeed wants a process group; one process is a world of one (gloo, CPU). port 0 = a free port of
+    this machine, picked here (a port chosen elsewhere can be taken by the time the learner starts)."""
+    import socket
+
     import deepspeed
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
 
     for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"), ("WORLD_SIZE", "1"),
                  ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
@@ -38,7 +46,7 @@ def init_single_process_distributed(port: int) -> None:
 
 
 class Learner:
-    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", port: int = 29611):
+    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", port: int = 0):
         import deepspeed
 
         self.cfg = crrl

@@ -100,7 +100,7 @@ class Controller:
                     f"{c.num_reward_workers} reward workers": need(c.reward_resources, c.num_reward_workers)})
         res = c.learner_resources
         self.learner = LearnerActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
-            self.base, c, self.total, cfg.model.dtype, 29500 + random.Random().randint(0, 9999))
+            self.base, c, self.total, cfg.model.dtype)
         self.rollout_workers = [self._new_rollout(i) for i in range(c.num_rollout_workers)]
         self.reward_workers = [self._new_reward(i) for i in range(c.num_reward_workers)]
         self.restarts = {"rollout": 0, "reward": 0}
