@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "bench":
             sp.add_argument("--quick", action="store_true", help="small sizes, finishes in a few minutes")
             sp.add_argument("--out", default=None, help="also write the JSON here")
+            sp.add_argument("--sections", default=None,
+                            help="comma-separated subset, e.g. forward,rollout (default: all; later runs add the rest)")
         if name in ("prepare", "lrcl", "crrl", "export", "evaluate", "run", "bench"):
             sp.add_argument("--fresh", action="store_true", help="ignore existing outputs and start over")
     return p

@@ -121,9 +121,12 @@ def bench_memory(cfg: Config) -> dict:
     return res
 
 
-def run_bench(cfg: Config, quick: bool, fresh: bool = False) -> dict:
-    """Run every section; each finished section is saved, so an interrupted bench resumes (both sides of every
-    ratio always come from the same section run)."""
+SECTIONS = ("matmul_peak", "forward", "rollout", "crrl", "memory")
+
+
+def run_bench(cfg: Config, quick: bool, fresh: bool = False, only: list[str] | None = None) -> dict:
+    """Run every section (or `only` these); each finished section is saved, so an interrupted bench resumes
+    (both sides of every ratio always come from the same section run)."""
     import torch
 
     from reaemb_ray.bench.compute import matmul_peak
@@ -131,6 +134,9 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False) -> dict:
     from reaemb_ray.runtime import init_ray
     from reaemb_ray.stages.run import _call, _with
 
+    unknown = sorted(set(only or []) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown bench section {unknown[0]!r}; use any of {', '.join(SECTIONS)}")
     sz = _sizes(quick)
     out_dir = Path(cfg.output_dir).expanduser().resolve() / ("bench-quick" if quick else "bench")
     bcfg = _bench_cfg(cfg, quick, out_dir)
@@ -156,6 +162,8 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False) -> dict:
         ("memory", lambda: bench_memory(_with(bcfg, **{"output_dir": str(out_dir / "pipeline")}))),
     ]
     for name, fn in sections:
+        if only and name not in only:
+            continue
         if name in result:
             log.info("bench: %s already measured (%s), kept", name, partial)
             continue
@@ -164,24 +172,37 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False) -> dict:
         result[name] = fn()
         result.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t0, 1)
         partial.write_text(json.dumps(result, indent=2, default=float))
-    peak = result["matmul_peak"]["gflops"]
-    result["flops"] = {e: {"achieved_gflops": r["useful_gflops"], "peak_gflops": peak,
-                           "fraction_of_peak": r["useful_gflops"] / peak} for e, r in result["rollout"].items()}
-    result["ratios"] = {
-        "lrcl_train_step_efficient_vs_naive": result["forward"]["lrcl_train_step"]["speedup"],
-        "export_efficient_vs_naive": result["forward"]["export"]["speedup"],
-        "lrcl_train_step_shared_head_on_vs_off": result["forward"]["lrcl_train_step"]["shared_head_speedup"],
-        "export_shared_head_on_vs_off": result["forward"]["export"]["shared_head_speedup"],
-        **{f"rollout_{e}_vs_naive": r["vs_naive"] for e, r in result["rollout"].items() if e != "naive"},
-        "rollout_torch_fraction_of_matmul_peak": result["flops"]["torch"]["fraction_of_peak"],
-        "crrl_2_vs_1_rollout_workers": result["crrl"]["speedup_2_vs_1"],
-    }
-    result["seconds"] = sum(result["section_seconds"].values())
+    result["ratios"] = _ratios(result)
+    result["seconds"] = sum(result.get("section_seconds", {}).values())
     return result
 
 
+def _ratios(result: dict) -> dict:
+    """The headline ratios of whichever sections have been measured."""
+    ratios = {}
+    if "forward" in result:
+        f = result["forward"]
+        ratios.update({
+            "lrcl_train_step_efficient_vs_naive": f["lrcl_train_step"]["speedup"],
+            "export_efficient_vs_naive": f["export"]["speedup"],
+            "lrcl_train_step_shared_head_on_vs_off": f["lrcl_train_step"]["shared_head_speedup"],
+            "export_shared_head_on_vs_off": f["export"]["shared_head_speedup"]})
+    if "rollout" in result:
+        ratios.update({f"rollout_{e}_vs_naive": r["vs_naive"] for e, r in result["rollout"].items() if e != "naive"})
+        if "matmul_peak" in result:
+            peak = result["matmul_peak"]["gflops"]
+            result["flops"] = {e: {"achieved_gflops": r["useful_gflops"], "peak_gflops": peak,
+                                   "fraction_of_peak": r["useful_gflops"] / peak} for e, r in result["rollout"].items()}
+            ratios["rollout_torch_fraction_of_matmul_peak"] = result["flops"]["torch"]["fraction_of_peak"]
+    if "crrl" in result:
+        ratios["crrl_2_vs_1_rollout_workers"] = result["crrl"]["speedup_2_vs_1"]
+    return ratios
+
+
 def main(cfg: Config, args: argparse.Namespace) -> None:
-    res = run_bench(cfg, quick=getattr(args, "quick", False), fresh=getattr(args, "fresh", False))
+    sections = getattr(args, "sections", None)
+    res = run_bench(cfg, quick=getattr(args, "quick", False), fresh=getattr(args, "fresh", False),
+                    only=[x.strip() for x in sections.split(",") if x.strip()] if sections else None)
     text = json.dumps(res, indent=2, default=float)
     print(text)
     dest = Path(args.out) if getattr(args, "out", None) else Path(cfg.output_dir).expanduser() / "bench.json"

@@ -44,3 +44,19 @@ def test_peak_memory_counts_child_processes():
     with peak_memory(interval=0.1) as m:
         subprocess.run([sys.executable, "-c", code], check=True)
     assert m["delta_mb"] > 250, m
+
+
+def test_ratios_cover_whichever_sections_ran_and_unknown_sections_are_refused(tmp_path):
+    from reaemb_ray.config import load_config
+    from reaemb_ray.stages.bench import _ratios, run_bench
+
+    part = {"lrcl_train_step": {"speedup": 1.5, "shared_head_speedup": 1.2},
+            "export": {"speedup": 2.0, "shared_head_speedup": 1.6}}
+    assert _ratios({"forward": part}) == {"lrcl_train_step_efficient_vs_naive": 1.5, "export_efficient_vs_naive": 2.0,
+                                          "lrcl_train_step_shared_head_on_vs_off": 1.2,
+                                          "export_shared_head_on_vs_off": 1.6}
+    result = {"matmul_peak": {"gflops": 100.0},
+              "rollout": {"torch": {"vs_naive": 3.0, "useful_gflops": 5.0}, "naive": {"vs_naive": 1.0, "useful_gflops": 2.0}}}
+    assert _ratios(result) == {"rollout_torch_vs_naive": 3.0, "rollout_torch_fraction_of_matmul_peak": 0.05}
+    with pytest.raises(ValueError, match="unknown bench section 'forwards'"):
+        run_bench(load_config(None, [f"output_dir={tmp_path}"]), quick=True, only=["forwards"])
