@@ -1,4 +1,4 @@
-"""Weight-sync backends, by name (crrl.weight_sync).
+"""Weight-sync backends, by name (crrl.weight_sync; the config validates the name).
 
 - `object_store`: the learner returns its state dict as a task result (one copy in Ray's object store);
   rollout workers `ray.get` it only when their version is older. Pull-based, fully asynchronous.
@@ -14,14 +14,6 @@ import time
 from datetime import timedelta
 
 import numpy as np
-
-BACKENDS = ("object_store", "collective")
-
-
-def check_backend(name: str, gpus_per_rollout: float) -> None:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown crrl.weight_sync {name!r}; use one of {BACKENDS}")
-
 
 def fetch(weights_box: list, version: int, current_version: int, load) -> float:
     """Load the weights in `weights_box` ([ObjectRef], boxed so Ray does not resolve it eagerly) if newer.

@@ -44,7 +44,7 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
                        micro_batch: int, repeats: int = 2) -> dict:
     """LRCL training step (two views, contrastive loss, backward) and export (no grad), both paths."""
     from reaemb_ray.losses import soft_contrastive_loss
-    from reaemb_ray.model.two_pass import tokenize_prompts
+    from reaemb_ray.model.two_pass import shared_head_length, tokenize_prompts
 
     va = tokenize_prompts(tokenizer, prompts_a, max_length)
     vb = tokenize_prompts(tokenizer, prompts_b, max_length)
@@ -83,10 +83,7 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
     train = side_by_side(train_step)
     embedder.eval()
     exp = side_by_side(export)
-    head = tokenize_prompts(tokenizer, prompts_a[:micro_batch], max_length)
-    from reaemb_ray.model.two_pass import shared_head_length
-
-    return {"items": n, "seq_len": int(va["input_ids"].shape[1]),
-            "shared_head_tokens": shared_head_length(head["input_ids"], head["attention_mask"],
-                                                     head["input_ids"].shape[1] - 2),
+    L = va["input_ids"].shape[1]
+    return {"items": n, "seq_len": int(L),
+            "shared_head_tokens": shared_head_length(va["input_ids"], va["attention_mask"], L - 2),
             "lrcl_train_step": train, "export": exp}

@@ -47,11 +47,9 @@ class Controller:
         from reaemb_ray.rl.candidates import cooccurrence_candidates, srs_candidates
         from reaemb_ray.rl.policy import load_cooccurrence, load_item_texts, prepare_base
         from reaemb_ray.rl.rewards import sources_for
-        from actors.weight_sync import check_backend
 
         self.cfg, c = cfg, cfg.crrl
         self.hooks = hooks or {}
-        check_backend(c.weight_sync, c.rollout_resources.num_gpus)
         self.out = cfg.out / "crrl"
         if fresh and self.out.exists():
             shutil.rmtree(self.out)

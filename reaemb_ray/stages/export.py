@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 log = logging.getLogger("reaemb.export")
@@ -134,7 +135,7 @@ def run_export(cfg, fresh: bool = False) -> dict:
     done = {k for k in range(num_shards) if _shard_path(shard_dir, k).exists()}
     todo = np.flatnonzero(~np.isin(shard_of, list(done)))
     # Within a shard, embed items in order of text length: batches pad less, shards still finish one by one.
-    lengths = np.array([len(t) for t in items.column("text").to_pylist()])
+    lengths = pc.utf8_length(items.column("text")).to_numpy()
     todo = todo[np.lexsort((lengths[todo], shard_of[todo]))]
     log.info("export %s: %d items in %d shards, %d already done", method, n, num_shards, len(done))
     t0 = time.time()
