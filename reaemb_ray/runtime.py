@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ def init_ray(ray_cfg) -> None:
         _CONNECTED[0] = True
         log.info("connected to Ray cluster at %s", address)
         return
+    # Workers import reaemb_ray and actors from the same checkout as the driver, installed or not.
+    root = str(Path(__file__).resolve().parents[1])
+    env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     runtime_env = {"env_vars": env_vars}
     if not ray_cfg.include_dashboard:
         runtime_env["worker_process_setup_hook"] = "reaemb_ray.runtime.quiet_state_api_pollers"

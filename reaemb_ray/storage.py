@@ -9,6 +9,7 @@ config it depended on; a changed fingerprint invalidates that stage and everythi
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -70,6 +71,58 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def changed_fields(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of a config dataclass that differ from their defaults (nested dataclasses recursed).
+
+    Fingerprints hash these rather than the whole section, so a field added in a later version at a default
+    that keeps the old behaviour does not invalidate finished work. The flip side: changing a default's
+    value in the code must come with a new name or an explicit version, or finished stages stay "done".
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        if f.name in drop:
+            continue
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = changed_fields(value)
+            if sub:
+                out[f.name] = sub
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if default is dataclasses.MISSING or value != default:
+            out[f.name] = value
+    return out
+
+
+def whole_section(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Fingerprint format 1 (every field, defaults included): still read, to adopt work finished before
+    format 2 (`changed_fields`)."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if k not in drop}
+
+
+def describe_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """`["lrcl.lr: 0.0002 -> 0.0001", ...]`: what differs between two recorded stage inputs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(old.get(k, {}), dict) and isinstance(new.get(k, {}), dict):
+                lines += describe_changes(old.get(k, {}), new.get(k, {}), key)  # a section appeared or went
+            elif k not in old:
+                lines.append(f"{key}: (default) -> {new[k]!r}")
+            elif k not in new:
+                lines.append(f"{key}: {old[k]!r} -> (default)")
+            else:
+                lines += describe_changes(old[k], new[k], key)
+        return lines
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
 class Manifest:
     """Finished stages with their fingerprints, saved atomically after every change."""
 
@@ -90,9 +143,18 @@ class Manifest:
         rec = self.stages.get(stage)
         return rec.get("fingerprint") if rec else None
 
-    def mark(self, stage: str, fp: str, seconds: float, outputs: list[str]) -> None:
+    def inputs(self, stage: str) -> Any:
+        """The config values the stage's recorded fingerprint hashed (None for records before format 2)."""
+        return (self.stages.get(stage) or {}).get("inputs")
+
+    def mark(self, stage: str, fp: str, seconds: float, outputs: list[str], inputs: Any = None) -> None:
         self.stages[stage] = {"fingerprint": fp, "seconds": round(seconds, 1), "outputs": outputs,
-                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "inputs": inputs}
+        self._save()
+
+    def adopt(self, stage: str, fp: str, inputs: Any) -> None:
+        """Re-key a record written under fingerprint format 1 whose inputs match today's config."""
+        self.stages[stage].update(fingerprint=fp, inputs=inputs, adopted_from_format=1)
         self._save()
 
     def forget(self, stage: str) -> None:

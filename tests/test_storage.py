@@ -68,3 +68,20 @@ def test_missing_raw_uri_is_a_clear_error(tmp_path):
     cfg = load_config(None, [f"data.path=file://{tmp_path}/absent", f"data.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(FileNotFoundError, match="absent"):
         resolve_data_path(cfg.data)
+
+
+def test_changed_fields_keeps_only_what_differs_from_defaults():
+    cfg = load_config(None, ["lrcl.lr=0.001", "model.lora.r=4", "crrl.variants=[paper/srs]"])
+    assert storage.changed_fields(cfg.lrcl) == {"lr": 0.001}
+    assert storage.changed_fields(cfg.model) == {"lora": {"r": 4}}  # nested sections recurse
+    assert storage.changed_fields(cfg.crrl, drop=("variants",)) == {}
+    assert storage.changed_fields(load_config(None, []).lrcl) == {}
+    assert "lr" in storage.whole_section(cfg.lrcl) and "steps" in storage.whole_section(cfg.lrcl)
+
+
+def test_describe_changes_names_each_value():
+    old = {"lrcl": {"lr": 0.0002, "steps": 10}, "seed": 1}
+    new = {"lrcl": {"lr": 0.0001}, "seed": 1, "model": {"dtype": "bfloat16"}}
+    assert storage.describe_changes(old, new) == [
+        "lrcl.lr: 0.0002 -> 0.0001", "lrcl.steps: 10 -> (default)", "model.dtype: (default) -> 'bfloat16'"]
+    assert storage.describe_changes(old, old) == []

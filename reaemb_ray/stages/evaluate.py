@@ -7,13 +7,13 @@ trains what is missing or whose inputs changed (everything with --fresh).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import time
 from pathlib import Path
 
+from reaemb_ray import storage
 from reaemb_ray.srs.data import load_seq_data
 from reaemb_ray.srs.encoders import load_embedding_table
 from reaemb_ray.srs.metrics import ndcg_by_popularity, summarize, user_groups
@@ -43,11 +43,11 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str) -> str:
-    srs = dataclasses.asdict(cfg.srs)
-    for k in ("backbones", "seeds", "num_threads"):
-        srs.pop(k)
-    ev = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k != "methods"}
+def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str,
+                    fields=storage.changed_fields) -> str:
+    """What one (method, backbone, seed) result depends on; `fields=storage.whole_section` gives format 1."""
+    srs = fields(cfg.srs, drop=("backbones", "seeds", "num_threads"))
+    ev = fields(cfg.eval, drop=("methods",) if fields is storage.whole_section else ("methods", "main_methods"))
     key = {"srs": srs, "eval": ev, "backbone": backbone, "seed": seed, "data": data_digest, "table": table_digest,
            "groups": [cfg.data.tail_threshold, cfg.data.short_user_threshold]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -88,6 +88,10 @@ def main(cfg, args=None) -> Path:
                 result_file = runs_dir / f"{name}.json"
                 fp = run_fingerprint(cfg, backbone, seed, data_digest, table_digest)
                 run = json.loads(result_file.read_text()) if result_file.exists() and not fresh else {}
+                if run and run.get("fingerprint") == run_fingerprint(cfg, backbone, seed, data_digest, table_digest,
+                                                                     storage.whole_section):
+                    run["fingerprint"] = fp  # finished under fingerprint format 1 with the same settings
+                    result_file.write_text(json.dumps(run))
                 if run.get("fingerprint") == fp:
                     log.info("reusing finished run %s", result_file)
                 else:

@@ -13,8 +13,8 @@ from reaemb_ray import storage
 from reaemb_ray.data.prepare import FILES, prepare
 
 
-def data_fingerprint(cfg) -> str:
-    return storage.fingerprint(asdict(cfg.data))
+def data_fingerprint(cfg, fields=storage.changed_fields) -> str:
+    return storage.fingerprint(fields(cfg.data))
 
 
 def is_up_to_date(cfg) -> bool:
@@ -22,9 +22,11 @@ def is_up_to_date(cfg) -> bool:
     if not done.is_file() or not all((cfg.out / "prepared" / f).is_file() for f in FILES):
         return False
     try:
-        return json.loads(done.read_text()).get("fingerprint") == data_fingerprint(cfg)
+        recorded = json.loads(done.read_text()).get("fingerprint")
     except json.JSONDecodeError:
         return False
+    # format 1 hashed every field (defaults included); its records stay valid
+    return recorded in (data_fingerprint(cfg), data_fingerprint(cfg, storage.whole_section))
 
 
 def main(cfg, args) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import json
 import logging
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 from reaemb_ray import storage
@@ -56,10 +57,6 @@ def _pretrain(cfg: Config, fresh: bool) -> None:
     pretrain_id_sasrec(cfg)
 
 
-def _train_srs_sections(cfg: Config) -> dict:
-    s = asdict(cfg.srs)
-    s.pop("backbones"), s.pop("seeds")
-    return {"srs": s, "seed": cfg.seed}
 
 
 def variant_method(variant: str) -> str:
@@ -99,41 +96,47 @@ def _export_variant(cfg: Config, fresh: bool, variant: str) -> None:
         link.symlink_to((vcfg.out / "embeddings" / "crrl").resolve(), target_is_directory=True)
 
 
-def plan(cfg: Config) -> list[Stage]:
-    """The stages `eval.methods` (and `crrl.variants`) need, in dependency order."""
+def plan(cfg: Config, fields: Callable = storage.changed_fields) -> list[Stage]:
+    """The stages `eval.methods` (and `crrl.variants`) need, in dependency order.
+
+    `fields(section, drop=...)` picks what a stage's fingerprint hashes: the fields changed from their defaults
+    (format 2), or `storage.whole_section` (format 1, to recognise work finished before format 2).
+    """
     methods = cfg.eval.methods
-    model = asdict(cfg.model)
+    model = fields(cfg.model)
     variants = cfg.crrl.variants if "crrl" in methods else []
     stages = [
-        Stage("prepare", [], lambda c: {"data": asdict(c.data)}, lambda c, f: _call("prepare", c, f), ["prepared"]),
+        Stage("prepare", [], lambda c: {"data": fields(c.data)}, lambda c, f: _call("prepare", c, f), ["prepared"]),
     ]
     rewards = {cfg.crrl.reward} | {v.split("/")[1] for v in variants}
     needs_pretrain = "crrl" in methods and bool(rewards & {"srs", "mix"}) or cfg.srs.align_alpha > 0
     if needs_pretrain:
-        stages.append(Stage("srs_pretrain", ["prepare"], _train_srs_sections, _pretrain, ["srs_pretrain"]))
+        stages.append(Stage("srs_pretrain", ["prepare"],
+                            lambda c: {"srs": fields(c.srs, drop=("backbones", "seeds")), "seed": c.seed},
+                            _pretrain, ["srs_pretrain"]))
     if "llmemb" in methods:
         stages.append(Stage("llmemb", ["prepare"], lambda c: {"model": {**model, "use_thought": False},
-                                                              "lrcl": asdict(c.lrcl), "seed": c.seed},
+                                                              "lrcl": fields(c.lrcl), "seed": c.seed},
                             lambda c, f: _call("lrcl", _with(c, **{"model.use_thought": False}), f), ["llmemb"]))
     if "lrcl" in methods or "crrl" in methods:
-        stages.append(Stage("lrcl", ["prepare"], lambda c: {"model": model, "lrcl": asdict(c.lrcl), "seed": c.seed},
+        stages.append(Stage("lrcl", ["prepare"], lambda c: {"model": model, "lrcl": fields(c.lrcl), "seed": c.seed},
                             lambda c, f: _call("lrcl", _with(c, **{"model.use_thought": True}), f), ["lrcl"]))
     if "crrl" in methods:
         # only the srs/mix rewards read the pretrained ID-SASRec
         uses_srs = lambda reward: ["srs_pretrain"] if reward in ("srs", "mix") else []  # noqa: E731
         deps = ["lrcl"] + uses_srs(cfg.crrl.reward)
-        crrl_sections = {k: v for k, v in asdict(cfg.crrl).items() if k != "variants"}
+        crrl_sections = fields(cfg.crrl, drop=("variants",))
         stages.append(Stage("crrl", deps, lambda c: {"crrl": crrl_sections},
                             lambda c, f: _call("crrl", c, f), ["crrl"]))
         for v in variants:
             stages.append(Stage(variant_method(v), ["lrcl"] + uses_srs(v.split("/")[1]), lambda c, v=v: {"crrl": crrl_sections, "variant": v},
                                 lambda c, f, v=v: _run_variant(c, f, v), [f"variants/{variant_method(v)}"]))
-    export = {k: v for k, v in asdict(cfg.export).items() if k != "method"}
+    export = fields(cfg.export, drop=("method",))
     upstream = {"raw_llm": ["prepare"], "llmemb": ["llmemb"], "lrcl": ["lrcl"], "crrl": ["crrl"]}
     for m in [m for m in methods if m != "id"]:
         stages.append(Stage(f"export_{m}", upstream[m],
                             lambda c, m=m: {"export": export, "method": m,
-                                            "backbone": model["backbone"] if m == "raw_llm" else None},
+                                            "backbone": cfg.model.backbone if m == "raw_llm" else None},
                             lambda c, f, m=m: _call("export", _with(c, **{"export.method": m}), f),
                             [f"embeddings/{m}"]))
     for v in variants:
@@ -144,10 +147,29 @@ def plan(cfg: Config) -> list[Stage]:
     deps = ["prepare"] + [f"export_{m}" for m in all_methods if m != "id"] + (["srs_pretrain"] if needs_pretrain else [])
     # evaluate keeps each (method, backbone, seed) result keyed by its inputs, so it is never started "fresh":
     # a changed embedding table re-trains only the recommenders that read it
-    stages.append(Stage("evaluate", deps, lambda c: {"srs": asdict(c.srs), "eval": asdict(c.eval)},
+    stages.append(Stage("evaluate", deps, lambda c: {"srs": fields(c.srs), "eval": fields(c.eval)},
                         lambda c, f: _call("evaluate", _with(c, **{"eval.methods": all_methods}), False),
                         ["eval"]))
     return stages
+
+
+def fingerprints(stages: list[Stage], cfg: Config) -> dict[str, str]:
+    """Each stage's fingerprint: its config inputs plus its upstream stages' fingerprints."""
+    fps: dict[str, str] = {}
+    for st in stages:
+        fps[st.name] = storage.fingerprint(st.sections(cfg), [fps[d] for d in st.deps])
+    return fps
+
+
+def why_stale(manifest: storage.Manifest, st: Stage, inputs: dict, status: dict[str, str]) -> list[str]:
+    """Human-readable reasons a finished stage is re-run: changed config values, re-run upstream stages."""
+    reasons = [f"upstream stage {d} ran again" for d in st.deps if status.get(d) == "ran"]
+    old = manifest.inputs(st.name)
+    if old is None:
+        reasons.append("its record predates the recorded inputs (config changed since)")
+    else:
+        reasons += storage.describe_changes(json.loads(json.dumps(old)), json.loads(json.dumps(inputs, default=str)))
+    return reasons or ["the code's fingerprint of its inputs changed"]
 
 
 def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
@@ -166,9 +188,13 @@ def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
     fps: dict[str, str] = {}
     status: dict[str, str] = {}
     stages = plan(cfg)
+    fps_format1 = fingerprints(plan(cfg, fields=storage.whole_section), cfg)
     for i, st in enumerate(stages, 1):
-        fp = storage.fingerprint(st.sections(cfg), [fps[d] for d in st.deps])
+        inputs = st.sections(cfg)
+        fp = storage.fingerprint(inputs, [fps[d] for d in st.deps])
         fps[st.name] = fp
+        if not fresh and manifest.recorded(st.name) == fps_format1[st.name] != fp:
+            manifest.adopt(st.name, fp, inputs)  # finished before fingerprint format 2, same config
         if not fresh and manifest.is_done(st.name, fp):
             log.info("[%d/%d] %s: up to date, skipped", i, len(stages), st.name)
             status[st.name] = "skipped"
@@ -176,6 +202,8 @@ def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
         # A recorded but different fingerprint means the config changed: start this stage over.
         stale = fresh or manifest.recorded(st.name) is not None
         log.info("[%d/%d] %s: %s", i, len(stages), st.name, "running from scratch" if stale else "running")
+        if not fresh and stale:
+            log.info("  because: %s", "; ".join(why_stale(manifest, st, inputs, status)))
         manifest.forget(st.name)
         t0 = time.time()
         try:
@@ -185,7 +213,7 @@ def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
             if remote:
                 storage.sync_up(local, remote)  # keep what was computed (checkpoints, shards)
             raise StageFailed(f"stage '{st.name}' failed: {type(e).__name__}: {e}") from e
-        manifest.mark(st.name, fp, time.time() - t0, st.outputs)
+        manifest.mark(st.name, fp, time.time() - t0, st.outputs, inputs)
         status[st.name] = "ran"
         if remote:
             storage.sync_up(local, remote)

@@ -1,6 +1,7 @@
 """`reaemb run`: the stage plan, and the main job end to end on real MovieLens-100k (configs/ci.yaml) with
 skip-on-rerun and fingerprint invalidation, through the real CLI in a subprocess."""
 import json
+from dataclasses import asdict, dataclass
 import os
 import subprocess
 import sys
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reaemb_ray.config import load_config
-from reaemb_ray.stages.run import plan
+from reaemb_ray.config import ExportConfig, load_config
+from reaemb_ray import storage
+from reaemb_ray.stages.run import fingerprints, plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,6 +38,25 @@ def test_every_stage_depends_only_on_earlier_stages():
     for st in stages:
         assert set(st.deps) <= seen, f"{st.name} depends on a later stage"
         seen.add(st.name)
+
+
+def test_a_field_added_at_its_default_keeps_every_fingerprint():
+    # a later version adds `export.new_knob`; its default reproduces the old behaviour
+    @dataclass
+    class ExportConfigV2(ExportConfig):
+        new_knob: int = 0
+
+    cfg = load_config(None, ["eval.methods=[id,raw_llm,lrcl,crrl]"])
+    before = fingerprints(plan(cfg), cfg)
+    cfg.export = ExportConfigV2(**asdict(cfg.export))
+    assert fingerprints(plan(cfg), cfg) == before
+    cfg.export.new_knob = 1  # set away from its default: the exports and what reads them run again
+    after = fingerprints(plan(cfg), cfg)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"export_raw_llm", "export_lrcl", "export_crrl", "evaluate"}
+    # format 1 hashed the whole section: the same addition invalidated everything downstream of it
+    cfg.export.new_knob = 0
+    assert fingerprints(plan(cfg, fields=storage.whole_section), cfg)["export_lrcl"] != before["export_lrcl"]
 
 
 def _reaemb(*args, cwd):
@@ -70,6 +91,21 @@ def test_main_job_end_to_end_resumes_and_invalidates(tmp_path):
         assert f"{s}=skipped" in changed.stdout
     for s in ("crrl", "export_crrl", "evaluate"):
         assert f"{s}=ran" in changed.stdout
+    assert "because: crrl.sigma: (default) -> 0.2" in changed.stderr  # the log says what changed
+
+    # records written under fingerprint format 1 (whole sections) are adopted, not recomputed
+    cfg = load_config(REPO / "configs/ci.yaml", [f"output_dir={out}", "crrl.sigma=0.2"])
+    old = fingerprints(plan(cfg, fields=storage.whole_section), cfg)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    for name, rec in manifest["stages"].items():
+        rec["fingerprint"] = old[name]
+        rec.pop("inputs")
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    adopted = _reaemb(*args, "crrl.sigma=0.2", cwd=REPO)
+    assert adopted.returncode == 0, adopted.stderr[-4000:]
+    assert "=ran" not in adopted.stdout
+    stages = json.loads((out / "_manifest.json").read_text())["stages"]
+    assert all(rec["adopted_from_format"] == 1 and rec["inputs"] is not None for rec in stages.values())
 
 
 def test_failing_stage_is_named_and_exit_is_nonzero(tmp_path):
