@@ -137,7 +137,7 @@ class Manifest:
 
     def is_done(self, stage: str, fp: str) -> bool:
         rec = self.stages.get(stage)
-        return rec is not None and rec.get("fingerprint") == fp
+        return rec is not None and rec.get("fingerprint") == fp and rec.get("state", "done") == "done"
 
     def recorded(self, stage: str) -> str | None:
         rec = self.stages.get(stage)
@@ -147,8 +147,15 @@ class Manifest:
         """The config values the stage's recorded fingerprint hashed (None for records before format 2)."""
         return (self.stages.get(stage) or {}).get("inputs")
 
+    def start(self, stage: str, fp: str, inputs: Any = None) -> None:
+        """Record a stage as running with this fingerprint: if it is interrupted, the next run resumes it only
+        when the fingerprint is still the same (its checkpoints were made with the same settings)."""
+        self.stages[stage] = {"fingerprint": fp, "state": "running", "inputs": inputs,
+                              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._save()
+
     def mark(self, stage: str, fp: str, seconds: float, outputs: list[str], inputs: Any = None) -> None:
-        self.stages[stage] = {"fingerprint": fp, "seconds": round(seconds, 1), "outputs": outputs,
+        self.stages[stage] = {"fingerprint": fp, "state": "done", "seconds": round(seconds, 1), "outputs": outputs,
                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "inputs": inputs}
         self._save()
 

@@ -44,6 +44,8 @@ def test_manifest_records_and_invalidates(tmp_path):
     again = storage.Manifest(tmp_path)
     assert again.is_done("lrcl", fp)
     assert not again.is_done("lrcl", storage.fingerprint({"lrcl": {"steps": 4}}, ["upstream"]))
+    again.start("lrcl", fp)  # running again (e.g. --fresh): not done until marked
+    assert not again.is_done("lrcl", fp) and again.recorded("lrcl") == fp
     again.forget("lrcl")
     assert json.loads((tmp_path / "_manifest.json").read_text())["stages"] == {}
 

@@ -199,12 +199,16 @@ def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
             log.info("[%d/%d] %s: up to date, skipped", i, len(stages), st.name)
             status[st.name] = "skipped"
             continue
-        # A recorded but different fingerprint means the config changed: start this stage over.
-        stale = fresh or manifest.recorded(st.name) is not None
-        log.info("[%d/%d] %s: %s", i, len(stages), st.name, "running from scratch" if stale else "running")
+        # A recorded but different fingerprint means the config changed: start this stage over. The same
+        # fingerprint, still marked running, means it was interrupted: resume from its own checkpoints.
+        recorded = manifest.recorded(st.name)
+        stale = fresh or (recorded is not None and recorded != fp)
+        resume = not stale and recorded == fp
+        log.info("[%d/%d] %s: %s", i, len(stages), st.name,
+                 "running from scratch" if stale else "resuming" if resume else "running")
         if not fresh and stale:
             log.info("  because: %s", "; ".join(why_stale(manifest, st, inputs, status)))
-        manifest.forget(st.name)
+        manifest.start(st.name, fp, inputs)
         t0 = time.time()
         try:
             st.run(work_cfg, stale)

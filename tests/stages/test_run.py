@@ -84,6 +84,15 @@ def test_main_job_end_to_end_resumes_and_invalidates(tmp_path):
     assert again.returncode == 0, again.stderr[-4000:]
     assert "prepare=skipped" in again.stdout and "crrl=skipped" in again.stdout and "evaluate=skipped" in again.stdout
 
+    # a stage left "running" (interrupted) with the same settings resumes from its checkpoints
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["stages"]["crrl"]["state"] = "running"
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    resumed = _reaemb(*args, cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "crrl: resuming" in resumed.stderr and "crrl=ran" in resumed.stdout
+    assert "export_crrl=skipped" in resumed.stdout  # same fingerprint: what reads it is still valid
+
     # a CRRL setting re-runs CRRL, its export and the evaluation, and nothing upstream
     changed = _reaemb(*args, "crrl.sigma=0.2", cwd=REPO)
     assert changed.returncode == 0, changed.stderr[-4000:]
