@@ -307,6 +307,9 @@ class EvalConfig:
     # Methods trained with every seed in srs.seeds; the others use only the first seed (to spend a CPU budget
     # on the rows that matter). Empty = every method gets every seed.
     main_methods: list[str] = field(default_factory=list)
+    # Likewise for recommenders: the main methods get every seed only on these backbones (e.g. [sasrec]);
+    # every other (method, backbone) pair one seed. Empty = every backbone.
+    main_backbones: list[Literal["sasrec", "gru4rec", "bert4rec"]] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.methods:

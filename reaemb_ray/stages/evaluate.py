@@ -47,7 +47,9 @@ def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_diges
                     fields=storage.changed_fields) -> str:
     """What one (method, backbone, seed) result depends on; `fields=storage.whole_section` gives format 1."""
     srs = fields(cfg.srs, drop=("backbones", "seeds", "num_threads"))
-    ev = fields(cfg.eval, drop=("methods",) if fields is storage.whole_section else ("methods", "main_methods"))
+    # which runs get every seed does not change a run; format 1 predates eval.main_backbones
+    ev = fields(cfg.eval, drop=("methods", "main_backbones") if fields is storage.whole_section
+                else ("methods", "main_methods", "main_backbones"))
     key = {"srs": srs, "eval": ev, "backbone": backbone, "seed": seed, "data": data_digest, "table": table_digest,
            "groups": [cfg.data.tail_threshold, cfg.data.short_user_threshold]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -82,7 +84,8 @@ def main(cfg, args=None) -> Path:
             table = load_embedding_table(path, data.num_items, cfg.srs.pca_dim)
             table_digest = _file_digest(path)
         for backbone in cfg.srs.backbones:
-            main = not cfg.eval.main_methods or method in cfg.eval.main_methods
+            main = (not cfg.eval.main_methods or method in cfg.eval.main_methods) and (
+                not cfg.eval.main_backbones or backbone in cfg.eval.main_backbones)
             for seed in cfg.srs.seeds if main else cfg.srs.seeds[:1]:
                 name = f"{method}__{backbone}__seed{seed}"
                 result_file = runs_dir / f"{name}.json"

@@ -101,3 +101,20 @@ def test_main_methods_get_all_seeds_others_the_first(prepared_dir):
     records = json.loads((out / "eval" / "report.json").read_text())
     seeds = {m: {r["seed"] for r in records if r["method"] == m} for m in ("id", "lrcl")}
     assert seeds == {"id": {0, 1}, "lrcl": {0}}
+
+
+def test_main_backbones_limit_the_extra_seeds(prepared_dir):
+    out = prepared_dir.parent
+    cfg = cfg_for(prepared_dir, "srs.epochs=1", "srs.seeds=[0,1]", "srs.backbones=[sasrec,gru4rec]",
+                  "eval.methods=[id]", "eval.main_backbones=[sasrec]")
+    evaluate.main(cfg, SimpleNamespace(fresh=False))
+    records = json.loads((out / "eval" / "report.json").read_text())
+    seeds = {b: {r["seed"] for r in records if r["backbone"] == b} for b in ("sasrec", "gru4rec")}
+    assert seeds == {"sasrec": {0, 1}, "gru4rec": {0}}
+    # which runs get every seed is not part of a run's key: widening it reuses the finished runs
+    runs = sorted(p.name for p in (out / "eval" / "runs").iterdir())
+    mtimes = {p.name: p.stat().st_mtime for p in (out / "eval" / "runs").iterdir()}
+    evaluate.main(cfg_for(prepared_dir, "srs.epochs=1", "srs.seeds=[0,1]", "srs.backbones=[sasrec,gru4rec]",
+                          "eval.methods=[id]"), SimpleNamespace(fresh=False))
+    after = {p.name: p.stat().st_mtime for p in (out / "eval" / "runs").iterdir()}
+    assert {n: after[n] for n in runs} == mtimes and set(after) - set(runs) == {"id__gru4rec__seed1.json"}
