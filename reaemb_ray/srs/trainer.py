@@ -146,8 +146,10 @@ def train(model: SequentialRecommender, data: SeqData, srs, seed: int, exclude_h
                 bad += 1
         row.update(seconds=time.perf_counter() - te, cpu_seconds=time.process_time() - ce)
         curve.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", val_ndcg10=f"{row.get('val_ndcg10', float('nan')):.4f}",
-                        best=f"{best:.4f}@{best_epoch}")
+        shown = {"loss": f"{row['loss']:.4f}", "best": f"{best:.4f}@{best_epoch}" if best_epoch else "-"}
+        if "val_ndcg10" in row:  # validated this epoch (every srs.eval_every)
+            shown["val_ndcg10"] = f"{row['val_ndcg10']:.4f}"
+        bar.set_postfix(shown)
         if bad >= srs.patience:
             break
         if out_of_time:
