@@ -27,8 +27,12 @@ def _outputs(base, engine_name):
     thoughts = mu[:, None] + 0.5 * torch.randn(4, 3, mu.shape[1], generator=torch.Generator().manual_seed(0))
     ref = ro.engine.embed(ref_p1, batch, thoughts)
     eng = make_engine(engine_name, ro.lm, path, 128)
-    p1 = eng.pass1(batch)
-    return ref_p1, ref, p1, eng.embed(p1, batch, p1.latent_thought(ro.attn)[:, None] + (thoughts - mu[:, None])), ro
+    try:
+        p1 = eng.pass1(batch)
+        return ref_p1, ref, p1, eng.embed(p1, batch, p1.latent_thought(ro.attn)[:, None] + (thoughts - mu[:, None])), ro
+    finally:
+        if hasattr(eng, "close"):
+            eng.close()  # vLLM engine processes: stop them now, not in an atexit hook after pytest closed its logs
 
 
 def test_torch_prefix_reuse_matches_naive(base):
