@@ -52,6 +52,13 @@ def quiet_state_api_pollers() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on this machine right now (pick it where it is used: another process can take it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def _check_reachable(address: str) -> None:
     """Fail in seconds, not minutes: Ray itself retries an unreachable address for a long time."""
     if address == "auto":

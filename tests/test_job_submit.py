@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from reaemb_ray.runtime import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
@@ -46,11 +47,6 @@ def expected_outputs(out: Path) -> list[Path]:
     return [out / "prepared" / "splits.parquet", out / "embeddings" / "raw_llm" / "embeddings.parquet",
             out / "eval" / "report.json", out / "eval" / "report.md", out / "_manifest.json"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_using(marker: str) -> list[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from reaemb_ray.metrics import METRICS
+from reaemb_ray.runtime import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = shutil.which("prometheus")
@@ -31,11 +31,6 @@ pytestmark = [
 GAUGE_VALUES = {name: 0.25 + i for i, (name, (kind, _, _)) in enumerate(METRICS.items()) if kind == "gauge"}
 OBSERVED_SECONDS = 0.3  # falls in the (0.25, 0.5] bucket of reaemb_ray.metrics' histogram boundaries
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(prom_url: str, promql: str) -> list[dict]:

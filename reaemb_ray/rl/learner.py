@@ -30,14 +30,11 @@ def cosine_with_warmup(warmup: int, total: int):
 def init_single_process_distributed(port: int = 0) -> None:
     """DeepSpeed wants a process group; one process is a world of one (gloo, CPU). port 0 = a free port of
     this machine, picked here (a port chosen elsewhere can be taken by the time the learner starts)."""
-    import socket
-
     import deepspeed
 
-    if port == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    from reaemb_ray.runtime import free_port
+
+    port = port or free_port()
 
     for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"), ("WORLD_SIZE", "1"),
                  ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):

@@ -1,7 +1,6 @@
 """CRRL end to end on one real local Ray (CPU) per module: rollout workers, reward workers, a DeepSpeed learner,
 tiny random Llamas and synthetic prepared data with obvious co-occurrence (cluster) structure."""
 import json
-import socket
 import time
 import urllib.request
 
@@ -11,16 +10,12 @@ import ray
 
 from reaemb_ray.config import load_config
 from reaemb_ray.rl.synthetic import item_texts, write_compact_tiny_backbone, write_synthetic_prepared
+from reaemb_ray.runtime import free_port
 from reaemb_ray.stages.crrl import run_crrl
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-METRICS_PORT = _port()
+METRICS_PORT = free_port()
 SMALL_ACTORS = ["crrl.rollout_resources.num_cpus=0.5", "crrl.reward_resources.num_cpus=0.25",
                 "crrl.learner_resources.num_cpus=0.5"]
 
