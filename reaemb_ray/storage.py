@@ -99,10 +99,16 @@ def changed_fields(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     return out
 
 
+# Fields added after format 1 was retired: format 1 never hashed them, so at their default they are left out.
+ADDED_AFTER_FORMAT1 = {("EvalConfig", "main_backbones")}
+
+
 def whole_section(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """Fingerprint format 1 (every field, defaults included): still read, to adopt work finished before
     format 2 (`changed_fields`)."""
-    return {k: v for k, v in dataclasses.asdict(section).items() if k not in drop}
+    changed = changed_fields(section)
+    later = {name for cls, name in ADDED_AFTER_FORMAT1 if cls == type(section).__name__ and name not in changed}
+    return {k: v for k, v in dataclasses.asdict(section).items() if k not in drop and k not in later}
 
 
 def describe_changes(old: Any, new: Any, prefix: str = "") -> list[str]:

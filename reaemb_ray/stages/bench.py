@@ -172,9 +172,20 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False, only: list[str] | N
         result[name] = fn()
         result.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t0, 1)
         partial.write_text(json.dumps(result, indent=2, default=float))
+    if flops := _flops(result):
+        result["flops"] = flops
     result["ratios"] = _ratios(result)
     result["seconds"] = sum(result.get("section_seconds", {}).values())
     return result
+
+
+def _flops(result: dict) -> dict:
+    """Achieved model FLOP/s of each rollout engine against the measured matmul peak (both sections needed)."""
+    if "rollout" not in result or "matmul_peak" not in result:
+        return {}
+    peak = result["matmul_peak"]["gflops"]
+    return {e: {"achieved_gflops": r["useful_gflops"], "peak_gflops": peak, "fraction_of_peak": r["useful_gflops"] / peak}
+            for e, r in result["rollout"].items()}
 
 
 def _ratios(result: dict) -> dict:
@@ -189,11 +200,8 @@ def _ratios(result: dict) -> dict:
             "export_shared_head_on_vs_off": f["export"]["shared_head_speedup"]})
     if "rollout" in result:
         ratios.update({f"rollout_{e}_vs_naive": r["vs_naive"] for e, r in result["rollout"].items() if e != "naive"})
-        if "matmul_peak" in result:
-            peak = result["matmul_peak"]["gflops"]
-            result["flops"] = {e: {"achieved_gflops": r["useful_gflops"], "peak_gflops": peak,
-                                   "fraction_of_peak": r["useful_gflops"] / peak} for e, r in result["rollout"].items()}
-            ratios["rollout_torch_fraction_of_matmul_peak"] = result["flops"]["torch"]["fraction_of_peak"]
+    if flops := _flops(result):
+        ratios["rollout_torch_fraction_of_matmul_peak"] = flops["torch"]["fraction_of_peak"]
     if "crrl" in result:
         ratios["crrl_2_vs_1_rollout_workers"] = result["crrl"]["speedup_2_vs_1"]
     return ratios

@@ -43,13 +43,14 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str,
-                    fields=storage.changed_fields) -> str:
-    """What one (method, backbone, seed) result depends on; `fields=storage.whole_section` gives format 1."""
-    srs = fields(cfg.srs, drop=("backbones", "seeds", "num_threads"))
-    # which runs get every seed does not change a run; format 1 predates eval.main_backbones
-    ev = fields(cfg.eval, drop=("methods", "main_backbones") if fields is storage.whole_section
-                else ("methods", "main_methods", "main_backbones"))
+def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str, format: int = 2) -> str:
+    """What one (method, backbone, seed) result depends on (`format=1`: how runs were keyed before format 2)."""
+    srs_drop = ("backbones", "seeds", "num_threads")
+    if format == 2:  # which runs get every seed does not change a run
+        srs = storage.changed_fields(cfg.srs, drop=srs_drop)
+        ev = storage.changed_fields(cfg.eval, drop=("methods", "main_methods", "main_backbones"))
+    else:
+        srs, ev = storage.whole_section(cfg.srs, drop=srs_drop), storage.whole_section(cfg.eval, drop=("methods",))
     key = {"srs": srs, "eval": ev, "backbone": backbone, "seed": seed, "data": data_digest, "table": table_digest,
            "groups": [cfg.data.tail_threshold, cfg.data.short_user_threshold]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -91,8 +92,8 @@ def main(cfg, args=None) -> Path:
                 result_file = runs_dir / f"{name}.json"
                 fp = run_fingerprint(cfg, backbone, seed, data_digest, table_digest)
                 run = json.loads(result_file.read_text()) if result_file.exists() and not fresh else {}
-                if run and run.get("fingerprint") == run_fingerprint(cfg, backbone, seed, data_digest, table_digest,
-                                                                     storage.whole_section):
+                if run and run.get("fingerprint") != fp and run.get("fingerprint") == run_fingerprint(
+                        cfg, backbone, seed, data_digest, table_digest, format=1):
                     run["fingerprint"] = fp  # finished under fingerprint format 1 with the same settings
                     result_file.write_text(json.dumps(run))
                 if run.get("fingerprint") == fp:

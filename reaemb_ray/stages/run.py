@@ -57,8 +57,6 @@ def _pretrain(cfg: Config, fresh: bool) -> None:
     pretrain_id_sasrec(cfg)
 
 
-
-
 def variant_method(variant: str) -> str:
     """`paper/srs` -> the evaluated method name `crrl-paper-srs`."""
     return "crrl-" + variant.replace("/", "-")
@@ -168,7 +166,7 @@ def why_stale(manifest: storage.Manifest, st: Stage, inputs: dict, status: dict[
     if old is None:
         reasons.append("its record predates the recorded inputs (config changed since)")
     else:
-        reasons += storage.describe_changes(json.loads(json.dumps(old)), json.loads(json.dumps(inputs, default=str)))
+        reasons += storage.describe_changes(old, json.loads(json.dumps(inputs, default=str)))  # as recorded
     return reasons or ["the code's fingerprint of its inputs changed"]
 
 
@@ -185,14 +183,12 @@ def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
     manifest = storage.Manifest(local)
     init_ray(cfg.ray)
 
-    fps: dict[str, str] = {}
     status: dict[str, str] = {}
     stages = plan(cfg)
+    fps = fingerprints(stages, cfg)
     fps_format1 = fingerprints(plan(cfg, fields=storage.whole_section), cfg)
     for i, st in enumerate(stages, 1):
-        inputs = st.sections(cfg)
-        fp = storage.fingerprint(inputs, [fps[d] for d in st.deps])
-        fps[st.name] = fp
+        inputs, fp = st.sections(cfg), fps[st.name]
         if not fresh and manifest.recorded(st.name) == fps_format1[st.name] != fp:
             manifest.adopt(st.name, fp, inputs)  # finished before fingerprint format 2, same config
         if not fresh and manifest.is_done(st.name, fp):
