@@ -246,6 +246,11 @@ class CRRLConfig:
 @dataclass
 class SRSConfig:
     backbones: list[Literal["sasrec", "gru4rec", "bert4rec"]] = field(default_factory=lambda: ["sasrec"])
+    # SASRec/GRU4Rec objective (srs/losses.py): auto = full softmax CE where the catalogue fits, else sampled
+    # softmax; bce = one sampled negative (the published protocol). Bert4Rec always uses its softmax cloze loss.
+    loss: Literal["auto", "ce", "sampled_softmax", "gbce", "bce"] = "auto"
+    num_negatives: int = 256  # sampled_softmax / gbce: negatives shared by a batch
+    gbce_t: float = 0.75  # gbce calibration (0 = plain BCE with num_negatives, 1 = fully calibrated)
     hidden: int = 128
     layers: int = 2
     heads: int = 1
@@ -274,13 +279,15 @@ class SRSConfig:
 
     def validate(self) -> None:
         for k in ("hidden", "layers", "heads", "max_len", "batch_size", "epochs", "patience", "adapter_hidden",
-                  "chunk_tokens", "eval_every"):
+                  "chunk_tokens", "eval_every", "num_negatives"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"srs.{k} must be >= 1, got {getattr(self, k)}")
         if self.hidden % self.heads:
             raise ConfigError(f"srs.hidden ({self.hidden}) must be divisible by srs.heads ({self.heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"srs.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise ConfigError(f"srs.gbce_t must be in [0, 1], got {self.gbce_t}")
         if not self.backbones or not self.seeds:
             raise ConfigError("srs.backbones and srs.seeds must not be empty")
         if self.align_alpha < 0 or self.align_tau <= 0:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reaemb_ray.srs import losses
 from reaemb_ray.srs.encoders import ItemEncoder, alignment_loss
 
 
@@ -82,6 +83,10 @@ class SequentialRecommender(nn.Module, abc.ABC):
     def num_targets(self, batch: dict[str, torch.Tensor]) -> int:
         """How many predictions `calculate_loss` averages over (to weight chunks of one batch)."""
 
+    def max_chunk_tokens(self, chunk_tokens: int) -> int:
+        """Tokens per training chunk; a loss with a big score block per token may ask for fewer."""
+        return chunk_tokens
+
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.calculate_loss(batch)
         if self.align_alpha > 0:
@@ -117,9 +122,14 @@ class Dropout(nn.Module):
 
 
 class NextItemModel(SequentialRecommender):
-    """SASRec/GRU4Rec: per-position hidden states; BCE with one sampled negative per position."""
+    """SASRec/GRU4Rec: per-position hidden states trained to score the next item (`srs.loss`, srs/losses.py)."""
 
     min_train_len = 2  # a training sequence needs an input item and a next item
+    loss_name, num_negatives, gbce_t = "bce", 1, 0.75  # set by `build_model` from the config
+
+    def configure_loss(self, name: str, num_negatives: int = 256, gbce_t: float = 0.75) -> None:
+        self.loss_name = losses.resolve(name, self.num_items)
+        self.num_negatives, self.gbce_t = num_negatives, gbce_t
 
     @abc.abstractmethod
     def sequence_output(self, seq: torch.Tensor) -> torch.Tensor:
@@ -139,20 +149,29 @@ class NextItemModel(SequentialRecommender):
         pos = np.zeros_like(inp)
         for i, s in enumerate(seqs):
             inp[i, : len(s) - 1], pos[i, : len(s) - 1] = s[:-1], s[1:]
-        neg = sample_negatives(pos, self.num_items, rng)
-        return {"seq": torch.from_numpy(inp), "pos": torch.from_numpy(pos), "neg": torch.from_numpy(neg)}
+        batch = {"seq": torch.from_numpy(inp), "pos": torch.from_numpy(pos)}
+        kind = losses.NEGATIVES[self.loss_name]
+        if kind == "per_position":
+            batch["neg"] = torch.from_numpy(sample_negatives(pos, self.num_items, rng))
+        elif kind == "shared":  # one set for every chunk of the batch (batch_chunks passes shared_* through)
+            batch["shared_neg"] = torch.from_numpy(losses.shared_negatives(self.num_items, self.num_negatives, rng))
+        return batch
 
     def num_targets(self, batch):
         return int((batch["pos"] != 0).sum())
 
+    def max_chunk_tokens(self, chunk_tokens: int) -> int:
+        """Full softmax scores (positions x items) per chunk stay within `losses.SCORE_BUDGET` elements."""
+        if self.loss_name != "ce":
+            return chunk_tokens
+        return max(64, min(chunk_tokens, losses.SCORE_BUDGET // (self.num_items + 1)))
+
     def calculate_loss(self, batch):
         out = self.sequence_output(batch["seq"])
-        pos_logit = (out * self.encoder(batch["pos"])).sum(-1)
-        neg_logit = (out * self.encoder(batch["neg"])).sum(-1)
-        valid = (batch["pos"] != 0).float()
-        bce = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none") + \
-            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none")
-        return (bce * valid).sum() / valid.sum().clamp(min=1)
+        where = batch["pos"] != 0
+        neg = batch["shared_neg"] if "shared_neg" in batch else batch["neg"][where] if "neg" in batch else None
+        return losses.compute(self.loss_name, out[where], batch["pos"][where], self.encoder, neg,
+                              num_items=self.num_items, gbce_t=self.gbce_t)
 
 
 class SelfAttentionBlock(nn.Module):
@@ -298,8 +317,8 @@ def build_model(name: str, encoder: ItemEncoder, srs) -> SequentialRecommender:
     if name not in MODELS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(MODELS)}")
     kw = dict(hidden=srs.hidden, layers=srs.layers, dropout=srs.dropout, max_len=srs.max_len)
-    if name == "gru4rec":
-        return GRU4Rec(encoder, **kw)
-    if name == "bert4rec":
+    if name == "bert4rec":  # the cloze objective is a full softmax already
         return Bert4Rec(encoder, heads=srs.heads, mask_prob=srs.bert_mask_prob, **kw)
-    return SASRec(encoder, heads=srs.heads, **kw)
+    model = GRU4Rec(encoder, **kw) if name == "gru4rec" else SASRec(encoder, heads=srs.heads, **kw)
+    model.configure_loss(srs.loss, srs.num_negatives, srs.gbce_t)
+    return model

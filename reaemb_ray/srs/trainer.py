@@ -55,19 +55,20 @@ def densify_grads(model: torch.nn.Module) -> None:
 
 
 def batch_chunks(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[str, torch.Tensor]]:
-    """Split a right-padded training batch into chunks of rows of similar length, each cut to its own width."""
+    """Split a right-padded training batch into chunks of rows of similar length, each cut to its own width.
+    Entries named `shared_*` (e.g. negatives shared by the whole batch) go to every chunk unchanged."""
     lengths = (batch["seq"] != 0).sum(1).numpy()
     chunks = []
     for rows in chunk_by_tokens(lengths, max_tokens):
         width, rows = max(1, int(lengths[rows].max())), torch.from_numpy(rows)
-        chunks.append({k: v[rows, :width] for k, v in batch.items()})
+        chunks.append({k: v if k.startswith("shared_") else v[rows, :width] for k, v in batch.items()})
     return chunks
 
 
 def train_step(model: SequentialRecommender, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                max_tokens: int) -> float:
     """One optimiser step on the batch's mean loss; chunks accumulate gradients weighted by their targets."""
-    chunks = batch_chunks(batch, max_tokens)
+    chunks = batch_chunks(batch, model.max_chunk_tokens(max_tokens))
     counts = [model.num_targets(c) for c in chunks]
     opt.zero_grad(set_to_none=True)
     total = 0.0

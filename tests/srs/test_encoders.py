@@ -91,7 +91,7 @@ def test_alignment_term_is_added_to_the_training_loss():
     rng = np.random.default_rng(0)
     table = np.concatenate([np.zeros((1, 8)), rng.normal(size=(6, 8))]).astype(np.float32)
     pretrained = rng.normal(size=(7, 4)).astype(np.float32)
-    srs = SRSConfig(hidden=4, heads=1, max_len=5, dropout=0.0)
+    srs = SRSConfig(hidden=4, heads=1, max_len=5, dropout=0.0, loss="bce")
     torch.manual_seed(0)
     m = build_model("gru4rec", build_encoder(6, 4, table, 5), srs)
     batch = m.make_train_batch([np.array([1, 2, 3])], np.random.default_rng(0))

@@ -76,13 +76,20 @@ def test_a_few_steps_reduce_the_loss(name):
     assert after < 0.85 * before, (before, after)
 
 
-def test_next_item_batch_targets_shift_by_one_and_negatives_differ():
+def test_next_item_batch_targets_shift_by_one_and_negatives_follow_the_loss():
     m = model("sasrec")
-    b = m.make_train_batch([np.array([1, 2, 3, 4]), np.array([5, 6]), np.array([9])], np.random.default_rng(0))
+    seqs = [np.array([1, 2, 3, 4]), np.array([5, 6]), np.array([9])]
+    m.configure_loss("bce")
+    b = m.make_train_batch(seqs, np.random.default_rng(0))
     assert b["seq"].tolist() == [[1, 2, 3], [5, 0, 0]]  # the single-item user has no target and is dropped
     assert b["pos"].tolist() == [[2, 3, 4], [6, 0, 0]]
     assert ((b["neg"] != b["pos"]) | (b["pos"] == 0)).all() and (b["neg"][b["pos"] == 0] == 0).all()
     assert m.num_targets(b) == 4
+    m.configure_loss("sampled_softmax", num_negatives=7)
+    b = m.make_train_batch(seqs, np.random.default_rng(0))
+    assert "neg" not in b and b["shared_neg"].shape == (7,) and b["shared_neg"].min() >= 1
+    m.configure_loss("ce")
+    assert set(m.make_train_batch(seqs, np.random.default_rng(0))) == {"seq", "pos"}
 
 
 def test_bert4rec_masks_and_appends_mask_token():

@@ -36,8 +36,9 @@ def test_chunk_split_is_optimal_against_brute_force():
         assert padded_cost(got, lengths, 16) == best
 
 
-def test_batch_gradient_does_not_depend_on_chunking():
-    srs = SRSConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_len=12)
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "gbce", "bce"])
+def test_batch_gradient_does_not_depend_on_chunking(loss):
+    srs = SRSConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_len=12, loss=loss, num_negatives=8)
     torch.manual_seed(0)
     m = build_model("sasrec", IDEncoder(30, 16), srs).train()
     rng = np.random.default_rng(0)
