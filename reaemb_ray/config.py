@@ -261,9 +261,17 @@ class SRSConfig:
     epochs: int = 200
     patience: int = 20
     adapter_hidden: int = 256
+    # How an LLM table feeds the recommender (srs/encoders.py): frozen_adapter (published: frozen table ->
+    # two linear layers), llm_init (a trainable ID table initialised from the PCA-whitened LLM table), fusion
+    # (frozen table through the adapter + a trainable ID residual that starts at zero). `id` ignores it.
+    item_encoder: Literal["frozen_adapter", "llm_init", "fusion"] = "frozen_adapter"
+    llm_init_std: float = 0.02  # llm_init: per-entry std of the initial rows (the ID initialisation's is 0.02)
     pca_dim: int = 512  # applied to external embedding tables wider than this
     align_alpha: float = 0.0  # > 0 adds LLMEmb's alignment loss to the pretrained ID-SASRec table
     align_tau: float = 2.0
+    # soft = LLMEmb's unnormalised soft-target contrastive form; cosine = InfoNCE on cosines (needs a small
+    # align_tau, e.g. 0.1: at 2 it has almost no gradient)
+    align_form: Literal["soft", "cosine"] = "soft"
     bert_mask_prob: float = 0.2
     seeds: list[int] = field(default_factory=lambda: [42])
     num_threads: int = 0  # torch threads; 0 = torch default
@@ -286,6 +294,8 @@ class SRSConfig:
             raise ConfigError(f"srs.hidden ({self.hidden}) must be divisible by srs.heads ({self.heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"srs.dropout must be in [0, 1), got {self.dropout}")
+        if self.llm_init_std <= 0:
+            raise ConfigError(f"srs.llm_init_std must be > 0, got {self.llm_init_std}")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ConfigError(f"srs.gbce_t must be in [0, 1], got {self.gbce_t}")
         if not self.backbones or not self.seeds:

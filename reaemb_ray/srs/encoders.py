@@ -78,14 +78,18 @@ class ItemEncoder(nn.Module):
 
 
 class IDEncoder(ItemEncoder):
-    def __init__(self, num_items: int, hidden: int):
+    """A trainable table, N(0, 0.02) like RecBole's SASRec, or the rows of `init` (llm_init)."""
+
+    def __init__(self, num_items: int, hidden: int, init: np.ndarray | None = None):
         super().__init__()
         self.num_items, self.hidden = num_items, hidden
         # sparse gradients: a batch touches a few hundred of N rows, and a dense (N+1, h) gradient per lookup
         # (3 lookups per chunk) cost more than the model itself; the trainer densifies once before Adam
         self.emb = nn.Embedding(num_items + 1, hidden, padding_idx=0, sparse=True)
-        nn.init.normal_(self.emb.weight, std=0.02)
+        nn.init.normal_(self.emb.weight, std=ID_INIT_STD)
         with torch.no_grad():
+            if init is not None:
+                self.emb.weight.copy_(torch.as_tensor(init, dtype=torch.float32))
             self.emb.weight[0].zero_()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -96,7 +100,7 @@ class IDEncoder(ItemEncoder):
 
 
 class ExternalEncoder(ItemEncoder):
-    """Frozen table (N+1, d) -> Linear(d, adapter_hidden) -> Linear(adapter_hidden, hidden) (METHOD.md)."""
+    """`frozen_adapter` (ReaEmb, LLMEmb): frozen table (N+1, d) -> Linear(d, adapter_hidden) -> Linear(.., hidden)."""
 
     def __init__(self, table: np.ndarray, hidden: int, adapter_hidden: int = 256):
         super().__init__()
@@ -109,25 +113,86 @@ class ExternalEncoder(ItemEncoder):
         return out * (ids != 0).unsqueeze(-1).to(out.dtype)
 
 
-def build_encoder(num_items: int, hidden: int, table: np.ndarray | None, adapter_hidden: int) -> ItemEncoder:
+class FusionEncoder(ItemEncoder):
+    """`fusion`: the frozen table through the adapter plus a trainable ID residual, e_i = A(x_i) + u_i.
+
+    The residual starts at zero, so training starts from the semantic view (every item, tail items included,
+    has a meaningful vector) and popular items, whose rows get many gradient steps, move away from it where
+    the interactions say so: the dual-view idea of LLM-ESR in its simplest additive form.
+    """
+
+    def __init__(self, table: np.ndarray, hidden: int, adapter_hidden: int = 256):
+        super().__init__()
+        self.semantic = ExternalEncoder(table, hidden, adapter_hidden)
+        self.num_items, self.hidden = self.semantic.num_items, hidden
+        self.residual = nn.Embedding(self.num_items + 1, hidden, padding_idx=0, sparse=True)
+        nn.init.zeros_(self.residual.weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.semantic(ids) + self.residual(ids)
+
+
+ID_INIT_STD = 0.02
+
+
+def llm_init_rows(table: np.ndarray, hidden: int, std: float = ID_INIT_STD) -> np.ndarray:
+    """`llm_init`: the item rows (1..N) PCA-whitened to `hidden` dimensions, scaled to std `std` per entry
+    (the ID initialisation's scale, so the optimiser sees the usual magnitudes); row 0 stays zero.
+
+    Whitening keeps the semantic geometry (who is near whom) while giving each of the `hidden` directions the
+    same variance; a raw projection would hand most of the variance to the shared-template direction.
+    """
+    from reaemb_ray import conditioning
+
+    items = np.asarray(table[1:], dtype=np.float64)
+    if hidden > min(items.shape):
+        raise ValueError(f"llm_init needs srs.hidden ({hidden}) <= min(items, table width) = {min(items.shape)}")
+    z, _ = conditioning.apply(items, ["whiten"], hidden)
+    if z.shape[1] < hidden:
+        raise ValueError(f"the embedding table has only {z.shape[1]} non-degenerate directions; lower srs.hidden")
+    return np.concatenate([np.zeros((1, hidden), np.float32), (z * std).astype(np.float32)])
+
+
+ITEM_ENCODERS = ("frozen_adapter", "llm_init", "fusion")
+
+
+def build_encoder(num_items: int, hidden: int, table: np.ndarray | None, adapter_hidden: int = 256,
+                  kind: str = "frozen_adapter", init_std: float = ID_INIT_STD) -> ItemEncoder:
+    """Learned IDs when `table` is None (the `id` method), else the table fed in by `kind` (srs.item_encoder)."""
     if table is None:
         return IDEncoder(num_items, hidden)
     if table.shape[0] != num_items + 1:
         raise ValueError(f"embedding table has {table.shape[0] - 1} items, the data has {num_items}")
-    return ExternalEncoder(table, hidden, adapter_hidden)
+    if kind == "frozen_adapter":
+        return ExternalEncoder(table, hidden, adapter_hidden)
+    if kind == "llm_init":
+        return IDEncoder(num_items, hidden, init=llm_init_rows(table, hidden, init_std))
+    if kind == "fusion":
+        return FusionEncoder(table, hidden, adapter_hidden)
+    raise KeyError(f"unknown srs.item_encoder {kind!r}; use one of {', '.join(ITEM_ENCODERS)}")
 
 
-def alignment_loss(adapted: torch.Tensor, pretrained: torch.Tensor, tau: float) -> torch.Tensor:
-    """LLMEmb-style alignment: symmetric InfoNCE between adapted vectors and pretrained ID vectors.
+def alignment_loss(adapted: torch.Tensor, pretrained: torch.Tensor, tau: float, form: str = "soft") -> torch.Tensor:
+    """LLMEmb-style alignment of the recommender's item vectors to a pretrained ID-SASRec's rows.
 
-    adapted, pretrained: (M, h) rows for the same M distinct items. Row i of each is the positive pair;
-    the other items in the batch are negatives. Cosine similarities divided by `tau`.
+    adapted, pretrained: (M, h) rows for the same M distinct items; row i of each is the positive pair, the
+    other items of the batch are negatives.
+    - `soft` (LLMEmb's published form): the unnormalised soft-target symmetric contrastive loss of LRCL
+      (reaemb_ray.losses.soft_contrastive_loss) on raw dot products at temperature tau.
+    - `cosine`: symmetric InfoNCE on cosine similarities / tau. At tau 2 the logits lie in [-0.5, 0.5] and
+      the loss is almost constant (log M): it only trains at small tau (e.g. 0.1).
     """
+    from reaemb_ray.losses import soft_contrastive_loss
+
     if adapted.shape != pretrained.shape:
         raise ValueError(
             f"alignment needs equal shapes, got adapted {tuple(adapted.shape)} vs pretrained {tuple(pretrained.shape)}; "
             "the pretrained ID-SASRec must use the same srs.hidden"
         )
+    if form == "soft":
+        return soft_contrastive_loss(adapted, pretrained, tau)
+    if form != "cosine":
+        raise KeyError(f"unknown alignment form {form!r}; use soft or cosine")
     logits = F.normalize(adapted, dim=-1) @ F.normalize(pretrained, dim=-1).T / tau
     target = torch.arange(len(logits), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -51,10 +51,10 @@ class SequentialRecommender(nn.Module, abc.ABC):
         super().__init__()
         self.encoder, self.hidden, self.max_len = encoder, hidden, max_len
         self.num_items = encoder.num_items
-        self.align_alpha, self.align_tau = 0.0, 1.0
+        self.align_alpha, self.align_tau, self.align_form = 0.0, 1.0, "soft"
         self.register_buffer("align_table", None, persistent=False)
 
-    def set_alignment(self, table: np.ndarray, alpha: float, tau: float) -> None:
+    def set_alignment(self, table: np.ndarray, alpha: float, tau: float, form: str = "soft") -> None:
         """Add alpha * alignment_loss(adapted item vectors, pretrained ID-SASRec rows) to the training loss."""
         if table.shape != (self.num_items + 1, self.hidden):
             raise ValueError(
@@ -62,7 +62,7 @@ class SequentialRecommender(nn.Module, abc.ABC):
                 "re-run the pretrain step with the same data and srs.hidden"
             )
         self.align_table = torch.as_tensor(table, dtype=torch.float32)
-        self.align_alpha, self.align_tau = alpha, tau
+        self.align_alpha, self.align_tau, self.align_form = alpha, tau, form
 
     def item_embeddings(self) -> torch.Tensor:
         return self.encoder.table()
@@ -92,7 +92,8 @@ class SequentialRecommender(nn.Module, abc.ABC):
         if self.align_alpha > 0:
             ids = torch.unique(torch.cat([v.flatten() for v in batch.values()]))
             ids = ids[(ids > 0) & (ids <= self.num_items)]
-            loss = loss + self.align_alpha * alignment_loss(self.encoder(ids), self.align_table[ids], self.align_tau)
+            loss = loss + self.align_alpha * alignment_loss(self.encoder(ids), self.align_table[ids], self.align_tau,
+                                                            self.align_form)
         return loss
 
 

@@ -173,11 +173,12 @@ def fit_and_test(data: SeqData, backbone: str, srs, seed: int, num_negatives: in
     Returns (model, TrainResult, full_ranks (U,), sampled_ranks (U,)); the test always ranks all users.
     """
     seed_everything(seed)
-    model = build_model(backbone, build_encoder(data.num_items, srs.hidden, table, srs.adapter_hidden), srs)
+    encoder = build_encoder(data.num_items, srs.hidden, table, srs.adapter_hidden, srs.item_encoder, srs.llm_init_std)
+    model = build_model(backbone, encoder, srs)
     if align_table is not None and srs.align_alpha > 0:
         if table is None:
             raise ValueError("srs.align_alpha > 0 needs an external embedding table; the 'id' method has none")
-        model.set_alignment(align_table, srs.align_alpha, srs.align_tau)
+        model.set_alignment(align_table, srs.align_alpha, srs.align_tau, srs.align_form)
     result = train(model, data, srs, seed, exclude_history, progress, desc)
     inputs = test_inputs(data)
     interacted = [np.append(s, t) for s, t in zip(inputs, data.test)]

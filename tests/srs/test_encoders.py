@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from reaemb_ray.config import SRSConfig
-from reaemb_ray.srs.encoders import (ExternalEncoder, alignment_loss, build_encoder, load_embedding_table,
-                                     pca_fit_transform)
+from reaemb_ray.losses import soft_contrastive_loss
+from reaemb_ray.srs.encoders import (ExternalEncoder, FusionEncoder, IDEncoder, alignment_loss, build_encoder,
+                                     llm_init_rows, load_embedding_table, pca_fit_transform)
 from reaemb_ray.srs.models import build_model
 
 
@@ -81,10 +82,23 @@ def test_alignment_loss_matches_reference_and_prefers_aligned_pairs():
     tau = 2.0
     logits = np.array([[F.cosine_similarity(a[i], p[j], 0).item() / tau for j in range(5)] for i in range(5)])
     ls = lambda L: np.mean([np.log(np.exp(L[i]).sum()) - L[i, i] for i in range(5)])
-    assert alignment_loss(a, p, tau).item() == pytest.approx(0.5 * (ls(logits) + ls(logits.T)), rel=1e-5)
-    assert alignment_loss(p * 3, p, 0.1) < alignment_loss(a, p, 0.1)
+    cosine = alignment_loss(a, p, tau, "cosine").item()
+    assert cosine == pytest.approx(0.5 * (ls(logits) + ls(logits.T)), rel=1e-5)
+    assert alignment_loss(p * 3, p, 0.1, "cosine") < alignment_loss(a, p, 0.1, "cosine")
+    assert alignment_loss(a, p, tau).item() == pytest.approx(soft_contrastive_loss(a, p, tau).item())
     with pytest.raises(ValueError, match="srs.hidden"):
         alignment_loss(a, torch.randn(5, 3), tau)
+
+
+def test_cosine_alignment_at_tau_2_is_nearly_flat_the_soft_form_is_not():
+    """Why srs.align_form defaults to the published soft form: at LLMEmb's tau 2, cosine logits lie in
+    [-0.5, 0.5], so the loss barely moves between random and perfectly aligned rows."""
+    torch.manual_seed(0)
+    pretrained = torch.randn(64, 16)
+    rand, aligned = torch.randn(64, 16), pretrained.clone()
+    flat = alignment_loss(rand, pretrained, 2.0, "cosine") - alignment_loss(aligned, pretrained, 2.0, "cosine")
+    steep = alignment_loss(rand, pretrained, 2.0, "soft") - alignment_loss(aligned, pretrained, 2.0, "soft")
+    assert flat < 0.6 and steep > 5 * flat  # measured: 0.50 vs 4.69 (log 64 = 4.16)
 
 
 def test_alignment_term_is_added_to_the_training_loss():
@@ -103,3 +117,34 @@ def test_alignment_term_is_added_to_the_training_loss():
     assert m.training_loss(batch).item() == pytest.approx(base + extra, rel=1e-5)
     with pytest.raises(ValueError, match="pretrained ID-SASRec"):
         m.set_alignment(pretrained[:, :3], 0.5, 2.0)
+
+
+def test_llm_init_is_a_trainable_id_table_whose_rows_keep_the_semantic_neighbours():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 12)) * 3
+    items = np.concatenate([c + 0.1 * rng.normal(size=(5, 12)) for c in centres]) + 50.0  # shared offset
+    table = np.concatenate([np.zeros((1, 12)), items]).astype(np.float32)
+    rows = llm_init_rows(table, 4, std=0.02)
+    assert rows.shape == (16, 4) and (rows[0] == 0).all()
+    assert rows[1:].std() == pytest.approx(0.02, rel=0.05) and abs(rows[1:].mean()) < 1e-3  # offset gone
+    near = np.argsort(((rows[1:, None] - rows[None, 1:]) ** 2).sum(-1), 1)[:, 1]
+    assert ((near // 5) == (np.arange(15) // 5)).all()  # nearest neighbour stays in its cluster
+    enc = build_encoder(15, 4, table, kind="llm_init")
+    assert isinstance(enc, IDEncoder) and enc.emb.weight.requires_grad
+    assert torch.allclose(enc.table(), torch.from_numpy(rows))
+    with pytest.raises(ValueError, match="srs.hidden"):
+        llm_init_rows(table, 20)
+
+
+def test_fusion_starts_as_the_adapter_and_trains_an_id_residual():
+    table = np.concatenate([np.zeros((1, 8)), np.random.default_rng(0).normal(size=(6, 8))]).astype(np.float32)
+    torch.manual_seed(0)
+    enc = build_encoder(6, 4, table, adapter_hidden=5, kind="fusion")
+    assert isinstance(enc, FusionEncoder)
+    ids = torch.tensor([[1, 2, 0]])
+    assert torch.allclose(enc(ids), enc.semantic(ids))  # residual starts at zero
+    m = build_model("sasrec", enc, SRSConfig(hidden=4, heads=1, max_len=5))
+    m.training_loss(m.make_train_batch([np.array([1, 2, 3])], np.random.default_rng(0))).backward()
+    assert enc.residual.weight.grad is not None and enc.semantic.adapter[0].weight.grad is not None
+    with pytest.raises(KeyError, match="srs.item_encoder"):
+        build_encoder(6, 4, table, kind="concat")
