@@ -84,6 +84,10 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_length: int = 1024
     use_thought: bool = True  # False gives the LLMEmb-style baseline: one pass, no <|Thought|>
+    # Which last-layer states make the item embedding (model/two_pass.py): all = mean over every prompt token
+    # (published; about half of them are the shared template), item = mean over the item's attribute tokens +
+    # <|Thought|> + EOS, last = the EOS state alone
+    pooling: Literal["all", "item", "last"] = "all"
     rope_base: float = 1000.0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -370,6 +374,9 @@ class Config:
             sub = getattr(self, f.name)
             if hasattr(sub, "validate"):
                 sub.validate()
+        if self.crrl.engine == "vllm" and self.model.pooling != "all":
+            raise ConfigError(f"crrl.engine=vllm pools the mean over every token (model.pooling=all); with "
+                              f"model.pooling={self.model.pooling} use crrl.engine=torch")
 
     @property
     def out(self) -> Path:

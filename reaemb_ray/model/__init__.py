@@ -3,10 +3,10 @@ from reaemb_ray.model.backbone import THOUGHT_TOKEN, load_backbone, resolve_back
 from reaemb_ray.model.generator import (ThoughtEmbedder, build_embedder, export_merged, load_generator,
                                         save_generator)
 from reaemb_ray.model.thought_attention import LatentThoughtAttention
-from reaemb_ray.model.two_pass import (PromptStates, efficient_embed, embed_with_thoughts, mean_pool, naive_embed,
+from reaemb_ray.model.two_pass import (PromptStates, efficient_embed, embed_with_thoughts, naive_embed, pool,
                                        naive_embed_with_thoughts, prompt_states, tokenize_prompts)
 
 __all__ = ["THOUGHT_TOKEN", "load_backbone", "resolve_backbone", "resolve_backbone_name", "ThoughtEmbedder",
            "build_embedder", "export_merged", "load_generator", "save_generator", "LatentThoughtAttention",
-           "PromptStates", "efficient_embed", "embed_with_thoughts", "mean_pool", "naive_embed",
+           "PromptStates", "efficient_embed", "embed_with_thoughts", "naive_embed", "pool",
            "naive_embed_with_thoughts", "prompt_states", "tokenize_prompts"]

@@ -33,8 +33,9 @@ class ThoughtEmbedder(nn.Module):
     """`embed(batch) -> (B, d)` item embeddings; trainable parts: LoRA (if any), attention, log tau."""
 
     def __init__(self, lm, hidden_size: int | None = None, use_thought: bool = True, rope_base: float = 1000.0,
-                 tau_init: float = 1.0, lora=None):
+                 tau_init: float = 1.0, lora=None, pooling: str = "all"):
         super().__init__()
+        self.pooling = pooling  # which tokens' states make the embedding (two_pass.tokenize_prompts)
         hidden_size = hidden_size or lm.config.hidden_size
         if lora is not None:
             from peft import LoraConfig as PeftLoraConfig, get_peft_model
@@ -76,7 +77,7 @@ def build_embedder(model_cfg, cache_dir, tau_init: float = 1.0, with_lora: bool 
     path = resolve_backbone_name(model_cfg.backbone, cache_dir)
     lm, tok = load_backbone(path, dtype or model_cfg.dtype)
     module = ThoughtEmbedder(lm, use_thought=model_cfg.use_thought, rope_base=model_cfg.rope_base,
-                             tau_init=tau_init, lora=model_cfg.lora if with_lora else None)
+                             tau_init=tau_init, lora=model_cfg.lora if with_lora else None, pooling=model_cfg.pooling)
     return module, tok, path
 
 
@@ -98,7 +99,7 @@ def save_generator(module: ThoughtEmbedder, tokenizer, out_dir, meta: dict) -> P
         module.lm.save_pretrained(str(out), save_embedding_layers=False)
     save_file(_state_to_cpu(module.attn.state_dict()), str(out / ATTN_FILE))
     tokenizer.save_pretrained(str(out))
-    full = dict(meta, hidden_size=module.hidden_size, use_thought=module.use_thought,
+    full = dict(meta, hidden_size=module.hidden_size, use_thought=module.use_thought, pooling=module.pooling,
                 rope_base=module.attn.rope_base, tau=float(module.tau().detach()),
                 log_tau=float(module.log_tau.detach()),
                 lora=module.has_lora, merged=bool(meta.get("merged", False)), vocab_size=len(tokenizer))
@@ -162,7 +163,8 @@ def load_generator(ckpt_dir, merge_lora: bool = False, dtype="float32", expect_b
         lm = PeftModel.from_pretrained(lm, str(d), is_trainable=trainable and not merge_lora)
         if merge_lora:
             lm = lm.merge_and_unload()
-    module = ThoughtEmbedder(lm, hidden_size=hidden, use_thought=meta["use_thought"], rope_base=meta["rope_base"])
+    module = ThoughtEmbedder(lm, hidden_size=hidden, use_thought=meta["use_thought"], rope_base=meta["rope_base"],
+                             pooling=meta.get("pooling", "all"))
     from safetensors.torch import load_file
 
     module.attn.load_state_dict({k: v.to(to_dtype(dtype)) for k, v in load_file(str(d / ATTN_FILE)).items()})

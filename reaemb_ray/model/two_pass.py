@@ -10,6 +10,12 @@ are the same in every row, so one batch-1 pass over them, its key/value cache ex
 exactly what B separate passes give (with gradients: backward through the expansion sums them). With SmolLM2's
 chat template the head is about 50 of ~85 (MovieLens) or ~100 (Beauty) tokens.
 
+Pooling (`model.pooling`): the item embedding is a weighted sum of last-layer states with per-row weights that
+`tokenize_prompts` lays out beside the tokens (`pool_weights`, each row sums to 1): `all` = the mean over every
+token (published); `item` = the mean over the item's own attribute tokens plus `<|Thought|>` and EOS (the shared
+template -- about half of every prompt -- left out); `last` = the EOS state alone. Every path below pools the
+same way, so the exactness arguments hold for each pooling.
+
 Why prefix reuse is exact: in a causal LM the hidden states and keys/values of positions [0, t) depend only
 on the tokens [0, t), which are the same in pass 1 and pass 2 (only position t changes). The attention
 module reads exactly those positions (query t-1, keys [0, t)). So pass 2 = (prefix, computed once) + the
@@ -60,9 +66,51 @@ def _common_prefix(rows: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+POOLINGS = ("all", "item", "last")
+
+
+@lru_cache(maxsize=16)
+def _template_ids(tokenizer, item_noun: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Token ids of the prompt around the attribute text (header included before, `<|Thought|>` EOS after)."""
+    from reaemb_ray.data.prompts import item_prompt
+
+    before, after = item_prompt(tokenizer, _SENTINEL, item_noun).split(_SENTINEL)
+    encode = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return encode(before), encode(after)
+
+
+def item_token_span(row: list[int], before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int, int]:
+    """[start, end) of the attribute tokens in one prompt row: after the longest prefix it shares with the
+    template's head and before the longest suffix it shares with the template's tail. A token that BPE merged
+    across a boundary counts as an item token; the span is never empty."""
+    start = 0
+    while start < min(len(before), len(row) - 3) and row[start] == before[start]:
+        start += 1
+    end = len(row)
+    while len(row) - end < len(after) and end > start + 1 and row[end - 1] == after[len(after) - (len(row) - end) - 1]:
+        end -= 1
+    return start, end
+
+
+def row_pool_weights(row: list[int], pooling: str, template: tuple | None) -> list[float]:
+    """Weights over one row's tokens (summing to 1) for `pooling`; `template` is `_template_ids(...)` for item."""
+    n = len(row)
+    if pooling == "all":
+        return [1.0 / n] * n
+    if pooling == "last":
+        return [0.0] * (n - 1) + [1.0]
+    if pooling != "item":
+        raise KeyError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    start, end = item_token_span(row, *template)
+    keep = set(range(start, min(end, n - 2))) | {n - 2, n - 1}  # attributes, <|Thought|>, EOS
+    return [1.0 / len(keep) if j in keep else 0.0 for j in range(n)]
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], max_length: int, pooling: str = "all",
+                     item_noun: str = "item") -> dict[str, torch.Tensor]:
     """Batch in the module's layout (see the top): the rows' common prefix first, then left padding,
-    `<|Thought|>` at L-2 and EOS at L-1.
+    `<|Thought|>` at L-2 and EOS at L-1; `pool_weights` (B, L) float32 for `pooling` (see the top; `item`
+    needs the `item_noun` the prompts were built with).
 
     Over-long prompts lose the end of the attribute text: the head (system prompt, first attributes such as
     the title) and the tail (template closing, thought, EOS) are kept.
@@ -90,20 +138,24 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_length: int) -> dict[str
     L = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), L), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), L), dtype=torch.long)
+    pool_weights = torch.zeros((len(rows), L), dtype=torch.float32)
     input_ids[:, :S] = torch.tensor(rows[0][:S], dtype=torch.long)
     attention_mask[:, :S] = 1
+    template = _template_ids(tokenizer, item_noun) if pooling == "item" else None
     for i, ids in enumerate(rows):
         rest = ids[S:]
         input_ids[i, L - len(rest):] = torch.tensor(rest)
         attention_mask[i, L - len(rest):] = 1
+        w = torch.tensor(row_pool_weights(ids, pooling, template))
+        pool_weights[i, :S], pool_weights[i, L - len(rest):] = w[:S], w[S:]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "pool_weights": pool_weights}
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `hidden` (B, L, d) over non-pad tokens, in float32."""
-    m = mask.to(torch.float32)[..., None]
-    return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+def pool(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of `hidden` (B, L, d) with `pool_weights` (B, L), in float32."""
+    return (hidden.float() * weights.to(torch.float32)[..., None]).sum(1)
 
 
 def _last_hidden(dec, **kw) -> torch.Tensor:
@@ -142,9 +194,9 @@ def prefix_pass(dec, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, t
 def naive_embed(lm, attn, batch: dict, use_thought: bool = True) -> torch.Tensor:
     """Reference two-pass embedding (B, d): pass 1 without grad -> r -> full pass 2 with r at `<|Thought|>`."""
     dec = decoder_of(lm)
-    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    ids, mask, pos, w = batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["pool_weights"]
     if not use_thought:
-        return mean_pool(_last_hidden(dec, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False), mask)
+        return pool(_last_hidden(dec, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False), w)
     t = ids.shape[1] - 2
     with torch.no_grad():
         h1 = _last_hidden(dec, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
@@ -152,25 +204,23 @@ def naive_embed(lm, attn, batch: dict, use_thought: bool = True) -> torch.Tensor
     emb = lm.get_input_embeddings()(ids)
     emb = torch.cat([emb[:, :t], r[:, None].to(emb.dtype), emb[:, t + 1:]], dim=1)
     h2 = _last_hidden(dec, inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False)
-    return mean_pool(h2, mask)
+    return pool(h2, w)
 
 
 def efficient_embed(lm, attn, batch: dict, use_thought: bool = True, share: bool = True) -> torch.Tensor:
     """Same function as `naive_embed` (values and gradients) with one prefix pass (its shared head once per
     batch unless share=False) + a two-position step."""
     dec = decoder_of(lm)
-    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    ids, mask, pos, w = batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["pool_weights"]
     if not use_thought:  # one pass; only the shared head is saved
-        return mean_pool(prefix_pass(dec, ids, mask, pos, ids.shape[1], share)[0], mask)
+        return pool(prefix_pass(dec, ids, mask, pos, ids.shape[1], share)[0], w)
     t = ids.shape[1] - 2
     h_prefix, cache = prefix_pass(dec, ids, mask, pos, t, share)  # carries LoRA gradients: pass 2's prefix
     r = attn(h_prefix.detach(), mask[:, :t], t, pos[:, :t])  # pass 1's H: same values, no gradient
     tail = torch.cat([r[:, None].to(h_prefix.dtype), lm.get_input_embeddings()(ids[:, t + 1:])], dim=1)
     h_tail = dec(inputs_embeds=tail, attention_mask=mask, position_ids=pos[:, t:],
                  past_key_values=cache, use_cache=True).last_hidden_state
-    m = mask[:, :t].to(torch.float32)[..., None]
-    total = (h_prefix.float() * m).sum(1) + h_tail.float().sum(1)
-    return total / (m.sum(1) + 2.0)
+    return pool(h_prefix, w[:, :t]) + pool(h_tail, w[:, t:])
 
 
 @dataclass
@@ -179,16 +229,16 @@ class PromptStates:
 
     hidden: pass-1 last-layer states of the prefix [0, t) (B, t, d) -- the attention module's input.
     prefix_kv: per layer (keys, values) of the prefix, for `embed_with_thoughts`.
-    prefix_sum: sum of the prefix states over non-pad tokens (B, d, float32); token_count (B,) counts all
-    non-pad tokens including the thought and EOS; eos_embeds: EOS input embedding (B, 1, d).
+    prefix_pooled: the prefix's part of the pooled embedding, sum_j w_j h_j over [0, t) (B, d, float32);
+    tail_weights: the pooling weights of the thought and EOS (B, 2); eos_embeds: EOS input embedding (B, 1, d).
     """
 
     hidden: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    prefix_sum: torch.Tensor
-    token_count: torch.Tensor
+    prefix_pooled: torch.Tensor
+    tail_weights: torch.Tensor
     eos_embeds: torch.Tensor
 
     @property
@@ -216,9 +266,9 @@ def prompt_states(lm, batch: dict, share: bool = True) -> PromptStates:
     t = ids.shape[1] - 2
     h, cache = prefix_pass(dec, ids, mask, pos, t, share)
     kv = [(layer.keys, layer.values) for layer in cache.layers]
-    m = mask[:, :t].to(torch.float32)[..., None]
+    w = batch["pool_weights"]
     return PromptStates(hidden=h, attention_mask=mask, position_ids=pos, prefix_kv=kv,
-                        prefix_sum=(h.float() * m).sum(1), token_count=mask.sum(1).to(torch.float32),
+                        prefix_pooled=pool(h, w[:, :t]), tail_weights=w[:, t:].to(torch.float32),
                         eos_embeds=lm.get_input_embeddings()(ids[:, t + 1:]))
 
 
@@ -237,19 +287,19 @@ def embed_with_thoughts(lm, states: PromptStates, thoughts: torch.Tensor) -> tor
     h = decoder_of(lm)(inputs_embeds=tail, attention_mask=states.attention_mask.repeat_interleave(G, dim=0),
                        position_ids=states.position_ids[:, t:].repeat_interleave(G, dim=0),
                        past_key_values=cache, use_cache=True).last_hidden_state
-    total = states.prefix_sum.repeat_interleave(G, dim=0) + h.float().sum(1)
-    return (total / states.token_count.repeat_interleave(G, dim=0)[:, None]).view(B, G, d)
+    pooled = states.prefix_pooled.repeat_interleave(G, dim=0) + pool(h, states.tail_weights.repeat_interleave(G, dim=0))
+    return pooled.view(B, G, d)
 
 
 def naive_embed_with_thoughts(lm, batch: dict, thoughts: torch.Tensor) -> torch.Tensor:
     """Reference for `embed_with_thoughts`: one full forward per thought."""
     dec = decoder_of(lm)
-    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    ids, mask, pos, w = batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["pool_weights"]
     t = ids.shape[1] - 2
     emb = lm.get_input_embeddings()(ids)
     outs = []
     for g in range(thoughts.shape[1]):
         e = torch.cat([emb[:, :t], thoughts[:, g, None].to(emb.dtype), emb[:, t + 1:]], dim=1)
         h = _last_hidden(dec, inputs_embeds=e, attention_mask=mask, position_ids=pos, use_cache=False)
-        outs.append(mean_pool(h, mask))
+        outs.append(pool(h, w))
     return torch.stack(outs, dim=1)

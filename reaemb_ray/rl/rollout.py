@@ -16,7 +16,10 @@ from reaemb_ray.rl.policy import load_base
 class Rollout:
     def __init__(self, base_dir: str, texts: dict[int, str], engine: str, group_size: int, sigma: float,
                  anchor: bool, item_noun: str, max_length: int, dtype: str = "float32", chunk: int = 16):
+        from reaemb_ray.model.generator import read_meta
+
         self.lm, self.attn, self.tok = load_base(base_dir, dtype)
+        self.pooling = read_meta(base_dir).get("pooling", "all")  # as the generator was trained
         self.attn.eval()
         self.engine = make_engine(engine, self.lm, base_dir, max_length)
         self.texts, self.noun, self.max_length = texts, item_noun, max_length
@@ -37,7 +40,7 @@ class Rollout:
             prompts = [item_prompt(self.tok, self.texts[int(v)], self.noun) for v in item_ids]
         except KeyError as e:
             raise KeyError(f"item {e.args[0]} is not in prepared/items.parquet") from None
-        return tokenize_prompts(self.tok, prompts, self.max_length)
+        return tokenize_prompts(self.tok, prompts, self.max_length, self.pooling, self.noun)
 
     @torch.no_grad()
     def noise_free(self, item_ids) -> np.ndarray:

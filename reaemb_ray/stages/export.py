@@ -39,11 +39,12 @@ class ItemEmbedder:
         method, out, mc = cfg.export.method, cfg.out.resolve(), cfg.model
         if method == "raw_llm":
             lm, tok = load_backbone(backbone_path, export_dtype(cfg))
-            module = ThoughtEmbedder(lm, use_thought=False)
+            module = ThoughtEmbedder(lm, use_thought=False, pooling=mc.pooling)
         else:
             module, tok = load_generator_for(method, out, cfg)
         self.module, self.tok = module.eval(), tok
         self.noun, self.max_length, self.efficient = cfg.data.item_noun, mc.max_length, cfg.export.efficient_forward
+        self.pooling = module.pooling  # a trained generator pools as it was trained
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -52,7 +53,7 @@ class ItemEmbedder:
         from reaemb_ray.model.two_pass import tokenize_prompts
 
         prompts = [item_prompt(self.tok, str(t), self.noun) for t in batch["text"]]
-        b = tokenize_prompts(self.tok, prompts, self.max_length)
+        b = tokenize_prompts(self.tok, prompts, self.max_length, self.pooling, self.noun)
         with torch.no_grad():
             emb = self.module.embed(b, efficient=self.efficient)
         return {"item_id": np.asarray(batch["item_id"], dtype=np.int64), "vector": emb.float().numpy()}

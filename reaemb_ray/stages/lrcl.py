@@ -131,7 +131,7 @@ def train_loop(config: dict) -> None:
     # DeepSpeed casts the module for bf16/fp16; it keeps fp32 master weights in the optimizer.
     lm, tok = load_backbone(config["backbone_path"], "float32")
     module = ThoughtEmbedder(lm, use_thought=mc.use_thought, rope_base=mc.rope_base, tau_init=lc.tau_init,
-                             lora=mc.lora)
+                             lora=mc.lora, pooling=mc.pooling)
     params = [p for p in module.parameters() if p.requires_grad]
     ds_cfg = deepspeed_config(lc, mc.dtype, world)
     opt = None if lc.offload_optimizer else torch.optim.AdamW(params, lr=lc.lr, weight_decay=0.0)
@@ -175,7 +175,8 @@ def train_loop(config: dict) -> None:
             rng = np.random.default_rng([cfg.seed, step, micro, rank])  # views reproducible on resume
             views = [attribute_views(texts[i], lc.drop_ratio, rng) for i in idx]
             prompts = [item_prompt(tok, v[0], noun) for v in views] + [item_prompt(tok, v[1], noun) for v in views]
-            batch = {k: v.to(engine.device) for k, v in tokenize_prompts(tok, prompts, mc.max_length).items()}
+            batch = tokenize_prompts(tok, prompts, mc.max_length, mc.pooling, noun)
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
             emb = engine(batch, efficient=lc.efficient_forward)
             m = len(idx)
             loss = soft_contrastive_loss(emb[:m], emb[m:], engine.module.tau())

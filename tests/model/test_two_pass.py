@@ -6,8 +6,30 @@ from reaemb_ray.model import (build_embedder, efficient_embed, embed_with_though
 from reaemb_ray.model.two_pass import _template_lengths, shared_head_length
 
 
-def _batch(make_prompt, tok, attrs, max_length=128):
-    return tokenize_prompts(tok, [make_prompt(tok, a) for a in attrs], max_length)
+def _batch(make_prompt, tok, attrs, max_length=128, pooling="all"):
+    return tokenize_prompts(tok, [make_prompt(tok, a) for a in attrs], max_length, pooling, "item")
+
+
+def test_pool_weights_select_all_tokens_the_item_tokens_or_eos(tiny_cfg, tiny_cache, prompts):
+    from reaemb_ray.data.prompts import item_prompt
+
+    _, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    texts = [item_prompt(tok, a, "item") for a in prompts]
+    b = {p: tokenize_prompts(tok, texts, 128, p, "item") for p in ("all", "item", "last")}
+    mask = b["all"]["attention_mask"].float()
+    for p, batch in b.items():
+        assert torch.equal(batch["input_ids"], b["all"]["input_ids"])  # pooling never changes the tokens
+        torch.testing.assert_close(batch["pool_weights"].sum(1), torch.ones(len(texts)))
+        assert (batch["pool_weights"][mask == 0] == 0).all()
+    torch.testing.assert_close(b["all"]["pool_weights"], mask / mask.sum(1, keepdim=True))
+    assert (b["last"]["pool_weights"][:, -1] == 1).all()
+    w = b["item"]["pool_weights"]
+    for i, attrs in enumerate(prompts):
+        pooled = b["item"]["input_ids"][i, w[i] > 0].tolist()
+        text = tok.decode(pooled[:-2])
+        assert text.strip() == attrs.strip() or attrs.strip() in text and len(text) < len(attrs) + 8, text
+        assert pooled[-2:] == [tok.convert_tokens_to_ids("<|Thought|>"), tok.eos_token_id]
+        assert "specialist" not in text and "following attributes" not in text  # the template is left out
 
 
 def test_tokenize_layout_padding_and_positions(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
@@ -63,14 +85,15 @@ def _embed_and_grads(module, batch, efficient):
     return e.detach(), grads
 
 
-@pytest.mark.parametrize("with_lora", [True, False])
-def test_efficient_matches_naive_values_and_gradients(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts, with_lora):
+@pytest.mark.parametrize("with_lora,pooling", [(True, "all"), (False, "all"), (True, "item"), (True, "last")])
+def test_efficient_matches_naive_values_and_gradients(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts,
+                                                      with_lora, pooling):
     torch.manual_seed(0)
     module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=with_lora)
     if with_lora:
         randomize_lora(module)
     module.eval()
-    b = _batch(make_prompt, tok, prompts)
+    b = _batch(make_prompt, tok, prompts, pooling=pooling)
     shared = shared_head_length(b["input_ids"], b["attention_mask"], b["input_ids"].shape[1] - 2)
     assert (shared > 0) == (make_prompt.__name__ == "_make_prompt")  # both prefix paths are exercised
     e_naive, g_naive = _embed_and_grads(module, b, efficient=False)
@@ -96,10 +119,11 @@ def test_thought_changes_the_embedding(tiny_cfg, tiny_cache, make_prompt, random
     assert (no_thought - base).abs().max() > 1e-3
 
 
-def test_embed_with_thoughts_matches_full_passes(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
+@pytest.mark.parametrize("pooling", ["all", "item", "last"])
+def test_embed_with_thoughts_matches_full_passes(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts, pooling):
     torch.manual_seed(0)
     module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
-    b = _batch(make_prompt, tok, prompts)
+    b = _batch(make_prompt, tok, prompts, pooling=pooling)
     with torch.no_grad():
         states = prompt_states(module.lm, b)
         r = states.latent_thought(module.attn)
