@@ -110,7 +110,14 @@ class LRCLConfig:
     lr: float = 2e-4
     warmup_steps: int = 100
     drop_ratio: float = 0.4
-    tau_init: float = 1.0
+    tau_init: float = 1.0  # with similarity=centered_cosine, about 0.05 (logits then lie in [-20, 20])
+    # dot = the published loss on raw dot products; centered_cosine = the same loss on centred, L2-normalised
+    # rows (raw SmolLM2 dot products are ~1000 and saturate the softmax at tau 1)
+    similarity: Literal["dot", "centered_cosine"] = "dot"
+    # micro_batch = contrast within each micro-batch of one worker (published); batch = the whole optimiser
+    # batch across micro-batches and Ray Train workers (gradient caching: one extra forward without gradients)
+    contrast: Literal["micro_batch", "batch"] = "micro_batch"
+    retrieval_items: int = 0  # > 0 holds out this many items and logs their second-view top-1 retrieval
     efficient_forward: bool = True
     checkpoint_every: int = 100
     max_items: int = 0  # train on the first N items only (0 = all), for CPU budgets
@@ -133,8 +140,8 @@ class LRCLConfig:
             raise ConfigError(f"lrcl.drop_ratio must be in [0, 1), got {self.drop_ratio}")
         if self.lr <= 0 or self.tau_init <= 0:
             raise ConfigError("lrcl.lr and lrcl.tau_init must be > 0")
-        if self.warmup_steps < 0 or self.max_items < 0:
-            raise ConfigError("lrcl.warmup_steps and lrcl.max_items must be >= 0")
+        if self.warmup_steps < 0 or self.max_items < 0 or self.retrieval_items < 0:
+            raise ConfigError("lrcl.warmup_steps, lrcl.max_items and lrcl.retrieval_items must be >= 0")
         if self.zero_stage == 3:
             raise ConfigError(
                 "lrcl.zero_stage=3 is not supported: ZeRO-3 partitions the parameters that LRCL reads outside the "

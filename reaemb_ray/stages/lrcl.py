@@ -115,7 +115,7 @@ def train_loop(config: dict) -> None:
     from tqdm import tqdm
 
     from reaemb_ray.data.prompts import attribute_views, item_prompt
-    from reaemb_ray.losses import soft_contrastive_loss
+    from reaemb_ray.losses import contrastive_loss, view_retrieval_top1
     from reaemb_ray.model.backbone import load_backbone
     from reaemb_ray.model.generator import ThoughtEmbedder
     from reaemb_ray.model.two_pass import tokenize_prompts
@@ -159,30 +159,59 @@ def train_loop(config: dict) -> None:
             log.warning("resuming from step %d (epoch %d, %d items seen)", start, state["epoch"], state["items_seen"])
             print(f"resuming from step {start}", flush=True)
 
-    stream = ItemStream(len(texts), cfg.seed)
     noun = cfg.data.item_noun
+    held_out = held_out_items(len(texts), lc.retrieval_items, cfg.seed)
+    train_ids = np.setdiff1d(np.arange(len(texts)), held_out)
+    stream = ItemStream(len(train_ids), cfg.seed)
+
+    def tokenized_views(idx, rng):
+        views = [attribute_views(texts[i], lc.drop_ratio, rng) for i in idx]
+        prompts = [item_prompt(tok, v[0], noun) for v in views] + [item_prompt(tok, v[1], noun) for v in views]
+        return {k: v.to(engine.device) for k, v in tokenize_prompts(tok, prompts, mc.max_length, mc.pooling, noun).items()}
+
+    def retrieval() -> float:
+        """Second-view top-1 retrieval over the held-out items (views fixed by the seed), eval mode."""
+        rng = np.random.default_rng([cfg.seed, 7])
+        engine.module.eval()
+        with torch.no_grad():
+            embs = [engine.module.embed(tokenized_views(held_out[i:i + lc.micro_batch_size], rng), efficient=True)
+                    for i in range(0, len(held_out), lc.micro_batch_size)]
+        m = [len(held_out[i:i + lc.micro_batch_size]) for i in range(0, len(held_out), lc.micro_batch_size)]
+        x = torch.cat([e[:k] for e, k in zip(embs, m)])
+        y = torch.cat([e[k:] for e, k in zip(embs, m)])
+        return view_retrieval_top1(x, y)
+
+    retrieval_path = Path(config["stage_dir"]) / "retrieval.json"
+    if len(held_out) and rank == 0 and start == 0:
+        top1 = retrieval()
+        retrieval_path.write_text(json.dumps({"items": len(held_out), "before": top1}))
+        log.info("second-view top-1 retrieval of %d held-out items before training: %.3f", len(held_out), top1)
+
     metrics_path = Path(config["stage_dir"]) / "metrics.jsonl"
     bar = tqdm(total=lc.steps, initial=start, desc=f"{stage} (rank 0)", disable=rank != 0)
+    tau = lambda: engine.module.tau()  # noqa: E731
     for step in range(start, lc.steps):
         if lc.fail_at_step and step + 1 == lc.fail_at_step and ckpt is None and rank == 0:
             raise RuntimeError(f"lrcl.fail_at_step={lc.fail_at_step}: simulated worker failure (testing only)")
         t0 = time.time()
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)  # LoRA dropout masks: a function of the step
         engine.train()
-        losses = []
-        for micro in range(accum):
-            idx = stream.micro_batch(step, micro, rank, world, lc.micro_batch_size, lc.batch_size)
-            rng = np.random.default_rng([cfg.seed, step, micro, rank])  # views reproducible on resume
-            views = [attribute_views(texts[i], lc.drop_ratio, rng) for i in idx]
-            prompts = [item_prompt(tok, v[0], noun) for v in views] + [item_prompt(tok, v[1], noun) for v in views]
-            batch = tokenize_prompts(tok, prompts, mc.max_length, mc.pooling, noun)
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            emb = engine(batch, efficient=lc.efficient_forward)
-            m = len(idx)
-            loss = soft_contrastive_loss(emb[:m], emb[m:], engine.module.tau())
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
+        micro_items = [train_ids[stream.micro_batch(step, micro, rank, world, lc.micro_batch_size, lc.batch_size)]
+                       for micro in range(accum)]
+        # views and LoRA dropout masks are functions of (seed, step, micro-batch, rank): reproducible on resume
+        batches = [tokenized_views(idx, np.random.default_rng([cfg.seed, step, micro, rank]))
+                   for micro, idx in enumerate(micro_items)]
+        seeds = [cfg.seed * 1_000_003 + step * 1009 + rank + 7919 * micro for micro in range(accum)]
+        if lc.contrast == "micro_batch":
+            losses = []
+            for batch, seed, idx in zip(batches, seeds, micro_items):
+                torch.manual_seed(seed)
+                emb = engine(batch, efficient=lc.efficient_forward)
+                loss = contrastive_loss(emb[:len(idx)], emb[len(idx):], tau(), lc.similarity)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+        else:
+            losses = [_whole_batch_step(engine, batches, seeds, [len(i) for i in micro_items], tau, lc, world)]
         done = step + 1
         loss_t = torch.tensor([float(np.mean(losses))], device=engine.device)
         torch.distributed.all_reduce(loss_t)
@@ -194,11 +223,73 @@ def train_loop(config: dict) -> None:
         if rank == 0:
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
+        if done == lc.steps and len(held_out) and rank == 0:
+            record = json.loads(retrieval_path.read_text()) if retrieval_path.exists() else {"items": len(held_out)}
+            record["after"] = metrics["retrieval_top1"] = retrieval()
+            retrieval_path.write_text(json.dumps(record))
+            log.info("second-view top-1 retrieval of %d held-out items after %d steps: %.3f (before: %s)",
+                     len(held_out), done, record["after"], record.get("before"))
         if done % lc.checkpoint_every == 0 or done == lc.steps:
             _report_checkpoint(engine, tok, cfg, config, done, stream, metrics, rank)
         else:
             ray.train.report(metrics)
     bar.close()
+
+
+def held_out_items(num_items: int, count: int, seed: int) -> np.ndarray:
+    """`count` item indices kept out of training (a seeded choice) for the retrieval check."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if count > num_items - 2:
+        raise ValueError(f"lrcl.retrieval_items={count} leaves fewer than 2 of {num_items} items to train on")
+    return np.sort(np.random.default_rng([seed, 3]).choice(num_items, count, replace=False))
+
+
+def _whole_batch_step(engine, batches, seeds, sizes, tau, lc, world) -> float:
+    """One optimiser step contrasting the whole optimiser batch (every micro-batch of every worker) at once.
+
+    Gradient caching (Gao et al., 2021): (1) embed each micro-batch without gradients; (2) gather every
+    worker's embeddings and take the gradient g of the batch loss L w.r.t. this worker's own rows; (3) re-embed
+    each micro-batch with gradients (same dropout seed, so the same values) and backpropagate <emb, g>. The
+    parameter gradient is then exactly dL/dtheta summed over micro-batches and workers; DeepSpeed divides each
+    backward by the accumulation steps and averages over workers, so the surrogate is scaled by both back.
+    The temperature's gradient is taken once from L on detached embeddings (scaled by the accumulation steps
+    only: every worker holds the same value and the average keeps it).
+    """
+    import torch
+    import torch.distributed as dist
+
+    from reaemb_ray.losses import contrastive_loss
+
+    accum = len(batches)
+    with torch.no_grad():
+        embs = []
+        for batch, seed in zip(batches, seeds):
+            torch.manual_seed(seed)
+            embs.append(engine(batch, efficient=lc.efficient_forward).float())
+    local_x = torch.cat([e[:m] for e, m in zip(embs, sizes)])
+    local_y = torch.cat([e[m:] for e, m in zip(embs, sizes)])
+    xs = [torch.empty_like(local_x) for _ in range(world)]
+    ys = [torch.empty_like(local_y) for _ in range(world)]
+    dist.all_gather(xs, local_x.contiguous())
+    dist.all_gather(ys, local_y.contiguous())
+    rank = dist.get_rank()
+    xs[rank], ys[rank] = local_x.clone().requires_grad_(True), local_y.clone().requires_grad_(True)
+    loss = contrastive_loss(torch.cat(xs), torch.cat(ys), tau().detach(), lc.similarity)
+    gx, gy = torch.autograd.grad(loss, [xs[rank], ys[rank]])
+    tau_loss = contrastive_loss(torch.cat(xs).detach(), torch.cat(ys).detach(), tau(), lc.similarity)
+    offset = 0
+    for k, (batch, seed, m) in enumerate(zip(batches, seeds, sizes)):
+        torch.manual_seed(seed)
+        emb = engine(batch, efficient=lc.efficient_forward).float()
+        g = torch.cat([gx[offset:offset + m], gy[offset:offset + m]])
+        surrogate = (emb * g).sum() * (accum * world)
+        if k == 0:
+            surrogate = surrogate + tau_loss * accum
+        engine.backward(surrogate)
+        engine.step()
+        offset += m
+    return float(loss)
 
 
 def _report_checkpoint(engine, tok, cfg, config, step, stream, metrics, rank) -> None:

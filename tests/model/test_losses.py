@@ -50,3 +50,28 @@ def test_loss_prefers_aligned_views_and_has_tau_gradient():
 def test_loss_rejects_mismatched_views():
     with pytest.raises(ValueError, match="two \\(B, d\\) views"):
         soft_contrastive_loss(torch.randn(3, 4), torch.randn(2, 4), 1.0)
+
+
+def test_centered_cosine_is_the_soft_loss_on_centred_unit_rows():
+    from reaemb_ray.losses import contrastive_loss
+
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 4) + 10, torch.randn(5, 4) + 10
+    mean = torch.cat([x, y]).mean(0)
+    xn = (x - mean) / (x - mean).norm(dim=1, keepdim=True)
+    yn = (y - mean) / (y - mean).norm(dim=1, keepdim=True)
+    assert contrastive_loss(x, y, 0.1, "centered_cosine").item() == pytest.approx(reference(xn, yn, 0.1), rel=1e-5)
+    assert contrastive_loss(x, y, 50.0, "dot").item() == pytest.approx(reference(x, y, 50.0), rel=1e-4)
+    with pytest.raises(KeyError, match="lrcl.similarity"):
+        contrastive_loss(x, y, 0.1, "cos")
+
+
+def test_view_retrieval_counts_items_that_find_their_own_second_view():
+    from reaemb_ray.losses import view_retrieval_top1
+
+    torch.manual_seed(0)
+    base = torch.randn(8, 16) + 5.0  # a shared offset, as pooled LM embeddings have
+    assert view_retrieval_top1(base + 0.01 * torch.randn(8, 16), base) == 1.0
+    swapped = base.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert view_retrieval_top1(base, swapped) == pytest.approx(6 / 8)

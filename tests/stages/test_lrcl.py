@@ -102,3 +102,17 @@ def test_bfloat16_training_under_deepspeed(tmp_path, local_ray):
     assert dtypes == {"BF16"}, dtypes  # the trained weights really were bf16
     module, _ = load_generator(final, expect_backbone="tiny", cache_dir=str(cache), dtype="bfloat16")
     assert next(module.lm.parameters()).dtype.is_floating_point and module.has_lora
+
+
+def test_whole_batch_contrast_with_centred_cosine_trains_across_workers_and_logs_retrieval(tmp_path, local_ray):
+    """lrcl.contrast=batch gathers both workers' embeddings (gradient caching over 2 micro-batches each)."""
+    cache = tmp_path / "backbones"
+    cfg = _cfg(tmp_path, cache, **{"lrcl.contrast": "batch", "lrcl.similarity": "centered_cosine",
+                                   "lrcl.tau_init": 0.1, "lrcl.retrieval_items": 6, "lrcl.steps": 4,
+                                   "lrcl.checkpoint_every": 4})
+    prepare(cfg)
+    run_lrcl(cfg)
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["loss"] < rows[0]["loss"], rows
+    retrieval = json.loads((tmp_path / "lrcl" / "retrieval.json").read_text())
+    assert retrieval["items"] == 6 and 0.0 <= retrieval["before"] <= 1.0 and 0.0 <= retrieval["after"] <= 1.0
