@@ -7,7 +7,7 @@ import numpy as np
 import ray
 
 from reaemb_ray import metrics
-from reaemb_ray.rl.rewards import combine, rank_reward
+from reaemb_ray.rl.rewards import combine, score_and_reward
 
 
 @ray.remote
@@ -32,5 +32,5 @@ class RewardWorker:
         parts = {}
         for source, c_emb in cand_emb.items():
             _, w = self.cands[source].lookup(item_ids)
-            parts[source] = rank_reward(emb, c_emb, w)
+            parts[source] = score_and_reward(emb, c_emb, w)
         return combine(parts, self.reward, self.weights)

@@ -2,7 +2,10 @@
 
 Two sources, each giving a `Candidates` table with a fixed number of slots per item (positives first):
 - `cooccurrence_candidates`: positives = the items that co-occur most with v in the training split, weighted by
-  their normalised co-occurrence counts; negatives = items that never co-occur with v.
+  their normalised co-occurrence counts; negatives = items that never co-occur with v. Optionally some of the
+  negatives are hard: drawn from v's nearest neighbours in an embedding table (`nearest_neighbours`) that still
+  never co-occur with it -- easy uniform negatives alone let a rank reward saturate. A new seed per epoch
+  re-draws them.
 - `srs_candidates`: positives = the items closest to v by dot product in a pretrained ID-SASRec item table;
   negatives = items from the least similar half.
 """
@@ -56,13 +59,38 @@ def _sample_excluding(rng: np.random.Generator, pool_size: int, k: int, exclude:
     return np.asarray(out, dtype=np.int64)
 
 
+def nearest_neighbours(table: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    """(N+1, k) ids of each item's k nearest other items by centred cosine in `table` (row = item id, row 0
+    padding and never a neighbour); computed in blocks of rows so memory stays O(block x N)."""
+    x = np.asarray(table[1:], dtype=np.float32)
+    x = x - x.mean(0)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = len(x)
+    k = min(k, n - 1)
+    out = np.zeros((n + 1, k), dtype=np.int64)
+    for lo in range(0, n, block):
+        sims = x[lo:lo + block] @ x.T
+        sims[np.arange(len(sims)), np.arange(lo, lo + len(sims))] = -np.inf  # never the item itself
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
+        out[lo + 1:lo + 1 + len(sims)] = np.take_along_axis(top, order, 1) + 1
+    return out
+
+
 def cooccurrence_candidates(item_a, item_b, count, num_items: int, num_positives: int, num_negatives: int,
-                            seed: int = 0) -> Candidates:
+                            seed: int = 0, neighbours: np.ndarray | None = None,
+                            hard_negatives: int = 0) -> Candidates:
     """Candidates from symmetric co-occurrence pairs (both directions stored, training split only).
 
     An item with fewer than `num_positives` partners keeps the ones it has; its free slots take extra
     negatives (weight 0), so every row has the same width. Items with no partner are skipped and counted.
+    `hard_negatives` of the negatives come from the item's `neighbours` row (nearest first in the table, see
+    `nearest_neighbours`) minus its co-occurring items, sampled uniformly among them; the rest are uniform.
     """
+    if hard_negatives and neighbours is None:
+        raise ValueError("hard negatives need the nearest-neighbour table (crrl.hard_negatives needs an embedding table)")
+    if hard_negatives > num_negatives:
+        raise ValueError(f"crrl.hard_negatives ({hard_negatives}) cannot exceed crrl.num_negatives ({num_negatives})")
     a, b, c = (np.asarray(x, dtype=np.int64) for x in (item_a, item_b, count))
     if not len(a) == len(b) == len(c):
         raise ValueError("co-occurrence columns item_a, item_b, count must have the same length")
@@ -81,7 +109,13 @@ def cooccurrence_candidates(item_a, item_b, count, num_items: int, num_positives
             continue
         partners, counts = b[lo:hi], c[lo:hi].astype(np.float64)
         pos, w = partners[:num_positives], counts[:num_positives]
-        negs = _sample_excluding(rng, num_items, width - len(pos), set(partners.tolist()) | {v})
+        related = set(partners.tolist()) | {v}
+        hard = np.zeros(0, dtype=np.int64)
+        if hard_negatives:
+            pool = np.asarray([u for u in neighbours[v] if u and u not in related], dtype=np.int64)
+            hard = rng.choice(pool, size=min(hard_negatives, len(pool)), replace=False)
+        negs = np.concatenate([hard, _sample_excluding(rng, num_items, width - len(pos) - len(hard),
+                                                       related | set(hard.tolist()))])
         ids.append(v)
         cands.append(np.concatenate([pos, negs]))
         weights.append(np.concatenate([w / w.sum(), np.zeros(len(negs))]))

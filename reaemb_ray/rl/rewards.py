@@ -1,31 +1,85 @@
-"""Collaborative rewards: how well an item's (noisy) embedding ranks its positives among its candidates.
+"""Collaborative rewards: how well an item's (noisy) embedding picks out its positives among its candidates.
 
-R = sum_j w_j / (1 + log2(rank_j + 2)) over the positives j, rank 0-based among the candidates by dot product
-between the item's embedding and the candidates' noise-free embeddings; a tie counts against the positive
-(pessimistic), so a collapsed embedding that scores everything equally earns the least.
-Rewards are looked up by name: `cooccurrence`, `srs`, `mix` (weighted sum, weights from crrl.reward_weights).
+Scores s_c between the item's embedding e (one per noisy sample) and each candidate's noise-free embedding x_c,
+by `crrl.scoring`:
+- `dot` (published): s_c = <e, x_c>. On un-centred LM embeddings this mostly ranks the candidates' norms: the
+  same ordering for every query item.
+- `centered_cosine`: s_c = cos(e - m, x_c - m), m the catalogue mean of the noise-free embeddings: the ordering
+  depends on the query item.
+
+Reward forms, by `crrl.reward_form`:
+- `rank` (published): R = sum_j w_j / (1 + log2(rank_j + 2)) over the positives j, rank 0-based among the
+  candidates, ties counted against the positive (a collapsed embedding earns the least).
+- `infonce`: R = sum_j w_j log softmax(s / tau)_j over the C candidates: continuous, so a noisy sample that
+  moves a positive's score at all changes its reward (a rank reward over a few easy negatives saturates and
+  most groups get identical ranks).
+
+w_j are the positives' normalised weights (0 for negatives). Reward sources, by `crrl.reward`: `cooccurrence`,
+`srs`, `mix` (weighted sum, weights from crrl.reward_weights). `score_and_reward` is the validating entry point.
 """
 from __future__ import annotations
 
 import numpy as np
 
+SCORINGS = ("dot", "centered_cosine")
 
-def rank_reward(item_emb: np.ndarray, cand_emb: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """item_emb (M, G, d), cand_emb (M, C, d), weights (M, C) -> rewards (M, G)."""
-    item_emb, cand_emb, weights = (np.asarray(x, dtype=np.float64) for x in (item_emb, cand_emb, weights))
+
+def scores(item_emb: np.ndarray, cand_emb: np.ndarray, scoring: str = "dot", center=None) -> np.ndarray:
+    """item_emb (M, G, d), cand_emb (M, C, d) -> (M, G, C) float64 scores."""
+    e, x = np.asarray(item_emb, dtype=np.float64), np.asarray(cand_emb, dtype=np.float64)
+    if scoring == "centered_cosine":
+        if center is None:
+            raise ValueError("centered_cosine scoring needs the catalogue mean (center)")
+        m = np.asarray(center, dtype=np.float64)
+        e, x = e - m, x - m
+        e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    elif scoring != "dot":
+        raise KeyError(f"unknown crrl.scoring {scoring!r}; use one of {', '.join(SCORINGS)}")
+    return np.einsum("mgd,mcd->mgc", e, x)
+
+
+def rank_reward(s: np.ndarray, weights: np.ndarray, tau: float = 0.0) -> np.ndarray:
+    """Scores (M, G, C), weights (M, C) -> (M, G): the published rank reward."""
+    s_j = s[..., :, None]  # candidate j being ranked
+    s_k = s[..., None, :]  # every candidate k
+    others = ~np.eye(s.shape[-1], dtype=bool)
+    # rank_j = #{k: s_k > s_j} + #{k != j: s_k == s_j}  (ties pessimistic)
+    rank = ((s_k > s_j) | ((s_k == s_j) & others)).sum(-1)
+    gain = 1.0 / (1.0 + np.log2(rank + 2.0))
+    return (gain * weights[:, None, :]).sum(-1)
+
+
+def infonce_reward(s: np.ndarray, weights: np.ndarray, tau: float = 0.1) -> np.ndarray:
+    """Scores (M, G, C), weights (M, C) -> (M, G): sum_j w_j log softmax(s / tau)_j."""
+    z = s / tau
+    logp = z - (np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) + z.max(-1, keepdims=True))
+    return (logp * weights[:, None, :]).sum(-1)
+
+
+REWARD_FORMS = {"rank": rank_reward, "infonce": infonce_reward}
+
+
+def score_and_reward(item_emb, cand_emb, weights, form: str = "rank", scoring: str = "dot", center=None,
+                     tau: float = 0.1) -> np.ndarray:
+    """Rewards (M, G) of item embeddings (M, G, d) against candidates (M, C, d) with weights (M, C)."""
+    item_emb, cand_emb, weights = np.asarray(item_emb), np.asarray(cand_emb), np.asarray(weights, dtype=np.float64)
     if item_emb.ndim != 3 or cand_emb.ndim != 3 or item_emb.shape[0] != cand_emb.shape[0]:
         raise ValueError(f"expected item_emb (M, G, d) and cand_emb (M, C, d), got {item_emb.shape} and {cand_emb.shape}")
     if weights.shape != cand_emb.shape[:2]:
         raise ValueError(f"weights {weights.shape} must match the candidates {cand_emb.shape[:2]}")
-    scores = np.einsum("mgd,mcd->mgc", item_emb, cand_emb)  # (M, G, C)
-    s_j = scores[..., :, None]  # candidate j being ranked
-    s_k = scores[..., None, :]  # every candidate k
-    c = scores.shape[-1]
-    others = ~np.eye(c, dtype=bool)
-    # rank_j = #{k: s_k > s_j} + #{k != j: s_k == s_j}  (ties pessimistic)
-    rank = ((s_k > s_j) | ((s_k == s_j) & others)).sum(-1)  # (M, G, C)
-    gain = 1.0 / (1.0 + np.log2(rank + 2.0))
-    return (gain * weights[:, None, :]).sum(-1).astype(np.float32)
+    if form not in REWARD_FORMS:
+        raise KeyError(f"unknown crrl.reward_form {form!r}; use one of {', '.join(REWARD_FORMS)}")
+    if tau <= 0:
+        raise ValueError(f"the reward temperature must be > 0, got {tau}")
+    return REWARD_FORMS[form](scores(item_emb, cand_emb, scoring, center), weights, tau).astype(np.float32)
+
+
+def group_spread_share(rewards: np.ndarray, tol: float = 1e-9) -> float:
+    """Share of groups (rows of (M, G) rewards) whose samples do not all get the same reward: only those
+    groups have a nonzero group-relative advantage, i.e. carry any learning signal."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return float(((r.max(1) - r.min(1)) > tol).mean()) if len(r) else 0.0
 
 
 def combine(parts: dict[str, np.ndarray], name: str, reward_weights: dict[str, float]) -> np.ndarray:

@@ -49,18 +49,54 @@ def _rank_reward_loop(e, cands, w):
 
 
 def test_rank_reward_hand_cases():
+    rank = lambda e, c, w: rewards.score_and_reward(e, c, w, "rank", "dot")  # noqa: E731
     e = np.array([[[1.0, 0.0]]])
     c = np.array([[[0.5, 0], [1, 0], [0.2, 0]]])
     w = np.array([[1.0, 0, 0]])
-    assert rewards.rank_reward(e, c, w)[0, 0] == pytest.approx(1 / (1 + math.log2(3)))
+    assert rank(e, c, w)[0, 0] == pytest.approx(1 / (1 + math.log2(3)))
     c_top = np.array([[[2.0, 0], [1, 0], [0.2, 0]]])
-    assert rewards.rank_reward(e, c_top, w)[0, 0] == pytest.approx(0.5)  # rank 0: 1/(1+log2 2)
+    assert rank(e, c_top, w)[0, 0] == pytest.approx(0.5)  # rank 0: 1/(1+log2 2)
     c_tie = np.array([[[1.0, 0], [1, 0], [0.2, 0]]])  # tie with a negative counts against the positive
-    assert rewards.rank_reward(e, c_tie, w)[0, 0] == pytest.approx(1 / (1 + math.log2(3)))
+    assert rank(e, c_tie, w)[0, 0] == pytest.approx(1 / (1 + math.log2(3)))
     rng = np.random.default_rng(0)
     e, c = rng.normal(size=(3, 4, 5)), rng.normal(size=(3, 6, 5))
     w = np.zeros((3, 6)); w[:, 0], w[:, 1] = 0.7, 0.3
-    np.testing.assert_allclose(rewards.rank_reward(e, c, w), _rank_reward_loop(e, c, w), rtol=1e-6)
+    np.testing.assert_allclose(rank(e, c, w), _rank_reward_loop(e, c, w), rtol=1e-6)
+
+
+def test_dot_scores_rank_candidate_norms_centred_cosine_ranks_by_the_query():
+    """The published dot product on un-centred embeddings ranks the candidates the same way for every query
+    item (by their norm along the shared offset); centred cosine gives each query its own ordering."""
+    rng = np.random.default_rng(0)
+    offset = np.full(8, 20.0)  # pooled LM embeddings: mean pairwise cosine ~0.99
+    items = offset + rng.normal(size=(6, 8)) * np.linspace(0.5, 1.5, 6)[:, None]
+    w = np.zeros((2, 6)); w[:, 0] = 1.0
+    cands = np.stack([items, items])
+    queries = items[[1, 4], None]  # two different query items
+    order = lambda s: np.argsort(-s[:, 0], axis=1)  # noqa: E731
+    spearman = lambda s: np.corrcoef(np.argsort(order(s), axis=1))[0, 1]  # noqa: E731  (between the 2 queries)
+    dot = rewards.scores(queries, cands, "dot")
+    cos = rewards.scores(queries, cands, "centered_cosine", center=items.mean(0))
+    assert spearman(dot) > 0.9 and spearman(cos) < 0.5, (spearman(dot), spearman(cos))
+    assert order(cos)[0][0] == 1 and order(cos)[1][0] == 4  # each query's nearest candidate is itself
+    with pytest.raises(ValueError, match="center"):
+        rewards.scores(queries, cands, "centered_cosine")
+
+
+def test_infonce_reward_hand_computed_and_continuous():
+    s = np.array([[[2.0, 1.0, 0.0]]])
+    w = np.array([[0.75, 0.25, 0.0]])
+    logp = s[0, 0] / 0.5 - np.log(np.exp(s[0, 0] / 0.5).sum())
+    assert rewards.infonce_reward(s, w, 0.5)[0, 0] == pytest.approx(0.75 * logp[0] + 0.25 * logp[1])
+    e = np.array([[[1.0, 0.0], [1.0, 0.01]]])  # two samples a hair apart: same ranks, different InfoNCE
+    c = np.array([[[1.0, 0.2], [0.9, -0.3], [0.1, 0.9]]])
+    w1 = np.array([[1.0, 0, 0]])
+    r_rank = rewards.score_and_reward(e, c, w1, "rank", "dot")
+    r_nce = rewards.score_and_reward(e, c, w1, "infonce", "dot", tau=0.1)
+    assert r_rank[0, 0] == r_rank[0, 1] and r_nce[0, 0] != r_nce[0, 1]
+    assert rewards.group_spread_share(r_rank) == 0.0 and rewards.group_spread_share(r_nce) == 1.0
+    with pytest.raises(KeyError, match="crrl.reward_form"):
+        rewards.score_and_reward(e, c, w1, "ndcg")
 
 
 def test_mix_reward_and_unknown_names():
@@ -148,3 +184,34 @@ def test_paper_loss_equals_full_token_mean_with_shifted_logits():
     gl, = torch.autograd.grad(loss, mu_new)
     gr, = torch.autograd.grad(ref_loss, mu_new)
     torch.testing.assert_close(gl, gr, rtol=1e-3, atol=1e-6)
+
+
+def test_nearest_neighbours_by_centred_cosine_in_blocks():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 6)) * 3
+    items = np.concatenate([c + 0.1 * rng.normal(size=(5, 6)) for c in centres]) + 30.0
+    table = np.concatenate([np.zeros((1, 6)), items])
+    from reaemb_ray.rl.candidates import nearest_neighbours
+
+    nn = nearest_neighbours(table, 4, block=3)
+    assert nn.shape == (21, 4) and (nn[0] == 0).all()
+    for v in range(1, 21):
+        assert v not in nn[v] and set(((nn[v] - 1) // 5).tolist()) == {(v - 1) // 5}  # the own cluster
+
+
+def test_hard_negatives_come_from_unrelated_neighbours():
+    from reaemb_ray.rl.candidates import nearest_neighbours
+
+    # items 1-10; 1 co-occurs with 2; its nearest neighbours in the table are 2, 3, 4 (then the rest)
+    table = np.zeros((11, 3))
+    table[1:] = [[1, 0, 0], [.99, .1, 0], [.98, .15, 0], [.97, .2, 0], [0, 1, 0], [0, .9, .1],
+                 [0, 0, 1], [0, .1, .9], [-1, 0, 0], [-.9, 0, -.1]]
+    nn = nearest_neighbours(table, 3)
+    assert nn[1].tolist() == [2, 3, 4]
+    cand = cooccurrence_candidates([1, 2], [2, 1], [4, 4], num_items=10, num_positives=1, num_negatives=4,
+                                   seed=0, neighbours=nn, hard_negatives=2)
+    ids, _ = cand.lookup([1])
+    assert ids[0, 0] == 2 and set(ids[0, 1:3]) == {3, 4}  # the two unrelated neighbours, not the partner
+    assert len(set(ids[0])) == 5 and not set(ids[0, 1:]) & {1, 2}
+    with pytest.raises(ValueError, match="hard"):
+        cooccurrence_candidates([1, 2], [2, 1], [4, 4], 10, 1, 4, hard_negatives=2)
