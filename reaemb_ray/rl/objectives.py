@@ -16,14 +16,33 @@ import torch
 import torch.nn.functional as F
 
 
-def gaussian_logprob(actions: torch.Tensor, mu: torch.Tensor, sigma: float) -> torch.Tensor:
-    """actions (M, G, d), mu (M, d) -> log pi(actions | x) (M, G), up to the constant."""
-    return -((actions - mu[:, None, :]) ** 2).sum(-1) / (2.0 * sigma ** 2)
+def _per_item(sigma, like: torch.Tensor):
+    """sigma as a scalar or per item (M,) -> broadcastable against (M, ...) tensors."""
+    if isinstance(sigma, torch.Tensor) and sigma.ndim:
+        return sigma.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+    return sigma
 
 
-def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, sigma: float) -> torch.Tensor:
-    """KL(N(mu, s^2 I) || N(mu_ref, s^2 I)) per item (M,)."""
-    return ((mu - mu_ref) ** 2).sum(-1) / (2.0 * sigma ** 2)
+def gaussian_logprob(actions: torch.Tensor, mu: torch.Tensor, sigma) -> torch.Tensor:
+    """actions (M, G, d), mu (M, d), sigma scalar or (M,) -> log pi(actions | x) (M, G), up to a constant
+    (with a per-item sigma fixed by the rollout, the constant is the same for the old and new policy)."""
+    sq = ((actions - mu[:, None, :]) ** 2).sum(-1)
+    return -sq / (2.0 * _per_item(sigma, sq) ** 2)
+
+
+def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, sigma) -> torch.Tensor:
+    """KL(N(mu, s^2 I) || N(mu_ref, s^2 I)) per item (M,); sigma scalar or (M,)."""
+    sq = ((mu - mu_ref) ** 2).sum(-1)
+    return sq / (2.0 * _per_item(sigma, sq) ** 2)
+
+
+def exploration_sigma(mu: torch.Tensor, sigma: float, relative: bool) -> torch.Tensor:
+    """Per-item exploration scale (M,): `sigma` itself, or relative to the thought's size,
+    sigma * ||mu_i|| / sqrt(d), so the noise vector's norm is about sigma * ||mu_i|| whatever the LM's scale
+    (the published absolute 0.1 barely moves a SmolLM2 thought of norm ~30)."""
+    if not relative:
+        return torch.full((mu.shape[0],), float(sigma), dtype=torch.float32)
+    return (sigma * mu.float().norm(dim=-1) / mu.shape[-1] ** 0.5).clamp(min=1e-6)
 
 
 def clipped_terms(logp_new, logp_old, adv, clip_low: float, clip_high: float):

@@ -34,6 +34,51 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.nanmean(v):.4f} ± {np.nanstd(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
 
 
+def versus_id(records: list[dict], k: int = 10, protocol: str = "full") -> list[dict]:
+    """Each method against the ID-only recommender of the same backbone: NDCG@k overall and on tail items,
+    mean and std over seeds, relative change, and whether the gap exceeds both standard deviations (a gain
+    counts only beyond the seeds' spread, and only with >= 2 seeds on both sides)."""
+    vals: dict[tuple, list[float]] = defaultdict(list)
+    for r in records:
+        if r["k"] == k and r["metric"] == "NDCG" and r["protocol"] == protocol and r["group"] in ("overall", "tail"):
+            vals[(r["backbone"], r["method"], r["group"])].append(r["value"])
+    out = []
+    for (backbone, method, group), v in vals.items():
+        base = vals.get((backbone, "id", group))
+        if method == "id" or not base:
+            continue
+        m, s, bm, bs = np.mean(v), np.std(v), np.mean(base), np.std(base)
+        out.append({"backbone": backbone, "method": method, "group": group, "mean": float(m), "std": float(s),
+                    "seeds": len(v), "id_mean": float(bm), "id_std": float(bs), "id_seeds": len(base),
+                    "relative": float(m / bm - 1) if bm else float("nan"),
+                    "beyond_spread": bool(len(v) > 1 and len(base) > 1 and abs(m - bm) > max(s, bs))})
+    return out
+
+
+def _verdict_lines(records: list[dict], k: int) -> list[str]:
+    rows = versus_id(records, k)
+    if not rows:
+        return []
+    lines = [f"## Against the ID-only recommender (full ranking, NDCG@{k})", "",
+             "| backbone | method | overall | vs ID | tail | vs ID |", "|---|---|---|---|---|---|"]
+    by = {(r["backbone"], r["method"], r["group"]): r for r in rows}
+    for backbone, method in dict.fromkeys((r["backbone"], r["method"]) for r in rows):
+        cells = []
+        for g in ("overall", "tail"):
+            r = by.get((backbone, method, g))
+            if r is None:
+                cells += ["-", "-"]
+                continue
+            mark = "" if r["seeds"] < 2 or r["id_seeds"] < 2 else (" (beyond both stds)" if r["beyond_spread"]
+                                                                  else " (within the spread)")
+            cells += [f"{r['mean']:.4f} ± {r['std']:.4f}", f"{100 * r['relative']:+.1f}%{mark}"]
+        lines.append(f"| {backbone} | {method} | " + " | ".join(cells) + " |")
+    for backbone in dict.fromkeys(r["backbone"] for r in rows):
+        ref = next(r for r in rows if r["backbone"] == backbone and r["group"] == "overall")
+        lines.append(f"- ID-only {backbone}: NDCG@{k} {ref['id_mean']:.4f} ± {ref['id_std']:.4f} ({ref['id_seeds']} seeds)")
+    return lines + [""]
+
+
 def write_markdown(records: list[dict], path: Path, skipped: list[str] | None = None, k: int = 10) -> None:
     """One table per backbone x protocol: rows = methods, columns = group x {HR@k, NDCG@k}."""
     cell: dict[tuple, list[float]] = defaultdict(list)
@@ -49,6 +94,7 @@ def write_markdown(records: list[dict], path: Path, skipped: list[str] | None = 
              f"HR@{k} / NDCG@{k}, mean ± std over seeds {seeds}. `full`: ranked against every item; "
              "`sampled100`: against 100 sampled negatives (paper protocol). Groups: tail/popular by the test "
              "item's training popularity, short/long by the user's sequence length. See docs/EVALUATION.md.", ""]
+    lines += _verdict_lines(records, k)
     for backbone in dict.fromkeys(r["backbone"] for r in records):
         for protocol in dict.fromkeys(r["protocol"] for r in records):
             groups = [g for g in GROUPS if (backbone, protocol, g) in n_users]

@@ -81,3 +81,22 @@ def test_full_ranks_match_the_plain_definition_on_random_ties():
                 for i in range(b)]  # repeated items, sometimes the target itself
         assert torch.equal(full_ranks(scores, targets, hist), reference_full_ranks(scores, targets, hist))
         assert torch.equal(full_ranks(scores, targets), reference_full_ranks(scores, targets, None))
+
+
+def test_versus_id_marks_gains_beyond_both_standard_deviations():
+    from reaemb_ray.srs.report import versus_id
+
+    def rec(method, seed, group, value):
+        return {"method": method, "backbone": "sasrec", "seed": seed, "protocol": "full", "group": group,
+                "metric": "NDCG", "k": 10, "value": value, "n_users": 10}
+
+    records = [rec("id", s, "overall", v) for s, v in enumerate([0.050, 0.052])] + \
+              [rec("id", s, "tail", v) for s, v in enumerate([0.030, 0.031])] + \
+              [rec("lrcl", s, "overall", v) for s, v in enumerate([0.056, 0.057])] + \
+              [rec("lrcl", s, "tail", v) for s, v in enumerate([0.020, 0.045])] + \
+              [rec("raw_llm", 0, "overall", 0.06)]
+    rows = {(r["method"], r["group"]): r for r in versus_id(records)}
+    assert rows[("lrcl", "overall")]["beyond_spread"] and rows[("lrcl", "overall")]["relative"] == pytest.approx(0.5650 / 0.51 - 1, rel=1e-3)
+    assert not rows[("lrcl", "tail")]["beyond_spread"]  # std 0.0125 swallows the gap
+    assert not rows[("raw_llm", "overall")]["beyond_spread"]  # one seed: no claim
+    assert ("id", "overall") not in rows
