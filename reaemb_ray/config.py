@@ -189,6 +189,8 @@ class CRRLConfig:
     num_reward_workers: int = 2
     group_size: int = 8
     sigma: float = 0.1
+    # false: eps ~ N(0, sigma^2 I) (published); true: sigma scaled by the thought's size, sigma * |mu| / sqrt(d)
+    sigma_relative: bool = False
     anchor: bool = True  # keep one noise-free sample per group as the baseline
     num_positives: int = 1
     num_negatives: int = 9
@@ -199,6 +201,8 @@ class CRRLConfig:
     clip_low: float = 0.2
     clip_high: float = 0.28
     kl_beta: float = 0.0
+    target_kl: float = 0.0  # > 0: stop a batch's updates once KL(current || behaviour policy) exceeds it
+    shuffle_rewards: bool = False  # control: rewards permuted across the batch (a gain must not survive it)
     updates_per_batch: int = 2
     lr: float = 1e-4
     warmup_steps: int = 200

@@ -1,8 +1,15 @@
 """The CRRL learner (no Ray): a DeepSpeed engine over the latent-thought attention module.
 
-Per rollout batch: rewards -> advantages -> `updates_per_batch` clipped-objective updates. The behaviour
+Per rollout batch: rewards -> advantages -> up to `updates_per_batch` clipped-objective updates. The behaviour
 log-probs come from the rollout's own mu (the weights that produced the samples), so a stale batch is
 corrected by the ratio. Learning rate: linear warmup then cosine decay, counted in optimizer updates.
+
+Trust region: with Adam the step size ignores the advantages' scale, so a Gaussian policy can jump by about
+its own norm per step. `crrl.target_kl` > 0 stops a batch's updates once the mean KL between the current and
+the behaviour policy, ||mu - mu_b||^2 / (2 sigma^2), exceeds it; `crrl.kl_beta` adds the KL to the initial
+policy as a penalty. Every step reports that KL, |delta mu| / |mu| and the share of groups whose rewards
+differ at all (only those carry a learning signal). `crrl.shuffle_rewards` is a control: rewards permuted
+across the batch, so a gain that survives it is not from the reward.
 """
 from __future__ import annotations
 
@@ -14,7 +21,9 @@ import numpy as np
 import torch
 
 from reaemb_ray.rl import advantages as adv_lib
-from reaemb_ray.rl.objectives import gaussian_logprob, gaussian_loss, paper_loss, thought_token_logprob
+from reaemb_ray.rl.objectives import (gaussian_kl, gaussian_logprob, gaussian_loss, paper_loss,
+                                      thought_token_logprob)
+from reaemb_ray.rl.rewards import group_spread_share
 from reaemb_ray.rl.policy import load_base
 
 
@@ -90,11 +99,16 @@ class Learner:
         tensor = lambda a: torch.from_numpy(np.require(a, requirements="W"))
         hidden, mask, pos = tensor(batch["hidden"]), tensor(batch["attention_mask"]), tensor(batch["position_ids"])
         actions, mu_b = tensor(batch["actions"]), tensor(batch["mu"])
+        sigma = tensor(batch["sigma"]) if "sigma" in batch else c.sigma  # per item when relative to |mu|
+        rewards = np.asarray(rewards, dtype=np.float32)
+        if c.shuffle_rewards:  # control: each sample gets some other sample's reward
+            rewards = np.random.default_rng([c.seed, self.steps]).permutation(rewards.ravel()).reshape(rewards.shape)
         adv = torch.as_tensor(adv_lib.compute(c.advantage, rewards))
         with torch.no_grad():
+            mu_start = self._mu(hidden, mask, pos)
             mu_ref = None if self.ref is None else self.ref(hidden, mask[:, :-2], mask.shape[1] - 2, pos[:, :-2]).float()
             if c.objective == "gaussian":
-                logp_old = gaussian_logprob(actions, mu_b, c.sigma)  # behaviour policy: staleness-corrected
+                logp_old = gaussian_logprob(actions, mu_b, sigma)  # behaviour policy: staleness-corrected
             else:
                 ids = torch.as_tensor(batch["input_ids"])
                 eps = actions - mu_b[:, None]
@@ -104,8 +118,10 @@ class Learner:
         losses, clips = [], []
         for _ in range(c.updates_per_batch):
             mu = self._mu(hidden, mask, pos)
+            if c.target_kl and float(gaussian_kl(mu.detach(), mu_b, sigma).mean()) > c.target_kl:
+                break  # left the trust region around the behaviour policy
             if c.objective == "gaussian":
-                loss, clip = gaussian_loss(actions, mu, logp_old, adv, c.sigma, c.clip_low, c.clip_high,
+                loss, clip = gaussian_loss(actions, mu, logp_old, adv, sigma, c.clip_low, c.clip_high,
                                            c.kl_beta, mu_ref)
             else:
                 new = thought_token_logprob(self.lm, ids, mask, mu[:, None] + eps)
@@ -114,9 +130,15 @@ class Learner:
             self.engine.step()
             losses.append(loss.item())
             clips.append(float(clip))
+        with torch.no_grad():
+            mu_end = self._mu(hidden, mask, pos)
         self.steps += 1
         self.version += 1
-        return {"loss": float(np.mean(losses)), "clip_fraction": float(np.mean(clips)),
+        return {"loss": float(np.mean(losses)) if losses else 0.0,
+                "clip_fraction": float(np.mean(clips)) if clips else 0.0, "updates": len(losses),
+                "kl": float(gaussian_kl(mu_end, mu_b, sigma).mean()),
+                "delta_mu": float((mu_end - mu_start).norm(dim=-1).mean() / mu_start.norm(dim=-1).mean().clamp(min=1e-12)),
+                "reward_spread": group_spread_share(rewards),
                 "lr": float(self.sched.get_last_lr()[0]), "version": self.version, "step": self.steps,
                 "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
                 "staleness": self.version - 1 - int(batch["version"]), "samples": int(np.size(rewards)),

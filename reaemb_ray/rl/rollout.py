@@ -10,12 +10,14 @@ import torch
 from reaemb_ray.data.prompts import item_prompt
 from reaemb_ray.model.two_pass import tokenize_prompts
 from reaemb_ray.rl.engines import make_engine
+from reaemb_ray.rl.objectives import exploration_sigma
 from reaemb_ray.rl.policy import load_base
 
 
 class Rollout:
     def __init__(self, base_dir: str, texts: dict[int, str], engine: str, group_size: int, sigma: float,
-                 anchor: bool, item_noun: str, max_length: int, dtype: str = "float32", chunk: int = 16):
+                 anchor: bool, item_noun: str, max_length: int, dtype: str = "float32", chunk: int = 16,
+                 sigma_relative: bool = False):
         from reaemb_ray.model.generator import read_meta
 
         self.lm, self.attn, self.tok = load_base(base_dir, dtype)
@@ -24,6 +26,7 @@ class Rollout:
         self.engine = make_engine(engine, self.lm, base_dir, max_length)
         self.texts, self.noun, self.max_length = texts, item_noun, max_length
         self.group_size, self.sigma, self.anchor, self.chunk = group_size, sigma, anchor, chunk
+        self.sigma_relative = sigma_relative
         self.version = 0
         self._cache: dict[int, np.ndarray] = {}  # item -> noise-free embedding at self.version
 
@@ -63,7 +66,8 @@ class Rollout:
         p1 = self.engine.pass1(batch)
         mu = p1.latent_thought(self.attn).float()  # behaviour policy mean (M, d)
         gen = torch.Generator().manual_seed(int(seed))  # same batch -> same noise, also when re-issued
-        eps = torch.randn(mu.shape[0], self.group_size, mu.shape[1], generator=gen) * self.sigma
+        sigma = exploration_sigma(mu, self.sigma, self.sigma_relative)  # (M,)
+        eps = torch.randn(mu.shape[0], self.group_size, mu.shape[1], generator=gen) * sigma[:, None, None]
         if self.anchor:
             eps[:, 0] = 0.0
         actions = mu[:, None] + eps
@@ -72,7 +76,8 @@ class Rollout:
         cand = {s: self.noise_free(c.reshape(-1)).reshape(*c.shape, -1) for s, c in cand_ids.items()}
         return {
             "item_ids": np.asarray(item_ids, dtype=np.int64), "version": self.version,
-            "actions": actions.numpy(), "mu": mu.numpy(), "emb": emb.float().numpy(), "cand_emb": cand,
+            "actions": actions.numpy(), "mu": mu.numpy(), "sigma": sigma.numpy(), "emb": emb.float().numpy(),
+            "cand_emb": cand,
             # what the learner needs to recompute mu_theta (and the paper objective's LM log-probs)
             "hidden": p1.hidden.float().numpy(), "attention_mask": batch["attention_mask"].numpy(),
             "position_ids": batch["position_ids"].numpy(), "input_ids": batch["input_ids"].numpy(),
