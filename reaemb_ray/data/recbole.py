@@ -9,7 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from reaemb_ray.data.raw import BadRows, RawDataset, SequenceBuilder, add_item, make_attributes, numbered_lines, register
+from reaemb_ray.data.raw import (BadRows, RawDataset, ReadOptions, SequenceBuilder, add_item, make_attributes,
+                                 numbered_lines, register)
+from reaemb_ray.errors import DataError
 
 
 def atomic_file(folder: Path, name: str, suffix: str) -> Path:
@@ -29,24 +31,30 @@ def _header(path: Path, line: str) -> list[tuple[str, str]]:
     fields = []
     for col in line.split("\t"):
         if ":" not in col:
-            raise ValueError(f"{path}:1: header column {col!r} is not 'name:type' (e.g. item_id:token); "
-                             "RecBole atomic files need typed headers")
+            raise DataError(f"{path}:1: header column {col!r} is not 'name:type' (e.g. item_id:token); "
+                            "RecBole atomic files need typed headers")
         n, t = col.rsplit(":", 1)
         fields.append((n.strip(), t.strip()))
     return fields
 
 
-LIST_FIELDS = {"class", "genre", "genres", "categories", "category"}  # space-separated lists of labels
+# token_seq fields that hold a list of labels: rendered "a, b"; other token_seq fields (a title) are words
+LABEL_FIELDS = {"class", "genre", "genres", "categories", "category", "tags", "tag"}
 
 
 def _value(text: str, ftype: str, field: str) -> object:
-    if field in LIST_FIELDS:
-        return text.split()  # joined with ', ' by make_attributes
+    """A `token` is one value however many spaces it has ("Industrial & Scientific"); a `token_seq` is a
+    space-separated sequence (RecBole's default seq_separator)."""
+    if ftype == "token_seq":
+        tokens = text.split()
+        return tokens if field in LABEL_FIELDS else " ".join(tokens)  # make_attributes joins lists with ', '
     if ftype == "float":
         try:
             return float(text)
         except ValueError:
             return text
+    if ftype == "float_seq":
+        return text.split()
     return text
 
 
@@ -56,12 +64,12 @@ def read_atomic(folder: Path, bad: BadRows, name: str, key_names: dict[str, str]
     inter_path, item_path = atomic_file(folder, name, ".inter"), atomic_file(folder, name, ".item")
 
     items: dict = {}
-    lines = numbered_lines(item_path)
-    _, head = next(lines, (1, ""))
+    lines = numbered_lines(item_path, bad)
+    _, head = next(lines)
     fields = _header(item_path, head)
     names = [n for n, _ in fields]
     if "item_id" not in names:
-        raise ValueError(f"{item_path}:1: no item_id column in the header; RecBole .item files need item_id:token")
+        raise DataError(f"{item_path}:1: no item_id column in the header; RecBole .item files need item_id:token")
     id_col = names.index("item_id")
     for ln, line in lines:
         vals = line.split("\t")
@@ -74,12 +82,12 @@ def read_atomic(folder: Path, bad: BadRows, name: str, key_names: dict[str, str]
         add_item(items, vals[id_col], attrs, bad, f"{item_path}:{ln}")
 
     seqs = SequenceBuilder(items, bad, item_path.name)
-    lines = numbered_lines(inter_path)
-    _, head = next(lines, (1, ""))
+    lines = numbered_lines(inter_path, bad)
+    _, head = next(lines)
     names = [n for n, _ in _header(inter_path, head)]
     for need in ("user_id", "item_id"):
         if need not in names:
-            raise ValueError(f"{inter_path}:1: no {need} column in the header {names}; .inter files need "
+            raise DataError(f"{inter_path}:1: no {need} column in the header {names}; .inter files need "
                              "user_id:token and item_id:token (timestamp:float optional)")
     u_col, i_col = names.index("user_id"), names.index("item_id")
     t_col = names.index("timestamp") if "timestamp" in names else None
@@ -93,13 +101,13 @@ def read_atomic(folder: Path, bad: BadRows, name: str, key_names: dict[str, str]
         if t_col is not None:
             try:
                 ts = int(float(vals[t_col]))
-            except ValueError:
+            except (ValueError, OverflowError):
                 bad("malformed_line", where, f"timestamp {vals[t_col]!r} is not a number", "repair the line")
                 continue
         seqs.add(vals[u_col], vals[i_col], ts, where)
-    return seqs.build(str(folder))
+    return seqs.build(str(folder), [inter_path, item_path])
 
 
-@register("recbole_atomic")
-def read_recbole_atomic(folder: Path, bad: BadRows, name: str) -> RawDataset:
-    return read_atomic(folder, bad, name)
+@register("recbole_atomic", "<name>.inter (user_id, item_id, optional timestamp) + <name>.item, typed headers")
+def read_recbole_atomic(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDataset:
+    return read_atomic(folder, bad, opts.name)

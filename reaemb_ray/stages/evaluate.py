@@ -57,7 +57,10 @@ def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_diges
 
 
 def main(cfg, args=None) -> Path:
+    from reaemb_ray.preflight import check_catalogue
+
     fresh = bool(getattr(args, "fresh", False))
+    check_catalogue(cfg, cfg.out / "prepared")  # e.g. eval.num_sampled_negatives, before any training
     out = cfg.out / "eval"
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)

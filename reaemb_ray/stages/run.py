@@ -21,7 +21,7 @@ from typing import Callable
 
 from reaemb_ray import storage
 from reaemb_ray.cli import StageFailed
-from reaemb_ray.config import Config
+from reaemb_ray.config import Config, InputError
 
 log = logging.getLogger("reaemb.run")
 
@@ -172,6 +172,7 @@ def why_stale(manifest: storage.Manifest, st: Stage, inputs: dict, status: dict[
 
 def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
     """Run every stage that is not already done with the same fingerprint; returns stage -> status."""
+    from reaemb_ray.preflight import check_catalogue
     from reaemb_ray.runtime import init_ray
 
     remote = cfg.output_dir if storage.is_uri(cfg.output_dir) else None
@@ -181,7 +182,6 @@ def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
     work_cfg = _with(cfg, output_dir=str(local))
     local.mkdir(parents=True, exist_ok=True)
     manifest = storage.Manifest(local)
-    init_ray(cfg.ray)
 
     status: dict[str, str] = {}
     stages = plan(cfg)
@@ -194,6 +194,8 @@ def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
         if not fresh and manifest.is_done(st.name, fp):
             log.info("[%d/%d] %s: up to date, skipped", i, len(stages), st.name)
             status[st.name] = "skipped"
+            if st.name == "prepare":
+                check_catalogue(work_cfg, local / "prepared")
             continue
         # A recorded but different fingerprint means the config changed: start this stage over. The same
         # fingerprint, still marked running, means it was interrupted: resume from its own checkpoints.
@@ -207,14 +209,19 @@ def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
         manifest.start(st.name, fp, inputs)
         t0 = time.time()
         try:
+            if st.name != "prepare":  # prepare reads the data without Ray: a data error stops before Ray starts
+                init_ray(cfg.ray)
             st.run(work_cfg, stale)
         except Exception as e:
-            log.error("stage %s failed:\n%s", st.name, traceback.format_exc())
+            if not isinstance(e, InputError):  # bad input is reported in one line by the caller, a bug in full
+                log.error("stage %s failed:\n%s", st.name, traceback.format_exc())
             if remote:
                 storage.sync_up(local, remote)  # keep what was computed (checkpoints, shards)
             raise StageFailed(f"stage '{st.name}' failed: {type(e).__name__}: {e}") from e
         manifest.mark(st.name, fp, time.time() - t0, st.outputs, inputs)
         status[st.name] = "ran"
+        if st.name == "prepare":  # settings that depend on the catalogue, before any training
+            check_catalogue(work_cfg, local / "prepared")
         if remote:
             storage.sync_up(local, remote)
     return status

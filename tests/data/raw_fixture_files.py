@@ -58,6 +58,28 @@ FIXTURES = {
         "toy.item": "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
                     "i1\tToy Story\t1995\tAnimation Comedy\ni2\tHeat\t1995\tAction\ni3\tFargo\t1996\tCrime Drama\n",
     },
+    # Yelp in P5 form: P5 ids -> business ids, item text from the Yelp business JSON
+    "p5": {
+        "sequential_data.txt": "1 1 2 3\n2 3 1 2\n",
+        "datamaps.json": json.dumps({"id2item": {"1": "bizA", "2": "bizB", "3": "bizC", "4": "bizD"},
+                                     "id2user": {"1": "alice", "2": "bob"}}),
+        "yelp_business.json": '{"business_id": "bizA", "name": "Cafe", "categories": "Food, Coffee & Tea", '
+                              '"city": "Reno", "state": "NV"}\n'
+                              '{"business_id": "bizB", "name": "Gym", "categories": null, "city": "Reno"}\n'
+                              '{"business_id": "bizC", "name": "Bar", "categories": "Nightlife"}\n'
+                              '{"business_id": "bizZ", "name": "", "categories": null}\n',  # unused: ignored
+    },
+}
+
+# LC-Rec/LETTER: user index -> item indices (oldest first), item index -> record; original ids in .item2id
+LCREC = {
+    "Instruments.inter.json": json.dumps({"0": [0, 1, 2], "1": [2, 0, 1, 2]}),
+    "Instruments.item.json": json.dumps({
+        "0": {"title": "Guitar strings", "description": "Bright tone.", "brand": "Ernie",
+              "categories": "Musical Instruments,Instrument Accessories,Guitar & Bass Accessories"},
+        "1": {"title": "Capo", "description": "", "brand": "Kyser", "categories": "Musical Instruments"},
+        "2": {"title": "Tuner", "brand": "Snark", "categories": "Clothing, Shoes & Jewelry,Tuners"}}),
+    "Instruments.item2id": "B001\t0\nB002\t1\nB003\t2\n",
 }
 
 # reader -> (metadata file, interactions file, a valid interaction line with an unknown item,
@@ -76,6 +98,8 @@ BAD_LINES = {
              '{"user_id": "u1", "business_id": "b1", "date": "yesterday"}'),
     "recbole_atomic": ("toy.item", "toy.inter", "u1\tzz\t5\t30", "i1\tDup\t1990\tDrama", "i9\t\t\t",
                        "u1\ti1\t5"),
+    "p5": ("yelp_business.json", "sequential_data.txt", "3 1 9", '{"business_id": "bizA", "name": "Dup"}',
+           '{"business_id": "bizD", "name": ""}', "4 x y"),
 }
 
 

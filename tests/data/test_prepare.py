@@ -50,7 +50,7 @@ def test_cooccurrence_matches_reference_on_random_sequences(window):
 
 
 def _cfg(folder, out, reader="movielens", **extra):
-    over = [f"data.reader={reader}", f"data.path={folder}", f"output_dir={out}", "data.name=toy"]
+    over = [f"data.reader={reader}", f"data.path={folder}", f"output_dir={out}", "data.name=toy", "data.item_noun=thing"]
     return load_config(None, over + [f"data.{k}={v}" for k, v in extra.items()])
 
 

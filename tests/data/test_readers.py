@@ -3,34 +3,97 @@ from __future__ import annotations
 
 import gzip
 import json
+import typing
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from raw_fixture_files import BAD_LINES, FIXTURES, GENRES, write_dataset
+from raw_fixture_files import BAD_LINES, FIXTURES, GENRES, LCREC, write_dataset
 
+from reaemb_ray.config import DataConfig
 from reaemb_ray.data.raw import kcore
 from reaemb_ray.data.readers import READERS, read_folder
 
 ALL = sorted(FIXTURES)
+LINE_READERS = sorted(BAD_LINES)  # readers whose files take appended bad lines
 
 
 def test_registry_has_every_configured_reader():
-    assert set(READERS) == {"p5_amazon", "movielens", "movielens_1m", "amazon_json", "yelp", "recbole_atomic"}
+    assert set(READERS) == set(typing.get_args(typing.get_type_hints(DataConfig)["reader"]))
     with pytest.raises(ValueError, match="known readers"):
         read_folder("nope", ".")
 
 
-def test_p5_amazon_brand_detection_and_ids(dataset):
+def test_p5_amazon_ids_and_no_brand_below_five_items(dataset):
     raw = read_folder("p5_amazon", dataset("p5_amazon"))
-    assert raw.items == {
-        "A1": [("title", "Nail red"), ("brand", "BrandX"), ("categories", "Makeup, Nails")],
-        "A2": [("title", "Face cream"), ("categories", "Makeup, Face")],  # Makeup is a category, not a brand
-        "A3": [("title", "Lotion"), ("brand", "BrandY"), ("categories", "Skin Care")],
+    assert raw.items == {  # BrandX and BrandY head one row each: the join lists brands of >= 5 items only
+        "A1": [("title", "Nail red"), ("categories", "BrandX, Makeup, Nails")],
+        "A2": [("title", "Face cream"), ("categories", "Makeup, Face")],
+        "A3": [("title", "Lotion"), ("categories", "BrandY, Skin Care")],
         "A4": [("categories", "Makeup")],
     }
     assert raw.sequences == {"U1": ["A1", "A2", "A3"], "U2": ["A2", "A3", "A4", "A1"]}
     assert raw.timestamps == {}
+
+
+def _joined(rows: list[str], header: str = "attributes_brand_then_categories") -> dict:
+    ids = {str(i): f"A{i}" for i in range(1, len(rows) + 1)}
+    return {"sequential_data.txt": "1 1 2 3\n",
+            "datamaps.json": json.dumps({"id2item": ids}),
+            "x_items_joined.tsv": f"p5_item_id\tasin\ttitle\t{header}\n"
+                                  + "".join(f"{i}\tA{i}\tt{i}\t{r}\n" for i, r in enumerate(rows, 1))}
+
+
+def test_p5_brand_guess(tmp_path):
+    rows = ["Acme|Makeup|Nails"] * 5 + ["Makeup|Face", "Rare Category|Food"]
+    raw = read_folder("p5", write_dataset(tmp_path / "b", _joined(rows)))
+    assert raw.items["A1"] == [("title", "t1"), ("brand", "Acme"), ("categories", "Makeup, Nails")]
+    assert raw.items["A6"] == [("title", "t6"), ("categories", "Makeup, Face")]  # appears later: a category
+    assert raw.items["A7"] == [("title", "t7"), ("categories", "Rare Category, Food")]  # heads 1 row: not a brand
+    # a column that does not say it starts with a brand (Yelp categories) never yields brands
+    raw = read_folder("p5", write_dataset(tmp_path / "y", _joined(rows, "categories")))
+    assert raw.items["A1"] == [("title", "t1"), ("categories", "Acme, Makeup, Nails")]
+
+
+def test_p5_any_domain_with_item_metadata_json(dataset):
+    raw = read_folder("p5", dataset("p5"))
+    assert raw.sequences == {"alice": ["bizA", "bizB", "bizC"], "bob": ["bizC", "bizA", "bizB"]}
+    assert raw.items == {
+        "bizA": [("name", "Cafe"), ("categories", "Food, Coffee & Tea"), ("city", "Reno"), ("state", "NV")],
+        "bizB": [("name", "Gym"), ("city", "Reno")], "bizC": [("name", "Bar"), ("categories", "Nightlife")]}
+    assert [f.rsplit("/", 1)[1] for f in raw.files] == ["sequential_data.txt", "datamaps.json", "yelp_business.json"]
+
+
+def test_p5_with_amazon_meta_json_gz_python_literals(tmp_path):
+    meta = ("{'asin': 'B1', 'title': 'Red polish', 'brand': 'OPI', 'categories': [['Beauty', 'Nails']]}\n"
+            "{'asin': 'B2', 'title': 'Cream', 'price': 4.0}\n{'asin': 'B9', 'title': 'not in this subset'}\n")
+    folder = write_dataset(tmp_path / "p5b", {"sequential_data.txt": "1 1 2 1\n", "meta.json.gz": meta,
+                                              "datamaps.json": json.dumps({"id2item": {"1": "B1", "2": "B2"}})})
+    raw = read_folder("p5", folder)
+    assert raw.sequences == {"1": ["B1", "B2", "B1"]}
+    assert raw.items == {"B1": [("title", "Red polish"), ("brand", "OPI"), ("categories", "Beauty, Nails")],
+                         "B2": [("title", "Cream"), ("price", "$4.00")]}
+
+
+def test_p5_several_metadata_files_are_named(dataset):
+    folder = dataset("p5")
+    (folder / "other_business.json").write_text('{"business_id": "x", "name": "y"}\n')
+    with pytest.raises(FileNotFoundError, match=r"other_business.json.*yelp_business.json.*data.item_file"):
+        read_folder("p5", folder)
+    assert read_folder("p5", folder, item_file="yelp_business.json").num_interactions == 6
+
+
+def test_lcrec_inter_and_item_json(tmp_path):
+    raw = read_folder("lcrec", write_dataset(tmp_path / "lc", LCREC), name="Instruments")
+    assert raw.sequences == {"0": ["B001", "B002", "B003"], "1": ["B003", "B001", "B002", "B003"]}
+    assert raw.items["B001"] == [("title", "Guitar strings"), ("brand", "Ernie"), ("categories",
+                                 "Musical Instruments, Instrument Accessories, Guitar & Bass Accessories"),
+                                ("description", "Bright tone.")]
+    # "Clothing, Shoes & Jewelry" is one category: LC-Rec joins with "," and no space
+    assert raw.items["B003"][2] == ("categories", "Clothing, Shoes & Jewelry, Tuners")
+    without_map = {k: v for k, v in LCREC.items() if not k.endswith("item2id")}
+    raw = read_folder("lcrec", write_dataset(tmp_path / "lc2", without_map), name="Instruments")
+    assert raw.sequences["0"] == ["0", "1", "2"]
 
 
 def test_movielens_sorts_by_time_stably_and_splits_title_year(dataset):
@@ -114,13 +177,24 @@ def test_recbole_atomic_generic_keys(dataset):
     assert raw.items["i1"] == [("movie title", "Toy Story"), ("release year", "1995"), ("class", "Animation, Comedy")]
 
 
+def test_recbole_token_is_one_value_token_seq_a_sequence(tmp_path):
+    files = {"az.inter": "user_id:token\titem_id:token\ttimestamp:float\n" + "".join(
+                 f"u\t{i}\t{t}\n" for t, i in enumerate(["a", "b", "a"])),
+             "az.item": "item_id:token\ttitle:token_seq\tcategories:token\tgenre:token_seq\n"
+                        "a\tMicro  Scope\tIndustrial & Scientific\tLab Tools\n"
+                        "b\tGloves\tIndustrial & Scientific\tSafety\n"}
+    raw = read_folder("recbole_atomic", write_dataset(tmp_path / "az", files), name="az")
+    assert raw.items["a"] == [("title", "Micro Scope"), ("categories", "Industrial & Scientific"),
+                              ("genre", "Lab, Tools")]
+
+
 def test_movielens_reads_recbole_copy_with_movielens_keys(tmp_path):
     files = {k.replace("toy", "ml-100k"): v for k, v in FIXTURES["recbole_atomic"].items()}
     raw = read_folder("movielens", write_dataset(tmp_path / "rb", files), name="ml-100k")
     assert raw.items["i3"] == [("title", "Fargo"), ("year", "1996"), ("genres", "Crime, Drama")]
 
 
-@pytest.mark.parametrize("reader", ALL)
+@pytest.mark.parametrize("reader", LINE_READERS)
 def test_missing_file_names_the_file(reader, dataset):
     folder = dataset(reader)
     meta_file, inter_file, *_ = BAD_LINES[reader]
@@ -135,7 +209,7 @@ def test_missing_file_names_the_file(reader, dataset):
 CASES = ["item_without_metadata", "duplicate_item", "item_without_text", "malformed_line"]
 
 
-@pytest.mark.parametrize("reader", ALL)
+@pytest.mark.parametrize("reader", LINE_READERS)
 @pytest.mark.parametrize("case", CASES)
 def test_bad_rows_error_names_file_line_and_fix_or_are_counted(reader, case, dataset):
     meta_file, inter_file, unknown, dup, textless, malformed = BAD_LINES[reader]
@@ -153,7 +227,7 @@ def test_bad_rows_error_names_file_line_and_fix_or_are_counted(reader, case, dat
     assert raw.skipped == {case: 1}
     assert raw.items == clean.items  # the first copy wins for duplicates; bad items never enter
     # only p5's appended line brings a new user with one good item besides the unknown one
-    extra = 1 if (reader, case) == ("p5_amazon", "item_without_metadata") else 0
+    extra = 1 if reader.startswith("p5") and case == "item_without_metadata" else 0
     assert raw.num_interactions == clean.num_interactions + extra
 
 
