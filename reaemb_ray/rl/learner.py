@@ -151,6 +151,8 @@ class Learner:
                                     client_state=dict(client_state, version=self.version, steps=self.steps))
 
     def load(self, ckpt_dir: str) -> dict:
-        _, client = self.engine.load_checkpoint(ckpt_dir, tag="state")
+        from reaemb_ray.checkpoint_load import load_checkpoint
+
+        _, client = load_checkpoint(self.engine, ckpt_dir, tag="state")  # weights_only: no code in a checkpoint
         self.version, self.steps = int(client["version"]), int(client["steps"])
         return client

@@ -114,6 +114,7 @@ def train_loop(config: dict) -> None:
     import torch
     from tqdm import tqdm
 
+    from reaemb_ray.checkpoint_load import load_checkpoint
     from reaemb_ray.data.prompts import attribute_views, item_prompt
     from reaemb_ray.losses import contrastive_loss, view_retrieval_top1
     from reaemb_ray.model.backbone import load_backbone
@@ -149,8 +150,8 @@ def train_loop(config: dict) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / DATA_STATE).read_text())
-            engine.load_checkpoint(str(Path(d) / "deepspeed"), tag=state["tag"], load_module_strict=False,
-                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+            load_checkpoint(engine, str(Path(d) / "deepspeed"), tag=state["tag"], load_module_strict=False,
+                            load_optimizer_states=True, load_lr_scheduler_states=True)  # weights_only
         start = state["step"]
         if state["sampler_seed"] != cfg.seed:
             raise ValueError(f"checkpoint was made with seed {state['sampler_seed']} but seed is {cfg.seed}; "
