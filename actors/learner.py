@@ -12,8 +12,8 @@ from reaemb_ray.rl.learner import Learner
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", port: int = 0):
-        self.core = Learner(base_dir, crrl, total_steps, dtype, port)
+    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32"):
+        self.core = Learner(base_dir, crrl, total_steps, dtype)
 
     @ray.method(num_returns=2)
     def step(self, batch: dict, rewards):

@@ -2,6 +2,7 @@
 launched with `ray job submit` (RAY_ADDRESS is set) or when `ray.address` names one."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -38,11 +39,37 @@ def init_ray(ray_cfg) -> None:
     if not ray_cfg.include_dashboard:
         runtime_env["worker_process_setup_hook"] = "reaemb_ray.runtime.quiet_state_api_pollers"
     kwargs = dict(address="local", namespace=ray_cfg.namespace, include_dashboard=ray_cfg.include_dashboard,
-                  _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+                  dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", runtime_env=runtime_env)
     if ray_cfg.num_cpus:
         kwargs["num_cpus"] = ray_cfg.num_cpus
-    ray.init(**kwargs)
-    log.info("started an embedded local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+    with _loopback_only():
+        ray.init(**kwargs)
+    log.info("started an embedded local Ray (%s CPUs) on 127.0.0.1", ray.cluster_resources().get("CPU"))
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Keep every server of an embedded Ray on 127.0.0.1 (GCS, raylet, workers, dashboard and its agent, metrics).
+
+    Ray binds its servers to loopback only when the node address is exactly 127.0.0.1, and it keeps that address
+    only when `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` is off (otherwise it swaps 127.0.0.1 for the host's routable
+    address and binds all interfaces). The processes ray.init starts read the variable from the environment; the
+    driver read it when `ray` was imported (before init_ray could set it), so its copy is set too, for the
+    duration of ray.init (tests/test_loopback.py checks every listening socket).
+    """
+    from ray._private import ray_constants
+
+    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_const = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[var], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved_env
 
 
 def quiet_state_api_pollers() -> None:

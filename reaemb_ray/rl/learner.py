@@ -36,23 +36,21 @@ def cosine_with_warmup(warmup: int, total: int):
     return f
 
 
-def init_single_process_distributed(port: int = 0) -> None:
-    """DeepSpeed wants a process group; one process is a world of one (gloo, CPU). port 0 = a free port of
-    this machine, picked here (a port chosen elsewhere can be taken by the time the learner starts)."""
+def init_single_process_distributed() -> None:
+    """DeepSpeed wants a process group; one process is a world of one (gloo). Its rendezvous store is in memory:
+    a TCPStore would listen on every interface, unauthenticated, for a group that has no one else to meet."""
     import deepspeed
+    import torch.distributed as dist
 
-    from reaemb_ray.runtime import free_port
-
-    port = port or free_port()
-
-    for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"), ("WORLD_SIZE", "1"),
-                 ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
+    for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
         os.environ[k] = v
-    deepspeed.init_distributed(dist_backend="gloo")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend="gloo")  # adopts the group above
 
 
 class Learner:
-    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", port: int = 0):
+    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32"):
         import deepspeed
 
         self.cfg = crrl
@@ -63,7 +61,7 @@ class Learner:
             import copy
             self.ref = copy.deepcopy(attn).eval().requires_grad_(False)
         attn.train().requires_grad_(True)
-        init_single_process_distributed(port)
+        init_single_process_distributed()
         opt = torch.optim.AdamW(attn.parameters(), lr=crrl.lr, weight_decay=0.0)
         total_updates = max(1, total_steps * crrl.updates_per_batch)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(crrl.warmup_steps, total_updates))
