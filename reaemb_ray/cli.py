@@ -82,7 +82,7 @@ def _run_command(args) -> int:
     from reaemb_ray import preflight
 
     if args.config is None:
-        raise ConfigError(f"--config is required (e.g. reaemb {args.command} --config configs/demo.yaml); "
+        raise ConfigError(f"--config is required: pass a YAML file (e.g. reaemb {args.command} --config configs/demo.yaml); "
                           "`reaemb config --print` shows the built-in defaults, which you can save and edit")
     cfg = load_config(args.config, args.overrides)
     preflight.check(cfg, args.command, quick=getattr(args, "quick", False))

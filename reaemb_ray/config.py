@@ -56,6 +56,9 @@ class DataConfig:
     def validate(self) -> None:
         from reaemb_ray.data.nouns import item_noun
 
+        if self.item_file and self.reader not in ("p5", "p5_amazon"):
+            raise ConfigError(f"data.item_file is only read by the p5 readers, not data.reader={self.reader}; "
+                              "remove it")
         if not self.path.startswith("auto:") and not _is_uri(self.path):
             folder = Path(self.path).expanduser()
             if not folder.exists():
@@ -69,10 +72,7 @@ class DataConfig:
                 raise ConfigError(f"data.item_file {self.item_file!r} is not a file in data.path {self.path!r}; "
                                   "name the item metadata file there, or leave data.item_file empty to find it")
         elif self.path.startswith("auto:") and self.path not in ("auto:ml-100k", "auto:ml-1m"):
-            raise ConfigError(f"data.path {self.path!r}: the packaged datasets are 'auto:ml-100k' and 'auto:ml-1m'")
-        if self.item_file and self.reader not in ("p5", "p5_amazon"):
-            raise ConfigError(f"data.item_file is only read by the p5 readers, not data.reader={self.reader}; "
-                              "remove it")
+            raise ConfigError(f"data.path {self.path!r} names no packaged dataset; use 'auto:ml-100k' or 'auto:ml-1m'")
         if not self.item_noun:
             noun = item_noun(self.reader, self.name)
             if noun is None:
@@ -232,10 +232,11 @@ class CRRLConfig:
                 raise ConfigError(f"crrl.variants entry {v!r} must be objective/reward with objective in gaussian, "
                                   "paper and reward in cooccurrence, srs, mix (e.g. 'paper/srs')")
         if self.advantage == "anchor" and not self.anchor:
-            raise ConfigError("crrl.advantage=anchor needs crrl.anchor=true (sample 0 of each group is the baseline)")
+            raise ConfigError("crrl.advantage=anchor needs crrl.anchor=true (sample 0 of each group is the baseline); set "
+                              "crrl.anchor=true or use crrl.advantage=grpo")
         unknown = set(self.reward_weights) - {"cooccurrence", "srs"}
         if unknown:
-            raise ConfigError(f"crrl.reward_weights has unknown reward(s) {sorted(unknown)}; allowed: cooccurrence, srs")
+            raise ConfigError(f"crrl.reward_weights has unknown reward(s) {sorted(unknown)}; use cooccurrence and/or srs")
         uses_mix = self.reward == "mix" or any(v.endswith("/mix") for v in self.variants)
         if uses_mix and not sum(self.reward_weights.values()) > 0:
             raise ConfigError("crrl.reward_weights must have a positive weight for the mix reward, e.g. "
@@ -333,7 +334,8 @@ class RayConfig:
     namespace: str = setting("reaemb", nonempty=True)
 
     def validate(self) -> None:
-        if self.address and self.address != "auto" and not re.fullmatch(r"(ray://)?[\w.\-]+(:\d+)?", self.address):
+        if self.address == "local" or self.address and self.address != "auto" and not re.fullmatch(
+                r"(ray://)?[\w.\-]+(:\d+)?", self.address):
             raise ConfigError(f"ray.address={self.address!r} is not a Ray address; use '' (an embedded local Ray), "
                               "'auto', 'host:6379' or 'ray://host:10001'")
 

@@ -179,8 +179,8 @@ def build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     unknown = sorted(str(k) for k in set(raw) - set(names))
     if unknown:
         where = prefix or "the top level"
-        raise ConfigError(f"unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {where}; known keys: "
-                          f"{', '.join(names)}")
+        raise ConfigError(f"unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {where}; use one of the "
+                          f"known keys: {', '.join(names)}")
     kwargs = {k: coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
     return cls(**kwargs)
 

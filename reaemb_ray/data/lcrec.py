@@ -55,8 +55,8 @@ def read_lcrec(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDataset:
     item_doc, inter_doc = load_json(item_path), load_json(inter_path)
     for path, doc in ((item_path, item_doc), (inter_path, inter_doc)):
         if not isinstance(doc, dict):
-            raise DataError(f"{path} holds a JSON {type(doc).__name__}, not an object keyed by index; LC-Rec files map "
-                            "a user (or item) index to its items (or record)")
+            raise DataError(f"{path} holds a JSON {type(doc).__name__}, not an object keyed by index; point data.path "
+                            "at LC-Rec files, which map a user (or item) index to its items (or record)")
     items: dict = {}
     for key, rec in item_doc.items():
         where = f"{item_path} (item {key!r})"

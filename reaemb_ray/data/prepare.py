@@ -13,6 +13,7 @@ the user x item count matrix X; `data.cooc_window=k` counts pairs at most k posi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -99,81 +100,84 @@ def prepare(cfg) -> Path:
     ts = [t for u, s in kept for t in (raw.timestamps.get(u) or [None] * len(s))]
 
     final = cfg.out / "prepared"
-    # written beside the final folder and swapped in when complete: prepared/ is never a half-written mix
-    out = cfg.out / ".prepared.partial"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    raw_ids = list(item_index)
-    attrs = [raw.items[r] for r in raw_ids]
-    texts = [render_attributes(a, d.max_value_chars) for a in attrs]
-    for r, t in zip(raw_ids, texts):
-        if not t:  # readers reject text-less items, so this is a reader bug, not bad input
-            raise ValueError(f"item {r!r} rendered to an empty text; its attributes were {raw.items[r]!r}")
-    pq.write_table(pa.table({
-        "item_id": pa.array(np.arange(1, num_items + 1), pa.int64()),
-        "raw_id": pa.array(raw_ids, pa.string()),
-        "attr_keys": pa.array([[k for k, _ in a] for a in attrs], pa.list_(pa.string())),
-        "attr_values": pa.array([[v for _, v in a] for a in attrs], pa.list_(pa.string())),
-        "text": pa.array(texts, pa.string()),
-    }), out / "items.parquet")
-    pq.write_table(pa.table({"user_id": flat_users, "item_id": flat_items, "position": positions,
-                             "timestamp": pa.array(ts, pa.int64())}), out / "interactions.parquet")
+    with _partial_then_swapped(final) as out:  # prepared/ is never a half-written mix
+        raw_ids = list(item_index)
+        attrs = [raw.items[r] for r in raw_ids]
+        texts = [render_attributes(a, d.max_value_chars) for a in attrs]
+        for r, t in zip(raw_ids, texts):
+            if not t:  # readers reject text-less items, so this is a reader bug, not bad input
+                raise ValueError(f"item {r!r} rendered to an empty text; its attributes were {raw.items[r]!r}")
+        pq.write_table(pa.table({
+            "item_id": pa.array(np.arange(1, num_items + 1), pa.int64()),
+            "raw_id": pa.array(raw_ids, pa.string()),
+            "attr_keys": pa.array([[k for k, _ in a] for a in attrs], pa.list_(pa.string())),
+            "attr_values": pa.array([[v for _, v in a] for a in attrs], pa.list_(pa.string())),
+            "text": pa.array(texts, pa.string()),
+        }), out / "items.parquet")
+        pq.write_table(pa.table({"user_id": flat_users, "item_id": flat_items, "position": positions,
+                                 "timestamp": pa.array(ts, pa.int64())}), out / "interactions.parquet")
 
-    # leave-one-out: the last item is test, the second last valid, the rest train
-    is_train = positions < np.repeat(lengths - 2, lengths)
-    train_items, train_users = flat_items[is_train], flat_users[is_train]
-    train_offsets = np.concatenate([[0], np.cumsum(lengths - 2)])
-    pq.write_table(pa.table({
-        "user_id": pa.array(np.arange(1, num_users + 1), pa.int64()),
-        "train": pa.ListArray.from_arrays(pa.array(train_offsets, pa.int32()), pa.array(train_items, pa.int64())),
-        "valid": pa.array(flat_items[offsets[1:] - 2], pa.int64()),
-        "test": pa.array(flat_items[offsets[1:] - 1], pa.int64()),
-    }), out / "splits.parquet")
-    popularity = np.bincount(train_items, minlength=num_items + 1)[1:]
-    pq.write_table(pa.table({"item_id": np.arange(1, num_items + 1, dtype=np.int64), "count": popularity}),
-                   out / "popularity.parquet")
+        # leave-one-out: the last item is test, the second last valid, the rest train
+        is_train = positions < np.repeat(lengths - 2, lengths)
+        train_items, train_users = flat_items[is_train], flat_users[is_train]
+        train_offsets = np.concatenate([[0], np.cumsum(lengths - 2)])
+        pq.write_table(pa.table({
+            "user_id": pa.array(np.arange(1, num_users + 1), pa.int64()),
+            "train": pa.ListArray.from_arrays(pa.array(train_offsets, pa.int32()), pa.array(train_items, pa.int64())),
+            "valid": pa.array(flat_items[offsets[1:] - 2], pa.int64()),
+            "test": pa.array(flat_items[offsets[1:] - 1], pa.int64()),
+        }), out / "splits.parquet")
+        popularity = np.bincount(train_items, minlength=num_items + 1)[1:]
+        pq.write_table(pa.table({"item_id": np.arange(1, num_items + 1, dtype=np.int64), "count": popularity}),
+                       out / "popularity.parquet")
 
-    t1 = time.time()
-    a, b, n = cooccurrence(train_items, train_users, num_items, d.cooc_window)
-    t_cooc = time.time() - t1
-    pq.write_table(pa.table({"item_a": a, "item_b": b, "count": n}), out / "cooccurrence.parquet")
+        t1 = time.time()
+        a, b, n = cooccurrence(train_items, train_users, num_items, d.cooc_window)
+        t_cooc = time.time() - t1
+        pq.write_table(pa.table({"item_a": a, "item_b": b, "count": n}), out / "cooccurrence.parquet")
 
-    summary = {
-        "name": d.name, "reader": d.reader, "source": raw.source, "path": d.path,
-        "users": num_users, "items": num_items, "interactions": int(len(flat_items)),
-        "train_interactions": int(len(train_items)),
-        "skipped_rows": dict(sorted(raw.skipped.items())),  # bad rows under data.on_bad_row=skip, by reason
-        "dropped": {"users_with_fewer_than_3_interactions": dropped_users,
-                    "items_without_interactions": len(raw.items) - num_items, **kstats},
-        "files": raw.files,
-        "kcore": d.kcore, "timestamps_known": bool(raw.timestamps),
-        "mean_sequence_length": round(float(lengths.mean()), 3), "max_sequence_length": int(lengths.max()),
-        "max_distinct_items_per_user": max(len(set(s)) for _, s in kept),
-        "density": round(len(flat_items) / (num_users * num_items), 6),
-        "tail_items": int((popularity < d.tail_threshold).sum()), "tail_threshold": d.tail_threshold,
-        "short_users": int((lengths < d.short_user_threshold).sum()), "short_user_threshold": d.short_user_threshold,
-        "cooccurrence": {"window": d.cooc_window, "pairs": int(len(a)), "split": "train",
-                         "items_with_a_cooccurring_item": int(len(np.unique(a)))},
-        "seconds": {"read": round(t_read, 2), "cooccurrence": round(t_cooc, 2), "total": round(time.time() - t0, 2)},
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _swap_in(out, final)
+        summary = {
+            "name": d.name, "reader": d.reader, "source": raw.source, "path": d.path,
+            "users": num_users, "items": num_items, "interactions": int(len(flat_items)),
+            "train_interactions": int(len(train_items)),
+            "skipped_rows": dict(sorted(raw.skipped.items())),  # bad rows under data.on_bad_row=skip, by reason
+            "dropped": {"users_with_fewer_than_3_interactions": dropped_users,
+                        "items_without_interactions": len(raw.items) - num_items, **kstats},
+            "files": raw.files,
+            "kcore": d.kcore, "timestamps_known": bool(raw.timestamps),
+            "mean_sequence_length": round(float(lengths.mean()), 3), "max_sequence_length": int(lengths.max()),
+            "max_distinct_items_per_user": max(len(set(s)) for _, s in kept),
+            "density": round(len(flat_items) / (num_users * num_items), 6),
+            "tail_items": int((popularity < d.tail_threshold).sum()), "tail_threshold": d.tail_threshold,
+            "short_users": int((lengths < d.short_user_threshold).sum()), "short_user_threshold": d.short_user_threshold,
+            "cooccurrence": {"window": d.cooc_window, "pairs": int(len(a)), "split": "train",
+                             "items_with_a_cooccurring_item": int(len(np.unique(a)))},
+            "seconds": {"read": round(t_read, 2), "cooccurrence": round(t_cooc, 2), "total": round(time.time() - t0, 2)},
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("prepared %s: %d users, %d items, %d interactions in %.1fs -> %s", d.name, num_users, num_items,
              len(flat_items), time.time() - t0, final)
     return final
 
 
-def _swap_in(new: Path, final: Path) -> None:
-    """Replace `final` by the complete folder `new` (two renames; the old folder is removed after)."""
-    old = final.with_name(".prepared.old")
-    if old.exists():
-        shutil.rmtree(old)
+@contextlib.contextmanager
+def _partial_then_swapped(final: Path):
+    """A fresh `.prepared.partial` folder beside `final`: it replaces `final` when the block finishes and is
+    removed when it fails, so `final` is only ever a complete set of files (the old one or the new one)."""
+    partial, old = final.with_name(".prepared.partial"), final.with_name(".prepared.old")
+    for leftover in (partial, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if final.exists():
         final.rename(old)
-    new.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------- load

@@ -31,8 +31,8 @@ def _header(path: Path, line: str) -> list[tuple[str, str]]:
     fields = []
     for col in line.split("\t"):
         if ":" not in col:
-            raise DataError(f"{path}:1: header column {col!r} is not 'name:type' (e.g. item_id:token); "
-                            "RecBole atomic files need typed headers")
+            raise DataError(f"{path}:1: header column {col!r} is not 'name:type' (e.g. item_id:token); add the "
+                            "field types to the header, as RecBole atomic files have them")
         n, t = col.rsplit(":", 1)
         fields.append((n.strip(), t.strip()))
     return fields
