@@ -84,7 +84,8 @@ def test_eval_every_validates_every_k_epochs_and_the_last(prepared_dir):
 def test_patience_counts_validations_not_epochs(prepared_dir):
     data = load_seq_data(prepared_dir)
     # lr 0 never improves after the first validation: stops after 1 + patience validations
-    srs = tiny(prepared_dir, "srs.epochs=50", "srs.eval_every=2", "srs.patience=2", "srs.lr=0.0")
+    srs = tiny(prepared_dir, "srs.epochs=50", "srs.eval_every=2", "srs.patience=2")
+    srs.lr = 0.0  # a test device, set past validation (a user's srs.lr=0 is refused at load)
     torch.manual_seed(0)
     r = train(build_model("sasrec", IDEncoder(data.num_items, 16), srs), data, srs, 0, progress=False)
     assert r.epochs_run == 6 and r.best_epoch == 2
