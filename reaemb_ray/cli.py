@@ -25,7 +25,7 @@ STAGES = {
     "bench": ("bench", "measure speed ratios and memory; prints JSON"),
 }
 # errors printed as one line: InputError (the input is wrong) and the errors of files, folders and connections
-USER_ERRORS = (ValueError, OSError, ConnectionError)
+USER_ERRORS = (ValueError, OSError)  # OSError includes ConnectionError (an unreachable cluster)
 
 
 class StageFailed(RuntimeError):

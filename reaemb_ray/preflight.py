@@ -156,10 +156,13 @@ def check_embedded_cpus(cfg, command: str) -> None:
         return  # a cluster can autoscale
     have = cfg.ray.num_cpus or os.cpu_count() or 1
     what = "ray.num_cpus" if cfg.ray.num_cpus else f"all {have} cores of this machine (ray.num_cpus=0)"
+    methods = set(cfg.eval.methods)
+    trains = command == "lrcl" or command == "run" and bool(methods & {"lrcl", "crrl", "llmemb"})
+    exports = command == "export" or command == "run" and bool(methods - {"id"})
     groups = []
-    if command in ("lrcl", "run"):
+    if trains:
         groups.append(("lrcl.num_workers x lrcl.cpus_per_worker", cfg.lrcl.num_workers * cfg.lrcl.cpus_per_worker))
-    if command in ("export", "run"):
+    if exports:
         groups.append(("export.num_actors x export.cpus_per_actor", cfg.export.num_actors * cfg.export.cpus_per_actor))
     for keys, need in groups:
         if need > have:

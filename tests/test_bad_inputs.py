@@ -11,7 +11,6 @@ import bz2
 import dataclasses
 import gzip
 import json
-import lzma
 import re
 import sys
 import typing
@@ -673,3 +672,9 @@ def test_debug_shows_the_traceback(base, capsys):
     cfg, _ = base
     rc, _, err = reaemb(capsys, "run", "--config", cfg, "crrl.lr=-1", "--debug")
     assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("reaemb run: config error")
+
+
+def test_cpu_check_counts_only_the_stages_that_run(base, capsys):
+    cfg, _ = base  # eval.methods=[id]: no LRCL workers, no export actors, so their sizes cannot block the run
+    rc, _, err = reaemb(capsys, "config", "--config", cfg, "lrcl.num_workers=4", "lrcl.batch_size=32", "--check", "run")
+    assert rc == 0, err

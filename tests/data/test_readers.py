@@ -258,3 +258,27 @@ def test_kcore_reference():
     assert out.timestamps == {"u1": [1, 2], "u2": [1, 2]}
     assert stats == {"kcore_removed_users": 2, "kcore_removed_items": 2, "kcore_removed_interactions": 4}  # 8 -> 4
     assert kcore(raw, 0)[0] is raw
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2", "xz"])
+def test_compression_is_recognised_by_content_not_name(dataset, compress):
+    import bz2
+    import lzma
+
+    how = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[compress]
+    plain = read_folder("movielens", dataset("movielens"))
+    folder = dataset("movielens")
+    for name in ("u.data", "u.item"):  # compressed, still named u.data / u.item
+        (folder / name).write_bytes(how((folder / name).read_bytes()))
+    raw = read_folder("movielens", folder)
+    assert raw.sequences == plain.sequences and raw.items == plain.items
+
+
+def test_utf8_byte_order_mark_and_crlf_line_ends_are_read(dataset):
+    plain = read_folder("yelp", dataset("yelp"))
+    folder = dataset("yelp")
+    for name in ("business.json", "review.json"):
+        text = (folder / name).read_text()
+        (folder / name).write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    raw = read_folder("yelp", folder)
+    assert raw.sequences == plain.sequences and raw.items == plain.items
