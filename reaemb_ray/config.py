@@ -54,8 +54,6 @@ class DataConfig:
     cooc_window: int = setting(0, ge=0, note="0 = whole sequence")
 
     def validate(self) -> None:
-        from reaemb_ray.data.nouns import item_noun
-
         if self.item_file and self.reader not in ("p5", "p5_amazon"):
             raise ConfigError(f"data.item_file is only read by the p5 readers, not data.reader={self.reader}; "
                               "remove it")
@@ -73,14 +71,21 @@ class DataConfig:
                                   "name the item metadata file there, or leave data.item_file empty to find it")
         elif self.path.startswith("auto:") and self.path not in ("auto:ml-100k", "auto:ml-1m"):
             raise ConfigError(f"data.path {self.path!r} names no packaged dataset; use 'auto:ml-100k' or 'auto:ml-1m'")
-        if not self.item_noun:
-            noun = item_noun(self.reader, self.name)
-            if noun is None:
-                raise ConfigError(
-                    f"data.item_noun is not set and data.name={self.name!r} does not say what the items are; set "
-                    "data.item_noun to the word for one item (it fills 'The <noun> item has the following "
-                    "attributes'), e.g. data.item_noun=product")
-            self.item_noun = noun
+        self.noun  # noqa: B018  (refuses a dataset whose noun nobody gives)
+
+    @property
+    def noun(self) -> str:
+        """`data.item_noun`, else the one the reader or `data.name` implies. The field itself stays empty, so a
+        config that leaves it out hashes (storage.changed_fields) as it did when "movie" was its default."""
+        from reaemb_ray.data.nouns import item_noun
+
+        noun = self.item_noun or item_noun(self.reader, self.name)
+        if noun is None:
+            raise ConfigError(
+                f"data.item_noun is not set and data.name={self.name!r} does not say what the items are; set "
+                "data.item_noun to the word for one item (it fills 'The <noun> item has the following attributes'),"
+                " e.g. data.item_noun=product")
+        return noun
 
 
 @dataclass
@@ -480,8 +485,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(config_yaml(cfg))
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def config_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The effective config as YAML, for people (`reaemb config --print`): the item noun the dataset implies is
+    written out."""
+    tree = cfg.to_dict()
+    tree["data"]["item_noun"] = cfg.data.noun
+    return yaml.safe_dump(tree, sort_keys=False)

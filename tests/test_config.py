@@ -148,7 +148,7 @@ def test_config_file_number_1e_4_and_errors_as_one_line(tmp_path):
     (["data.reader=p5", "data.name=mine", "data.item_noun=gadget"], "gadget"),
 ])
 def test_item_noun_from_the_config_or_the_dataset_name(overrides, noun):
-    assert load_config(None, overrides).data.item_noun == noun
+    assert load_config(None, overrides).data.noun == noun
 
 
 def test_item_noun_is_never_a_silent_default():

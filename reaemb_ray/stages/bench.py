@@ -54,8 +54,8 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
     embedder, tok, _ = build_embedder(cfg.model, cfg.data.cache_dir, with_lora=True)
     rng = np.random.default_rng(cfg.seed)
     views = [attribute_views(t, cfg.lrcl.drop_ratio, rng) for t in texts[: sz["fwd_items"]]]
-    a = [item_prompt(tok, v[0], cfg.data.item_noun) for v in views]
-    b = [item_prompt(tok, v[1], cfg.data.item_noun) for v in views]
+    a = [item_prompt(tok, v[0], cfg.data.noun) for v in views]
+    b = [item_prompt(tok, v[1], cfg.data.noun) for v in views]
     res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"])
     res["backbone"] = cfg.model.backbone
     res["threads"] = torch.get_num_threads()
@@ -75,7 +75,7 @@ def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str], base: 
 
     ids = sorted(texts)[: sz["engine_items"]]
     return compare_engines(base, {i: texts[i] for i in ids}, ids, engines, sz["group"], cfg.crrl.sigma,
-                           cfg.data.item_noun, cfg.model.max_length, cfg.model.dtype, sz["engine_batch"],
+                           cfg.data.noun, cfg.model.max_length, cfg.model.dtype, sz["engine_batch"],
                            num_cpus=float(cfg.ray.num_cpus or 2))
 
 

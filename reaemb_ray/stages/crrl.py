@@ -127,7 +127,7 @@ class Controller:
     def _new_rollout(self, i: int):
         c, r = self.cfg.crrl, self.cfg.crrl.rollout_resources
         return self.RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
-            i, self.base, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor, self.cfg.data.item_noun,
+            i, self.base, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor, self.cfg.data.noun,
             self.cfg.model.max_length, self.cfg.model.dtype)
 
     def _new_reward(self, i: int):

@@ -43,7 +43,7 @@ class ItemEmbedder:
         else:
             module, tok = load_generator_for(method, out, cfg)
         self.module, self.tok = module.eval(), tok
-        self.noun, self.max_length, self.efficient = cfg.data.item_noun, mc.max_length, cfg.export.efficient_forward
+        self.noun, self.max_length, self.efficient = cfg.data.noun, mc.max_length, cfg.export.efficient_forward
         self.pooling = module.pooling  # a trained generator pools as it was trained
 
     def __call__(self, batch: dict) -> dict:

@@ -160,7 +160,7 @@ def train_loop(config: dict) -> None:
             log.warning("resuming from step %d (epoch %d, %d items seen)", start, state["epoch"], state["items_seen"])
             print(f"resuming from step {start}", flush=True)
 
-    noun = cfg.data.item_noun
+    noun = cfg.data.noun
     held_out = held_out_items(len(texts), lc.retrieval_items, cfg.seed)
     train_ids = np.setdiff1d(np.arange(len(texts)), held_out)
     stream = ItemStream(len(train_ids), cfg.seed)
