@@ -118,9 +118,15 @@ def test_main_job_end_to_end_resumes_and_invalidates(tmp_path):
 
 
 def test_failing_stage_is_named_and_exit_is_nonzero(tmp_path):
-    # the LRCL backbone does not exist: prepare succeeds, lrcl fails, and the run says which stage
+    # the backbone folder looks like a model (so the checks before any work pass) but does not load: prepare
+    # succeeds, lrcl fails, and the run says which stage (a missing backbone stops before prepare, see
+    # tests/test_bad_inputs.py)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    (model / "tokenizer.json").write_text("{}")
     res = _reaemb("run", "--config", str(REPO / "configs/ci.yaml"), f"output_dir={tmp_path / 'r'}",
-                  "model.backbone=/no/such/model", "eval.methods=[lrcl]", cwd=REPO)
-    assert res.returncode == 1
+                  f"model.backbone={model}", "eval.methods=[lrcl]", "lrcl.max_failures=0", cwd=REPO)
+    assert res.returncode == 1, res.stderr[-2000:]
     assert "stage 'lrcl' failed" in res.stderr
     assert (tmp_path / "r/prepared/items.parquet").exists()  # what was computed is kept
