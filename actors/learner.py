@@ -1,6 +1,10 @@
-"""Learner actor: a thin Ray shell over `reaemb_ray.rl.learner.Learner` (DeepSpeed over the attention module)."""
+"""Learner actor: a thin Ray shell over `reaemb_ray.rl.learner.Learner` (DeepSpeed over the attention module).
+
+It fetches the policy folder from the output store into its node's cache, and writes checkpoints to the
+store (through a node-local temporary folder), so it needs no disk shared with the driver."""
 from __future__ import annotations
 
+import tempfile
 import time
 
 import ray
@@ -12,8 +16,8 @@ from reaemb_ray.rl.learner import Learner
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32"):
-        self.core = Learner(base_dir, crrl, total_steps, dtype)
+    def __init__(self, store, base_rel: str, crrl, total_steps: int, dtype: str = "float32"):
+        self.core = Learner(str(store.fetch(base_rel)), crrl, total_steps, dtype)
 
     @ray.method(num_returns=2)
     def step(self, batch: dict, rewards):
@@ -49,8 +53,10 @@ class LearnerActor:
     def version(self) -> int:
         return self.core.version
 
-    def save(self, ckpt_dir: str, client_state: dict) -> None:
-        self.core.save(ckpt_dir, client_state)
+    def save(self, store, rel: str, client_state: dict) -> None:
+        with tempfile.TemporaryDirectory(prefix="reaemb-ckpt-") as tmp:
+            self.core.save(tmp, client_state)
+            store.put(tmp, rel)
 
-    def load(self, ckpt_dir: str) -> dict:
-        return self.core.load(ckpt_dir)
+    def load(self, store, rel: str) -> dict:
+        return self.core.load(str(store.fetch(rel)))

@@ -1,4 +1,6 @@
-"""RolloutWorker: a thin Ray shell over `reaemb_ray.rl.rollout.Rollout` (engine: torch | naive | vllm)."""
+"""RolloutWorker: a thin Ray shell over `reaemb_ray.rl.rollout.Rollout` (engine: torch | naive | vllm).
+
+It fetches the policy folder from the output store into its node's cache (once per node and folder)."""
 from __future__ import annotations
 
 import os
@@ -8,22 +10,29 @@ import ray
 
 from actors.weight_sync import WeightGroup, fetch
 from reaemb_ray import metrics
-from reaemb_ray.rl.engines import make_engine  # noqa: F401  (re-exported for benchmarks)
 from reaemb_ray.rl.rollout import Rollout
 
 
 @ray.remote
 class RolloutWorker:
-    def __init__(self, worker_id: int, base_dir: str, texts: dict, engine: str, group_size: int, sigma: float,
-                 anchor: bool, item_noun: str, max_length: int, dtype: str = "float32"):
+    def __init__(self, worker_id: int, store, base_rel: str, texts: dict, engine: str, group_size: int,
+                 sigma: float, anchor: bool, item_noun: str, max_length: int, dtype: str = "float32"):
         import torch
 
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
         self.tags = {"worker": str(worker_id), "engine": engine}
-        self.core = Rollout(base_dir, texts, engine, group_size, sigma, anchor, item_noun, max_length, dtype)
+        self.core = Rollout(str(store.fetch(base_rel)), texts, engine, group_size, sigma, anchor, item_noun,
+                            max_length, dtype)
+
+    def _sync(self, weights_box: list, version: int) -> float:
+        """Load newer weights from the object store (if any); the seconds count as weight sync."""
+        seconds = fetch(weights_box, version, self.core.version, self.core.set_weights)
+        if seconds:
+            metrics.get("reaemb_weight_sync_seconds").observe(seconds, tags={"backend": "object_store"})
+        return seconds
 
     def rollout(self, item_ids, cand_ids: dict, seed: int, weights_box: list, version: int) -> dict:
-        sync = fetch(weights_box, version, self.core.version, self.core.set_weights)
+        sync = self._sync(weights_box, version)
         out = self.core.rollout(item_ids, cand_ids, seed)
         out["sync_seconds"] = sync
         metrics.get("reaemb_rollout_embeddings_total").inc(out["emb"].shape[0] * out["emb"].shape[1], tags=self.tags)
@@ -31,7 +40,7 @@ class RolloutWorker:
         return out
 
     def noise_free(self, item_ids, weights_box: list, version: int):
-        fetch(weights_box, version, self.core.version, self.core.set_weights)
+        self._sync(weights_box, version)
         return self.core.noise_free(item_ids)
 
     # crrl.weight_sync=collective: ranks 1..N of the learner's broadcast group
@@ -43,7 +52,9 @@ class RolloutWorker:
         t0 = time.perf_counter()
         state = self.group.broadcast(None, self.core.attn.state_dict())
         self.core.set_weights(state, version)
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        metrics.get("reaemb_weight_sync_seconds").observe(seconds, tags={"backend": "collective"})
+        return seconds
 
     def weights_version(self) -> int:
         return self.core.version

@@ -1,41 +1,46 @@
 """`reaemb` command line: one entry point, one subcommand per stage, `--config FILE` plus `key.sub=value`.
 
 Before a stage starts, the config is validated (reaemb_ray/config.py) and the stage's inputs are checked
-(reaemb_ray/preflight.py). A user error (a bad value, file or folder) prints one line naming the key or the
-file and the fix, with no traceback (`--debug` shows it); anything else is a bug and keeps its traceback.
+(reaemb_ray/preflight.py). A stage subcommand runs that one stage with the same check `reaemb run` uses
+(reaemb_ray/stages/base.py): it refuses to start when a stage it reads is not done, skips when its record
+matches today's inputs, and otherwise says why it (re)does the work. A user error (a bad value, file or
+folder) prints one line naming the key or the file and the fix, with no traceback (`--debug` shows it);
+anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import traceback
 
 from reaemb_ray.config import ConfigError, InputError, config_yaml, load_config
 
-# subcommand -> (module in reaemb_ray.stages, one-line help)
-STAGES = {
-    "prepare": ("prepare", "read a raw dataset, write canonical Parquet (items, splits, co-occurrence)"),
-    "lrcl": ("lrcl", "stage 1: latent-reasoning contrastive learning as a Ray Train job"),
-    "crrl": ("crrl", "stage 2: collaborative-reward RL with rollout, reward and learner actors"),
-    "export": ("export", "compute every item's embedding with Ray Data batch inference"),
-    "evaluate": ("evaluate", "train SASRec/GRU4Rec/Bert4Rec on each embedding table and report metrics"),
-    "run": ("run", "the whole pipeline, resuming from whatever stage outputs already exist"),
-    "bench": ("bench", "measure speed ratios and memory; prints JSON"),
+# subcommand -> (one-line help, the stage it runs for a config)
+STAGE_COMMANDS = {
+    "prepare": ("read a raw dataset, write canonical Parquet (items, splits, co-occurrence)", lambda cfg: "prepare"),
+    "srs_pretrain": ("train the ID-SASRec that the srs reward and LLMEmb alignment read", lambda cfg: "srs_pretrain"),
+    "lrcl": ("stage 1: latent-reasoning contrastive learning as a Ray Train job (model.use_thought=false: llmemb)",
+             lambda cfg: "lrcl" if cfg.model.use_thought else "llmemb"),
+    "crrl": ("stage 2: collaborative-reward RL with rollout, reward and learner actors", lambda cfg: "crrl"),
+    "export": ("compute every item's embedding with Ray Data batch inference (export.method)",
+               lambda cfg: f"export_{cfg.export.method}"),
+    "evaluate": ("train SASRec/GRU4Rec/Bert4Rec on each embedding table and report metrics", lambda cfg: "evaluate"),
 }
+OTHER_COMMANDS = {
+    "run": "the whole pipeline, skipping finished stages and resuming interrupted ones",
+    "bench": "measure speed ratios and memory; prints JSON",
+}
+COMMANDS = [*STAGE_COMMANDS, *OTHER_COMMANDS]
 # errors printed as one line: InputError (the input is wrong) and the errors of files, folders and connections
 USER_ERRORS = (ValueError, OSError)  # OSError includes ConnectionError (an unreachable cluster)
-
-
-class StageFailed(RuntimeError):
-    """Raised by `run` with the failing stage named."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reaemb", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in STAGES.items():
+    helps = {name: h for name, (h, _) in STAGE_COMMANDS.items()} | OTHER_COMMANDS
+    for name, help_text in helps.items():
         sp = sub.add_parser(name, help=help_text)
         sp.add_argument("--config", "-c", default=None, help="YAML config (see configs/); required")
         sp.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. lrcl.steps=10")
@@ -50,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", "-c", default=None, help="YAML config (default: the built-in defaults)")
     sp.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     sp.add_argument("--print", action="store_true", dest="print_config", help="print the effective config")
-    sp.add_argument("--check", choices=sorted(STAGES), default=None,
+    sp.add_argument("--check", choices=sorted(COMMANDS), default=None,
                     help="also check what this command would read and write (folders, backbone, data)")
     sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
@@ -86,11 +91,24 @@ def _run_command(args) -> int:
                           "`reaemb config --print` shows the built-in defaults, which you can save and edit")
     cfg = load_config(args.config, args.overrides)
     preflight.check(cfg, args.command, quick=getattr(args, "quick", False))
-    importlib.import_module(f"reaemb_ray.stages.{STAGES[args.command][0]}").main(cfg, args)
+    if args.command == "run":
+        from reaemb_ray.stages.run import main as run_main
+
+        run_main(cfg, fresh=args.fresh)
+    elif args.command == "bench":
+        from reaemb_ray.stages.bench import main as bench_main
+
+        bench_main(cfg, quick=args.quick, fresh=args.fresh, out=args.out, sections=args.sections)
+    else:
+        from reaemb_ray.stages.run import run_stage
+
+        run_stage(cfg, STAGE_COMMANDS[args.command][1](cfg), fresh=args.fresh)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reaemb_ray.stages.base import StageFailed, StageNotReady
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -102,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{where}: config error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except (*USER_ERRORS, StageFailed) as e:
+    except (*USER_ERRORS, StageFailed, StageNotReady) as e:
         if args.debug:
             traceback.print_exc()
-        blames_input = isinstance(e, (InputError, FileNotFoundError)) or isinstance(e.__cause__, InputError)
+        blames_input = isinstance(e, (InputError, FileNotFoundError, StageNotReady)) or isinstance(e.__cause__, InputError)
         hint = "" if args.debug or blames_input else " (--debug shows the traceback)"
         print(f"{where}: error: {_one_line(e)}{hint}", file=sys.stderr)
         return 1

@@ -22,8 +22,9 @@ def init_ray(ray_cfg) -> None:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, namespace=ray_cfg.namespace, log_to_driver=True,
-                     runtime_env={"env_vars": env_vars})
+            # No runtime_env here: a submitted job already has one (cluster/submit.sh, the RayJob), and Ray
+            # refuses to merge two that set the same key ("Failed to merge the Job's runtime env").
+            ray.init(address=address, namespace=ray_cfg.namespace, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConnectionError(
                 f"cannot reach the Ray cluster at {address!r} ({e}); check the address and that the head node "

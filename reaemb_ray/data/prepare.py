@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reaemb_ray import layout
 from reaemb_ray.data.prompts import render_attributes
 from reaemb_ray.data.readers import read_raw
 from reaemb_ray.errors import DataError
@@ -72,8 +73,8 @@ def cooccurrence(items: np.ndarray, users: np.ndarray, num_items: int, window: i
 # ------------------------------------------------------------------------------------------------ prepare
 
 
-def prepare(cfg) -> Path:
-    """Read `cfg.data`, write `{cfg.output_dir}/prepared/`, return that folder."""
+def prepare(cfg, out: Path | None = None) -> Path:
+    """Read `cfg.data`, write the prepared tables into `out` (default `{output_dir}/prepared/`), return it."""
     t0 = time.time()
     d = cfg.data
     raw, kstats = read_raw(d)
@@ -99,7 +100,7 @@ def prepare(cfg) -> Path:
     positions = np.arange(len(flat_items), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
     ts = [t for u, s in kept for t in (raw.timestamps.get(u) or [None] * len(s))]
 
-    final = cfg.out / "prepared"
+    final = Path(out) if out is not None else cfg.out / layout.PREPARED
     with _partial_then_swapped(final) as out:  # prepared/ is never a half-written mix
         raw_ids = list(item_index)
         attrs = [raw.items[r] for r in raw_ids]
@@ -219,8 +220,8 @@ class Prepared:
 def load_prepared(out_dir: str | Path) -> Prepared:
     """Load `{out_dir}/prepared/` (or `out_dir` itself when it is the prepared folder)."""
     p = Path(out_dir).expanduser()
-    if not (p / "summary.json").is_file() and (p / "prepared" / "summary.json").is_file():
-        p = p / "prepared"
+    if not (p / "summary.json").is_file() and (p / layout.PREPARED / "summary.json").is_file():
+        p = p / layout.PREPARED
     missing = [f for f in FILES if not (p / f).is_file()]
     if missing:
         raise FileNotFoundError(f"prepared data in {p} lacks {', '.join(missing)}; run `reaemb prepare --config ...` "

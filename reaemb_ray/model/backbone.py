@@ -55,11 +55,9 @@ def resolve_backbone(model_cfg, cache_dir: str | os.PathLike) -> str:
 
 
 def resolve_backbone_name(name: str, cache_dir: str | os.PathLike) -> str:
-    cache = Path(os.path.expanduser(str(cache_dir)))
-    if name == "smollm2":
-        return str(_ensure_smollm2(cache))
-    if name == "tiny":
-        return str(_ensure_tiny(cache))
+    """A name in BACKBONES is built into `cache_dir` once; any other name is an HF model name or local path."""
+    if name in BACKBONES:
+        return str(BACKBONES[name](Path(os.path.expanduser(str(cache_dir)))))
     return name
 
 
@@ -184,6 +182,10 @@ def _build_tiny():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05 if p.dim() > 1 else torch.ones_like(p))
     return model, tok
+
+
+# backbones built locally, by config name (model.backbone); each makes `cache/<folder>` once, under a file lock
+BACKBONES = {"smollm2": _ensure_smollm2, "tiny": _ensure_tiny}
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -1,11 +1,13 @@
 """The embedding generator: LM (+ optional LoRA) + latent-thought attention + learnable temperature.
 
-Checkpoint folder layout (HF/peft format, readable without this package's training code):
-  adapter_config.json, adapter_model.safetensors   peft LoRA adapter (absent when merged or LoRA-free)
-  model.safetensors, config.json                   full LM weights (only in merged folders)
+One folder format, written and read only here (HF/peft files, readable without this package's training code):
+  reaemb_meta.json                                 kind, backbone (config name), hidden_size, use_thought, tau, ...
   thought_attention.safetensors                    LatentThoughtAttention state dict
   tokenizer files                                  with <|Thought|>
-  reaemb_meta.json                                 backbone, backbone_path, hidden_size, use_thought, tau, ...
+  adapter_config.json, adapter_model.safetensors   kind "lora": a peft LoRA adapter over the backbone
+  model.safetensors, config.json                   kind "merged": the full LM (LoRA merged; vLLM opens it)
+Kind "attention" holds neither: the LM is the frozen backbone. "lora" and "attention" folders name their
+backbone by its config name and resolve it on the node that loads them, so a folder can be copied anywhere.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 META_FILE = "reaemb_meta.json"
 ATTN_FILE = "thought_attention.safetensors"
+KINDS = ("lora", "merged", "attention")
 
 
 class ThoughtEmbedder(nn.Module):
@@ -85,25 +89,43 @@ def _state_to_cpu(sd: dict) -> dict:
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
 
 
-def save_generator(module: ThoughtEmbedder, tokenizer, out_dir, meta: dict) -> Path:
-    """Write adapter + attention + tau + tokenizer + meta. `meta` needs at least `backbone`, `backbone_path`."""
+def save_generator(module: ThoughtEmbedder, tokenizer, out_dir, meta: dict, merged: bool = False) -> Path:
+    """Write a generator folder; `meta` needs at least `backbone` (the config name). merged=True writes the
+    full LM (the module must hold no LoRA: load it with merge_lora=True first)."""
     from safetensors.torch import save_file
 
-    missing = {"backbone", "backbone_path"} - set(meta)
-    if missing:
-        raise ValueError(f"save_generator meta lacks {sorted(missing)}")
+    if "backbone" not in meta:
+        raise ValueError("save_generator meta lacks 'backbone'")
+    if merged and module.has_lora:
+        raise ValueError("save_generator(merged=True) needs a module without LoRA; load it with merge_lora=True")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if module.has_lora:
+    kind = "merged" if merged else "lora" if module.has_lora else "attention"
+    if kind == "merged":
+        module.lm.save_pretrained(str(out))
+    elif kind == "lora":
         # the grown embedding row is deterministic (see load_backbone): no need to store the whole table
         module.lm.save_pretrained(str(out), save_embedding_layers=False)
     save_file(_state_to_cpu(module.attn.state_dict()), str(out / ATTN_FILE))
     tokenizer.save_pretrained(str(out))
-    full = dict(meta, hidden_size=module.hidden_size, use_thought=module.use_thought, pooling=module.pooling,
+    full = dict(meta, kind=kind, hidden_size=module.hidden_size, use_thought=module.use_thought, pooling=module.pooling,
                 rope_base=module.attn.rope_base, tau=float(module.tau().detach()),
-                log_tau=float(module.log_tau.detach()),
-                lora=module.has_lora, merged=bool(meta.get("merged", False)), vocab_size=len(tokenizer))
+                log_tau=float(module.log_tau.detach()), vocab_size=len(tokenizer))
     (out / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
+    return out
+
+
+def with_attention(src_dir, state: dict, out_dir, **meta) -> Path:
+    """A copy of the generator folder `src_dir` with other attention weights (e.g. the ones CRRL trained)."""
+    from safetensors.numpy import save_file
+
+    src, out = Path(src_dir), Path(out_dir)
+    old = read_meta(src)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns(ATTN_FILE, META_FILE))
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}, str(out / ATTN_FILE))
+    (out / META_FILE).write_text(json.dumps(dict(old, **meta), indent=2, sort_keys=True))
     return out
 
 
@@ -139,12 +161,10 @@ def load_generator(ckpt_dir, merge_lora: bool = False, dtype="float32", expect_b
     if expect_backbone is not None and expect_backbone != meta["backbone"]:
         raise ValueError(f"checkpoint {d} was trained on backbone {meta['backbone']!r} but model.backbone is "
                          f"{expect_backbone!r}; set model.backbone={meta['backbone']} or use a matching checkpoint")
-    if meta.get("merged"):
-        path = str(d)
-    else:
-        path = meta["backbone_path"]
-        if not Path(path).exists() and meta["backbone"] in ("tiny", "smollm2"):
-            path = resolve_backbone_name(meta["backbone"], cache_dir)  # another machine: rebuild from the cache
+    if meta.get("kind") not in KINDS:
+        raise ValueError(f"{d}/{META_FILE} has kind {meta.get('kind')!r}, not one of {KINDS}; the folder was written "
+                         "by another version of reaemb -- re-run the stage that wrote it")
+    path = str(d) if meta["kind"] == "merged" else resolve_backbone_name(meta["backbone"], cache_dir)
     hidden = backbone_hidden_size(path)
     attn_hidden = _attn_hidden_size(d / ATTN_FILE)
     for what, value in (("reaemb_meta.json hidden_size", meta["hidden_size"]), ("the attention weights", attn_hidden),
@@ -157,7 +177,7 @@ def load_generator(ckpt_dir, merge_lora: bool = False, dtype="float32", expect_b
     if lm.get_input_embeddings().weight.shape[0] != len(tok):
         raise ValueError(f"tokenizer in {d} has {len(tok)} tokens but the backbone has "
                          f"{lm.get_input_embeddings().weight.shape[0]} embeddings; mismatched checkpoint")
-    if meta.get("lora") and not meta.get("merged"):
+    if meta["kind"] == "lora":
         from peft import PeftModel
 
         lm = PeftModel.from_pretrained(lm, str(d), is_trainable=trainable and not merge_lora)
@@ -174,18 +194,10 @@ def load_generator(ckpt_dir, merge_lora: bool = False, dtype="float32", expect_b
     return module, tok
 
 
-def export_merged(ckpt_dir, out_dir, dtype="float32") -> Path:
-    """Plain HF folder (LoRA merged, tokenizer with <|Thought|>) that vLLM or `AutoModel` can open directly.
-
-    The attention weights and meta travel along, so `load_generator(out_dir)` works on it too.
-    """
-    module, tok = load_generator(ckpt_dir, merge_lora=True, dtype=dtype)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    module.lm.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    shutil.copy(Path(ckpt_dir) / ATTN_FILE, out / ATTN_FILE)
+def export_merged(ckpt_dir, out_dir, dtype="float32", cache_dir: str = "~/.cache/reaemb_ray") -> Path:
+    """A "merged" generator folder (LoRA merged; a plain HF folder that vLLM or `AutoModel` opens directly)."""
+    module, tok = load_generator(ckpt_dir, merge_lora=True, dtype=dtype, cache_dir=cache_dir)
     meta = read_meta(ckpt_dir)
-    meta.update(merged=True, lora=False, merged_from=str(Path(ckpt_dir).resolve()))
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return out
+    for k in ("kind", "hidden_size", "use_thought", "rope_base", "tau", "log_tau", "vocab_size"):
+        meta.pop(k, None)
+    return save_generator(module, tok, out_dir, dict(meta, merged_from=meta.get("stage", str(ckpt_dir))), merged=True)

@@ -147,14 +147,21 @@ class VllmEngine:
                     pass
 
 
+def _vllm(lm, model_dir: str | None, max_length: int) -> VllmEngine:
+    if model_dir is None:
+        raise ValueError("the vllm engine needs model_dir, the merged HF model folder (crrl/base)")
+    return VllmEngine(lm, model_dir, max_length)
+
+
+ENGINES = {
+    "torch": lambda lm, model_dir, max_length: TorchEngine(lm),
+    "naive": lambda lm, model_dir, max_length: NaiveEngine(lm),
+    "vllm": _vllm,
+}
+
+
 def make_engine(name: str, lm, model_dir: str | None = None, max_length: int = 1024):
     """The rollout engine `name` over the frozen `lm` (vllm also needs the merged model folder)."""
-    if name == "torch":
-        return TorchEngine(lm)
-    if name == "naive":
-        return NaiveEngine(lm)
-    if name == "vllm":
-        if model_dir is None:
-            raise ValueError("the vllm engine needs model_dir, the merged HF model folder (crrl/base)")
-        return VllmEngine(lm, model_dir, max_length)
-    raise ValueError(f"unknown rollout engine {name!r}; use torch, naive or vllm (crrl.engine)")
+    if name not in ENGINES:
+        raise ValueError(f"unknown rollout engine {name!r}; use one of {sorted(ENGINES)} (crrl.engine)")
+    return ENGINES[name](lm, model_dir, max_length)

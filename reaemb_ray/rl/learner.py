@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from reaemb_ray.rl import advantages as adv_lib
-from reaemb_ray.rl.objectives import (gaussian_kl, gaussian_logprob, gaussian_loss, paper_loss,
-                                      thought_token_logprob)
+from reaemb_ray.rl import objectives
+from reaemb_ray.rl.objectives import gaussian_kl
 from reaemb_ray.rl.rewards import group_spread_share
 from reaemb_ray.rl.policy import load_base
 
@@ -55,7 +55,8 @@ class Learner:
 
         self.cfg = crrl
         lm, attn, _ = load_base(base_dir, dtype)
-        self.lm = lm if crrl.objective == "paper" else None  # the paper surrogate scores tokens with the LM
+        self.objective = objectives.get(crrl.objective)
+        self.lm = lm if self.objective.needs_lm else None  # the paper surrogate scores tokens with the LM
         self.ref = None
         if crrl.kl_beta:
             import copy
@@ -102,28 +103,18 @@ class Learner:
         if c.shuffle_rewards:  # control: each sample gets some other sample's reward
             rewards = np.random.default_rng([c.seed, self.steps]).permutation(rewards.ravel()).reshape(rewards.shape)
         adv = torch.as_tensor(adv_lib.compute(c.advantage, rewards))
+        inputs = {"actions": actions, "mu": mu_b, "sigma": sigma, "attention_mask": mask,
+                  "input_ids": torch.as_tensor(batch["input_ids"])}
         with torch.no_grad():
             mu_start = self._mu(hidden, mask, pos)
             mu_ref = None if self.ref is None else self.ref(hidden, mask[:, :-2], mask.shape[1] - 2, pos[:, :-2]).float()
-            if c.objective == "gaussian":
-                logp_old = gaussian_logprob(actions, mu_b, sigma)  # behaviour policy: staleness-corrected
-            else:
-                ids = torch.as_tensor(batch["input_ids"])
-                eps = actions - mu_b[:, None]
-                logp_old = thought_token_logprob(self.lm, ids, mask, actions)
-                logp_ref = None if mu_ref is None else thought_token_logprob(self.lm, ids, mask, mu_ref[:, None] + eps)
-                n_targets = mask[:, 1:].sum(1)
+            old = self.objective.behaviour(self.lm, inputs, mu_ref, c)  # behaviour policy: staleness-corrected
         losses, clips = [], []
         for _ in range(c.updates_per_batch):
             mu = self._mu(hidden, mask, pos)
             if c.target_kl and float(gaussian_kl(mu.detach(), mu_b, sigma).mean()) > c.target_kl:
                 break  # left the trust region around the behaviour policy
-            if c.objective == "gaussian":
-                loss, clip = gaussian_loss(actions, mu, logp_old, adv, sigma, c.clip_low, c.clip_high,
-                                           c.kl_beta, mu_ref)
-            else:
-                new = thought_token_logprob(self.lm, ids, mask, mu[:, None] + eps)
-                loss, clip = paper_loss(new, logp_old, adv, n_targets, c.clip_low, c.clip_high, c.kl_beta, logp_ref)
+            loss, clip = self.objective.loss(self.lm, old, mu, adv, c)
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.item())

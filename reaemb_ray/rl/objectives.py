@@ -103,4 +103,53 @@ def paper_loss(logp_new, logp_old, adv, n_targets: torch.Tensor, clip_low: float
     return loss, is_clipped.float().sum() / total
 
 
-OBJECTIVES = ("gaussian", "paper")
+# ------------------------------------------------------------------------------- objectives by name
+
+
+class Gaussian:
+    """`gaussian`: the density of the action taken (see the module doc)."""
+
+    needs_lm = False
+
+    @staticmethod
+    def behaviour(lm, batch: dict, mu_ref, c) -> dict:
+        """What the clipped ratio needs from the behaviour policy (the rollout's own mu: staleness-corrected);
+        batch["sigma"] is the exploration scale the rollout used (scalar or per item)."""
+        sigma = batch["sigma"]
+        return {"actions": batch["actions"], "sigma": sigma, "mu_ref": mu_ref,
+                "logp_old": gaussian_logprob(batch["actions"], batch["mu"], sigma)}
+
+    @staticmethod
+    def loss(lm, old: dict, mu, adv, c):
+        return gaussian_loss(old["actions"], mu, old["logp_old"], adv, old["sigma"], c.clip_low, c.clip_high,
+                             c.kl_beta, old["mu_ref"])
+
+
+class Paper:
+    """`paper`: the published token-level surrogate under the frozen LM (see the module doc)."""
+
+    needs_lm = True
+
+    @staticmethod
+    def behaviour(lm, batch: dict, mu_ref, c) -> dict:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        eps = batch["actions"] - batch["mu"][:, None]
+        ref = None if mu_ref is None else thought_token_logprob(lm, ids, mask, mu_ref[:, None] + eps)
+        return {"ids": ids, "mask": mask, "eps": eps, "logp_ref": ref, "n_targets": mask[:, 1:].sum(1),
+                "logp_old": thought_token_logprob(lm, ids, mask, batch["actions"])}
+
+    @staticmethod
+    def loss(lm, old: dict, mu, adv, c):
+        new = thought_token_logprob(lm, old["ids"], old["mask"], mu[:, None] + old["eps"])
+        return paper_loss(new, old["logp_old"], adv, old["n_targets"], c.clip_low, c.clip_high, c.kl_beta,
+                          old["logp_ref"])
+
+
+OBJECTIVES = {"gaussian": Gaussian, "paper": Paper}
+
+
+def get(name: str):
+    """The objective `name`: `behaviour(lm, batch, mu_ref, crrl_cfg) -> old`, `loss(lm, old, mu, adv, crrl_cfg)`."""
+    if name not in OBJECTIVES:
+        raise KeyError(f"unknown objective {name!r}; use one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]

@@ -1,8 +1,9 @@
-"""The CRRL policy's starting point: one folder holding the frozen LM (LoRA merged, plain HF format, which
-vLLM can open), the tokenizer with <|Thought|>, and the initial latent-thought attention weights.
+"""The CRRL policy's starting point: a "merged" generator folder (reaemb_ray/model/generator.py) holding the
+frozen LM (LoRA merged, plain HF format, which vLLM can open), the tokenizer with <|Thought|>, and the initial
+latent-thought attention weights.
 
-`prepare_base` writes it once (from LRCL's final generator, or from the raw backbone for an ablation/test);
-rollout workers and the learner all load the same folder with `load_base`.
+`prepare_base` writes it (from a generator folder, LRCL's by default, or from the raw backbone for an
+ablation/test); rollout workers and the learner all load the same folder with `load_base`.
 """
 from __future__ import annotations
 
@@ -16,27 +17,19 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def prepare_base(cfg, out_dir: Path) -> Path:
-    """`{output_dir}/crrl/base/`: merged LM + tokenizer + attention. Reused when it already exists."""
-    from reaemb_ray.model.generator import META_FILE, build_embedder, export_merged, save_generator
+def prepare_base(cfg, out_dir: Path, source: Path | None) -> Path:
+    """Write the merged policy folder into `out_dir` from the generator folder `source` (LRCL's by default), or
+    from the raw backbone with a fresh attention module when `source` is None (`crrl.init_from=backbone`)."""
+    from reaemb_ray.model.generator import build_embedder, export_merged, save_generator
 
     out_dir = Path(out_dir)
-    if (out_dir / META_FILE).exists():
-        return out_dir
-    src = cfg.crrl.init_from or str(cfg.out / "lrcl" / "final")
-    if src == "backbone":  # untrained attention on the raw backbone (tests, "CRRL without LRCL" ablation)
+    if source is None:  # untrained attention on the raw backbone (tests, "CRRL without LRCL" ablation)
         torch.manual_seed(cfg.crrl.seed)
-        module, tok, path = build_embedder(cfg.model, cfg.data.cache_dir, with_lora=False)
-        module.lm.save_pretrained(str(out_dir))
-        save_generator(module, tok, out_dir, {"backbone": cfg.model.backbone, "backbone_path": str(out_dir),
-                                              "merged": True, "source": "backbone"})
-        return out_dir
-    if not Path(src).exists():
-        raise FileNotFoundError(f"CRRL starts from the LRCL generator at {src}, which does not exist; run "
-                                "`reaemb lrcl` first, set crrl.init_from to a generator folder, or "
-                                "crrl.init_from=backbone to start from the raw backbone")
-    log.info("merging the LRCL generator %s into %s", src, out_dir)
-    return export_merged(src, out_dir, dtype=cfg.model.dtype)
+        module, tok, _ = build_embedder(cfg.model, cfg.data.cache_dir, with_lora=False)
+        return save_generator(module, tok, out_dir, {"backbone": cfg.model.backbone, "source": "backbone"},
+                              merged=True)
+    log.info("merging the generator %s into %s", source, out_dir)
+    return export_merged(source, out_dir, dtype=cfg.model.dtype, cache_dir=cfg.data.cache_dir)
 
 
 def load_base(base_dir, dtype="float32"):

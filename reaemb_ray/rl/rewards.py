@@ -14,10 +14,14 @@ Reward forms, by `crrl.reward_form`:
   moves a positive's score at all changes its reward (a rank reward over a few easy negatives saturates and
   most groups get identical ranks).
 
-w_j are the positives' normalised weights (0 for negatives). Reward sources, by `crrl.reward`: `cooccurrence`,
-`srs`, `mix` (weighted sum, weights from crrl.reward_weights). `score_and_reward` is the validating entry point.
+w_j are the positives' normalised weights (0 for negatives); `score_and_reward` is the validating entry point of
+the forms. Rewards by source, `crrl.reward`, in REWARDS (`get` validates): `cooccurrence`, `srs`, `mix`
+(weighted sum, weights from crrl.reward_weights).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -82,27 +86,40 @@ def group_spread_share(rewards: np.ndarray, tol: float = 1e-9) -> float:
     return float(((r.max(1) - r.min(1)) > tol).mean()) if len(r) else 0.0
 
 
-def combine(parts: dict[str, np.ndarray], name: str, reward_weights: dict[str, float]) -> np.ndarray:
-    """The reward `name` from per-source rewards: one source, or `mix` = sum_s weight_s * R_s."""
-    if name in ("cooccurrence", "srs"):
-        if name not in parts:
-            raise KeyError(f"reward {name!r} needs the {name} candidates, which were not loaded")
-        return parts[name]
-    if name == "mix":
-        missing = [s for s, w in reward_weights.items() if w and s not in parts]
-        if missing:
-            raise KeyError(f"mix reward needs sources {missing}; they were not loaded")
-        return sum(w * parts[s] for s, w in reward_weights.items() if w).astype(np.float32)
-    raise KeyError(f"unknown reward {name!r}; use one of {REWARDS}")
+@dataclass(frozen=True)
+class Reward:
+    """A reward by name: which candidate sources it reads, and how it combines their per-source rewards."""
+
+    sources: Callable[[dict[str, float]], list[str]]
+    combine: Callable[[dict[str, np.ndarray], dict[str, float]], np.ndarray]
 
 
-REWARDS = ("cooccurrence", "srs", "mix")
+def _mix(parts: dict[str, np.ndarray], reward_weights: dict[str, float]) -> np.ndarray:
+    return sum(w * parts[s] for s, w in reward_weights.items() if w).astype(np.float32)
+
+
+REWARDS = {
+    "cooccurrence": Reward(lambda w: ["cooccurrence"], lambda parts, w: parts["cooccurrence"]),
+    "srs": Reward(lambda w: ["srs"], lambda parts, w: parts["srs"]),
+    "mix": Reward(lambda w: [s for s, x in w.items() if x], _mix),  # sum_s weight_s * R_s
+}
+
+
+def get(name: str) -> Reward:
+    if name not in REWARDS:
+        raise KeyError(f"unknown reward {name!r}; use one of {sorted(REWARDS)}")
+    return REWARDS[name]
 
 
 def sources_for(name: str, reward_weights: dict[str, float]) -> list[str]:
-    """Which candidate sources a reward reads."""
-    if name == "mix":
-        return [s for s, w in reward_weights.items() if w]
-    if name not in REWARDS:
-        raise KeyError(f"unknown reward {name!r}; use one of {REWARDS}")
-    return [name]
+    """Which candidate sources the reward `name` reads."""
+    return get(name).sources(reward_weights)
+
+
+def combine(parts: dict[str, np.ndarray], name: str, reward_weights: dict[str, float]) -> np.ndarray:
+    """The reward `name` from per-source rewards `parts` (source -> (M, G))."""
+    reward = get(name)
+    missing = [s for s in reward.sources(reward_weights) if s not in parts]
+    if missing:
+        raise KeyError(f"reward {name!r} needs the {missing} candidates, which were not loaded")
+    return reward.combine(parts, reward_weights)

@@ -13,7 +13,6 @@ backbone (SmolLM2 by default) and larger sizes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 from reaemb_ray.config import Config
+from reaemb_ray.stages.base import cfg_with
 
 log = logging.getLogger("reaemb.bench")
 
@@ -34,12 +34,10 @@ def _sizes(quick: bool) -> dict:
 
 
 def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
-    from reaemb_ray.stages.run import _with
-
     changes = {"output_dir": str(out)}
     if quick:
         changes.update({"model.backbone": "tiny", "model.max_length": 96})
-    return _with(cfg, **changes)
+    return cfg_with(cfg, **changes)
 
 
 def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
@@ -64,10 +62,11 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
 
 def prepare_base_for_bench(cfg: Config) -> Path:
     """A CRRL policy folder (merged LM + fresh attention) from the raw backbone, shared by the sections."""
+    from reaemb_ray.model.generator import META_FILE
     from reaemb_ray.rl.policy import prepare_base
-    from reaemb_ray.stages.run import _with
 
-    return prepare_base(_with(cfg, **{"crrl.init_from": "backbone"}), cfg.out / "bench_base")
+    out = cfg.out / "bench_base"
+    return out if (out / META_FILE).exists() else prepare_base(cfg, out, None)
 
 
 def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str], base: str) -> dict:
@@ -81,7 +80,6 @@ def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str], base: 
 
 def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:
     from reaemb_ray.stages.crrl import run_crrl
-    from reaemb_ray.stages.run import _with
 
     out = {}
     for workers in (1, 2):
@@ -89,7 +87,7 @@ def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "prepared").exists():
             (run_dir / "prepared").symlink_to((cfg.out / "prepared").resolve(), target_is_directory=True)
-        c = _with(cfg, **{"crrl.init_from": base, "crrl.num_rollout_workers": workers, "crrl.num_reward_workers": 1,
+        c = cfg_with(cfg, **{"crrl.init_from": base, "crrl.num_rollout_workers": workers, "crrl.num_reward_workers": 1,
                           "crrl.max_items": sz["crrl_items"], "crrl.items_per_batch": sz["crrl_batch"],
                           "crrl.group_size": sz["group"], "crrl.eval_items": 0, "crrl.engine": "torch",
                           "crrl.checkpoint_every": 10_000, "crrl.max_staleness": 1,
@@ -111,12 +109,14 @@ def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:
 def bench_memory(cfg: Config) -> dict:
     """Run each pipeline stage of `cfg` once and record its peak memory (all processes)."""
     from reaemb_ray.bench.memory import peak_memory
+    from reaemb_ray.stages.base import check, execute
     from reaemb_ray.stages.run import plan
+    from reaemb_ray.storage import store_for
 
-    res = {}
+    res, store = {}, store_for(cfg)
     for st in plan(cfg):
         with peak_memory() as m:
-            st.run(cfg, True)
+            execute(st, store, check(st, store), fresh=True)
         res[st.name] = m
     return res
 
@@ -132,7 +132,7 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False, only: list[str] | N
     from reaemb_ray.bench.compute import matmul_peak
     from reaemb_ray.rl.policy import load_item_texts
     from reaemb_ray.runtime import init_ray
-    from reaemb_ray.stages.run import _call, _with
+    from reaemb_ray.stages.run import run_stage
 
     unknown = sorted(set(only or []) - set(SECTIONS))
     if unknown:
@@ -147,7 +147,7 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False, only: list[str] | N
         result = {}
     result.update(header, machine={"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__})
     init_ray(bcfg.ray)
-    _call("prepare", bcfg, False)
+    run_stage(bcfg, "prepare")
     texts = load_item_texts(bcfg.out / "prepared")
     order = sorted(texts)
     random.Random(0).shuffle(order)
@@ -159,7 +159,7 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False, only: list[str] | N
         ("forward", lambda: bench_forward(bcfg, list(sample.values()), sz)),
         ("rollout", lambda: bench_rollout(bcfg, sample, sz, ["torch", "naive", "vllm"], base)),
         ("crrl", lambda: bench_crrl(bcfg, sz, base)),
-        ("memory", lambda: bench_memory(_with(bcfg, **{"output_dir": str(out_dir / "pipeline")}))),
+        ("memory", lambda: bench_memory(cfg_with(bcfg, **{"output_dir": str(out_dir / "pipeline")}))),
     ]
     for name, fn in sections:
         if only and name not in only:
@@ -207,13 +207,13 @@ def _ratios(result: dict) -> dict:
     return ratios
 
 
-def main(cfg: Config, args: argparse.Namespace) -> None:
-    sections = getattr(args, "sections", None)
-    res = run_bench(cfg, quick=getattr(args, "quick", False), fresh=getattr(args, "fresh", False),
+def main(cfg: Config, quick: bool = False, fresh: bool = False, out: str | None = None,
+         sections: str | None = None) -> None:
+    res = run_bench(cfg, quick=quick, fresh=fresh,
                     only=[x.strip() for x in sections.split(",") if x.strip()] if sections else None)
     text = json.dumps(res, indent=2, default=float)
     print(text)
-    dest = Path(args.out) if getattr(args, "out", None) else Path(cfg.output_dir).expanduser() / "bench.json"
+    dest = Path(out) if out else Path(cfg.output_dir).expanduser() / "bench.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
     log.info("bench written to %s", dest)

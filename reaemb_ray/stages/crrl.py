@@ -1,175 +1,192 @@
-"""Stage 2, CRRL: rollout workers -> reward workers -> DeepSpeed learner, wired by this controller.
+"""Stage 2, CRRL: rollout workers -> reward workers -> DeepSpeed learner, wired by a thin controller.
 
-Batches of items stream through bounded queues: rollouts for the next batches run while the learner trains
-(at most crrl.max_staleness weight versions behind; the objective's ratio uses the behaviour policy that
-produced each batch). A dead rollout/reward worker is recreated and its batch re-issued with the same noise
-seed, so every learner step happens exactly once. Checkpoints hold learner state + data position + version.
+- `load_inputs`: item texts, reward candidates, the evaluation items and the batch plan (no Ray).
+- `ensure_base`: the policy CRRL starts from, a merged generator folder in the store (`<stage>/base`) that
+  every rollout worker and the learner fetch into their node's cache.
+- `reaemb_ray.rl.schedule.Scheduler` decides which batch goes where (bounded queues and staleness, re-issue
+  with the same noise seed after a death, exactly-once learner steps); `Actors` starts, replaces and syncs
+  the actors; `Controller.run` turns the scheduler's decisions into actor calls.
+Checkpoints (`<stage>/checkpoints/step_NNNNNN/`: learner state + `state.json`, with `latest.json` written
+last) go to the store, as do `metrics.jsonl`, the curves and the final generator `<stage>/final`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import random
-import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from reaemb_ray import metrics
+from reaemb_ray import layout, metrics
+from reaemb_ray.records import changed_fields
+from reaemb_ray.rl.schedule import Scheduler, plan_batches
 from reaemb_ray.runtime import check_fits
+from reaemb_ray.stages.base import Stage, cfg_with
+from reaemb_ray.storage import Store, is_uri, store_for
 
 log = logging.getLogger(__name__)
+LATEST = "latest.json"
 
 
-def _plots(rows: list[dict], out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [("reward_mean", "reward mean"), ("eval_reward", "eval reward (noise-free)"), ("loss", "loss"),
-              ("clip_fraction", "clip fraction")]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
-    for ax, (key, title) in zip(axes, series):
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="." if key == "eval_reward" else None)
-        ax.set_title(title); ax.set_xlabel("learner step")
-    fig.tight_layout()
-    fig.savefig(out / "crrl_curves.png", dpi=90)
-    plt.close(fig)
+def variant_method(variant: str) -> str:
+    """`paper/srs` -> the stage and evaluated method `crrl-paper-srs`."""
+    return "crrl-" + variant.replace("/", "-")
 
 
-class Controller:
-    def __init__(self, cfg, fresh: bool = False, hooks: dict | None = None):
+def variant_rewards(cfg) -> set[str]:
+    return {cfg.crrl.reward} | {v.split("/")[1] for v in cfg.crrl.variants}
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass
+class Inputs:
+    texts: dict[int, str]
+    cands: dict  # reward source -> Candidates
+    eval_ids: np.ndarray
+    batches: list[list[int]]
+
+
+def load_inputs(cfg, prepared: Path, srs_dir: Path | None) -> Inputs:
+    """Texts, candidates per reward source, the fixed evaluation items and the batches (data order)."""
+    from reaemb_ray.rl.candidates import cooccurrence_candidates, srs_candidates
+    from reaemb_ray.rl.policy import load_cooccurrence, load_item_texts
+    from reaemb_ray.rl.rewards import sources_for
+    from reaemb_ray.srs.pretrain import load_item_table
+
+    c = cfg.crrl
+    texts = load_item_texts(prepared)
+    cands = {}
+    for source in sources_for(c.reward, c.reward_weights):
+        if source == "cooccurrence":
+            cands[source] = cooccurrence_candidates(*load_cooccurrence(prepared), num_items=max(texts),
+                                                    num_positives=c.num_positives, num_negatives=c.num_negatives,
+                                                    seed=c.seed)
+            log.info("co-occurrence candidates for %d items (%d skipped: no co-occurring item)",
+                     len(cands[source]), cands[source].skipped)
+        else:
+            cands[source] = srs_candidates(load_item_table(srs_dir), c.num_positives, c.num_negatives, c.seed)
+    items = sorted(set.intersection(*(set(x.item_ids.tolist()) for x in cands.values())))
+    if not items:
+        raise ValueError("no item has reward candidates; check prepared/cooccurrence.parquet (training split)")
+    random.Random(c.seed).shuffle(items)
+    if c.max_items:
+        items = items[: c.max_items]
+    eval_ids = np.asarray(sorted(items[: c.eval_items]), dtype=np.int64)
+    return Inputs(texts, cands, eval_ids, plan_batches(items, c.items_per_batch, c.epochs, c.seed, c.max_steps))
+
+
+def base_source(cfg, store: Store) -> Path | None:
+    """The generator folder CRRL starts from: LRCL's (default), `crrl.init_from`, or None for the raw backbone."""
+    init = cfg.crrl.init_from
+    if init == "backbone":
+        return None
+    if not init:
+        return store.fetch(layout.generator("lrcl"))
+    return Store(init, cfg.data.cache_dir).fetch() if is_uri(init) else Path(init).expanduser()
+
+
+def ensure_base(cfg, store: Store, stage: str) -> str:
+    """`<stage>/base` in the store (built once, reused when resuming); returns its store path."""
+    from reaemb_ray.model.generator import META_FILE
+    from reaemb_ray.rl.policy import prepare_base
+
+    rel = layout.join(layout.folder(stage), layout.CRRL_BASE)
+    if not store.exists(layout.join(rel, META_FILE)):
+        source = base_source(cfg, store)
+        if source is not None and not source.exists():
+            raise FileNotFoundError(f"crrl.init_from={cfg.crrl.init_from!r}: {source} does not exist; set it to a "
+                                    "generator folder, or 'backbone' to start from the raw backbone")
+        with store.writing(rel) as out:
+            prepare_base(cfg, out, source)
+    return rel
+
+
+# ------------------------------------------------------------------------------------------ actors
+
+
+class Actors:
+    """The learner, rollout and reward workers: start-up, replacement after a death, weight sync."""
+
+    def __init__(self, cfg, store: Store, base_rel: str, inputs: Inputs, total: int):
         import ray
 
-        from reaemb_ray.rl.candidates import cooccurrence_candidates, srs_candidates
-        from reaemb_ray.rl.policy import load_cooccurrence, load_item_texts, prepare_base
-        from reaemb_ray.rl.rewards import sources_for
-
-        self.cfg, c = cfg, cfg.crrl
-        self.hooks = hooks or {}
-        self.out = cfg.out / "crrl"
-        if fresh and self.out.exists():
-            shutil.rmtree(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        prepared = cfg.out / "prepared"
-        self.base = str(prepare_base(cfg, self.out / "base"))
-        self.texts = load_item_texts(prepared)
-        n = max(self.texts)
-        self.cands = {}
-        for source in sources_for(c.reward, c.reward_weights):
-            if source == "cooccurrence":
-                self.cands[source] = cooccurrence_candidates(*load_cooccurrence(prepared), num_items=n,
-                                                             num_positives=c.num_positives,
-                                                             num_negatives=c.num_negatives, seed=c.seed)
-                log.info("co-occurrence candidates for %d items (%d skipped: no co-occurring item)",
-                         len(self.cands[source]), self.cands[source].skipped)
-            else:
-                from reaemb_ray.srs.pretrain import load_item_table
-                self.cands[source] = srs_candidates(load_item_table(cfg.out), c.num_positives, c.num_negatives, c.seed)
-        items = sorted(set.intersection(*(set(x.item_ids.tolist()) for x in self.cands.values())))
-        if not items:
-            raise ValueError("no item has reward candidates; check prepared/cooccurrence.parquet (training split)")
-        rng = random.Random(c.seed)
-        rng.shuffle(items)
-        if c.max_items:
-            items = items[: c.max_items]
-        self.eval_ids = np.asarray(sorted(items[: c.eval_items]), dtype=np.int64)
-        self.batches = []
-        for epoch in range(c.epochs):
-            order = list(items)
-            random.Random(c.seed * 1000 + epoch).shuffle(order)
-            self.batches += [order[i:i + c.items_per_batch] for i in range(0, len(order), c.items_per_batch)]
-        self.total = min(len(self.batches), c.max_steps) if c.max_steps else len(self.batches)
-
         from actors.learner import LearnerActor
-        from actors.reward import RewardWorker
-        from actors.rollout import RolloutWorker
 
-        self._ray = ray
-        self.texts_ref = ray.put(self.texts)
-        self.cands_ref = ray.put(self.cands)
-        self.RolloutWorker, self.RewardWorker = RolloutWorker, RewardWorker
-        need = lambda r, n: {"CPU": r.num_cpus * n, "GPU": r.num_gpus * n}
+        self.cfg, self.store, self.base_rel, c = cfg, store, base_rel, cfg.crrl
+        self.texts_ref, self.cands_ref = ray.put(inputs.texts), ray.put(inputs.cands)
+        need = lambda r, n: {"CPU": r.num_cpus * n, "GPU": r.num_gpus * n}  # noqa: E731
         check_fits({"the learner": need(c.learner_resources, 1),
                     f"{c.num_rollout_workers} rollout workers": need(c.rollout_resources, c.num_rollout_workers),
                     f"{c.num_reward_workers} reward workers": need(c.reward_resources, c.num_reward_workers)})
         res = c.learner_resources
         self.learner = LearnerActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
-            self.base, c, self.total, cfg.model.dtype)
-        self.rollout_workers = [self._new_rollout(i) for i in range(c.num_rollout_workers)]
-        self.reward_workers = [self._new_reward(i) for i in range(c.num_reward_workers)]
+            store, base_rel, c, total, cfg.model.dtype)
+        self.rollout = [self._new_rollout(i) for i in range(c.num_rollout_workers)]
+        self.reward = [self._new_reward(i) for i in range(c.num_reward_workers)]
         self.restarts = {"rollout": 0, "reward": 0}
-        self.step = 0
-        self.version = 0
-        ckpt = self.out / "checkpoint"
-        if (ckpt / "state.json").exists():
-            state = json.loads((ckpt / "state.json").read_text())
-            client = ray.get(self.learner.load.remote(str(ckpt)))
-            self.step, self.version = int(client["step"]), int(client["version"])
-            log.info("resuming from step %d (weight version %d)", self.step, self.version)
-            print(f"resuming from step {self.step}")
-            if state.get("total") != self.total:
-                log.warning("the checkpoint planned %s steps, this config plans %s", state.get("total"), self.total)
-        self.generation = 0  # of the collective weight group, bumped whenever it is formed again
         self.collective = c.weight_sync == "collective"
-        if self.collective:
-            self.weights_box = []  # nothing to fetch: the learner pushes
-            self._form_group()
-            self._broadcast()
-        else:
-            self.weights_box = [self.learner.weights.remote()]  # boxed: workers fetch only when older
-
-    # ------------------------------------------------------------------------------------ actors
+        self.generation = 0  # of the collective weight group, bumped whenever it is formed again
 
     def _new_rollout(self, i: int):
+        from actors.rollout import RolloutWorker
+
         c, r = self.cfg.crrl, self.cfg.crrl.rollout_resources
-        return self.RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
-            i, self.base, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor, self.cfg.data.noun,
-            self.cfg.model.max_length, self.cfg.model.dtype)
+        return RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+            i, self.store, self.base_rel, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor,
+            self.cfg.data.noun, self.cfg.model.max_length, self.cfg.model.dtype)
 
     def _new_reward(self, i: int):
+        from actors.reward import RewardWorker
+
         c, r = self.cfg.crrl, self.cfg.crrl.reward_resources
-        return self.RewardWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+        return RewardWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
             i, self.cands_ref, c.reward, c.reward_weights)
 
-    def _replace(self, role: str, i: int, regroup: bool = True) -> None:
+    def replace(self, role: str, i: int, regroup: bool = True) -> None:
+        import ray
+
+        pool = self.rollout if role == "rollout" else self.reward
         self.restarts[role] += 1
-        if self.restarts[role] > self.cfg.crrl.max_restarts * len(self.rollout_workers if role == "rollout" else self.reward_workers):
+        if self.restarts[role] > self.cfg.crrl.max_restarts * len(pool):
             raise RuntimeError(f"{role} workers died more than crrl.max_restarts times per worker; giving up")
-        pool = self.rollout_workers if role == "rollout" else self.reward_workers
-        self._ray.kill(pool[i], no_restart=True)
+        ray.kill(pool[i], no_restart=True)
         pool[i] = self._new_rollout(i) if role == "rollout" else self._new_reward(i)
         metrics.get("reaemb_actor_restarts_total").inc(1, tags={"role": role})
         log.warning("%s worker %d died; recreated it and re-issued its batch", role, i)
         if role == "rollout" and self.collective and regroup:
-            self._form_group()
-            self._broadcast()
+            self.form_group()
+            self.broadcast(None)
 
-    # ------------------------------------------------------------------ collective weight sync
-
-    def _form_group(self) -> None:
+    def form_group(self) -> None:
         """(Re)create the broadcast group: the learner as rank 0, rollout worker i as rank i + 1."""
-        ray, c = self._ray, self.cfg.crrl
+        import ray
+
+        c = self.cfg.crrl
         self.generation += 1
-        world = len(self.rollout_workers) + 1
+        world = len(self.rollout) + 1
         gpu = c.learner_resources.num_gpus > 0 and c.rollout_resources.num_gpus > 0
         host, port = ray.get(self.learner.open_weight_group.remote(world, self.generation, c.sync_timeout_s))
         ray.get([self.learner.join_weight_group.remote(gpu)] +
                 [w.join_weight_group.remote(host, port, i + 1, world, self.generation, c.sync_timeout_s, gpu)
-                 for i, w in enumerate(self.rollout_workers)])
+                 for i, w in enumerate(self.rollout)])
         log.info("weight group %d formed: learner + %d rollout workers", self.generation, world - 1)
 
-    def _broadcast(self) -> float:
+    def broadcast(self, version: int | None) -> float:
         """Push the learner's weights to every rollout worker; returns the learner's broadcast seconds. A dead
         worker fails the broadcast (the live members time out after crrl.sync_timeout_s): it is replaced, the
-        group is formed again, and the broadcast repeated."""
-        ray = self._ray
+        group formed again, and the broadcast repeated."""
+        import ray
+
+        if version is None:
+            version = ray.get(self.learner.version.remote())
         while True:
-            refs = [self.learner.broadcast_weights.remote()] + \
-                   [w.receive_weights.remote(self.version) for w in self.rollout_workers]
+            refs = [self.learner.broadcast_weights.remote()] + [w.receive_weights.remote(version) for w in self.rollout]
             ray.wait(refs, num_returns=len(refs))  # every member finishes: done, died, or timed out
             dead = []
             for i, ref in enumerate(refs[1:]):
@@ -182,190 +199,282 @@ class Controller:
             if not dead:
                 return ray.get(refs[0])  # raises if the broadcast failed for another reason
             for i in dead:
-                self._replace("rollout", i, regroup=False)
-            self._form_group()
+                self.replace("rollout", i, regroup=False)
+            self.form_group()
 
-    def _cand_ids(self, item_ids) -> dict:
-        return {s: c.lookup(item_ids)[0] for s, c in self.cands.items()}
+    def shutdown(self) -> None:
+        import ray
+
+        for a in [self.learner, *self.rollout, *self.reward]:
+            ray.kill(a, no_restart=True)
+
+
+# -------------------------------------------------------------------------------------- controller
+
+
+class Controller:
+    def __init__(self, cfg, stage: str = "crrl", fresh: bool = False, hooks: dict | None = None):
+        import ray
+
+        self.cfg, self.stage, self.hooks = cfg, stage, hooks or {}
+        self.store = store_for(cfg)
+        self.folder = layout.folder(stage)
+        if fresh:
+            self.store.delete(self.folder)
+        uses_srs = any(s != "cooccurrence" for s in _sources(cfg))
+        self.inputs = load_inputs(cfg, self.store.fetch(layout.PREPARED),
+                                  self.store.fetch(layout.SRS_PRETRAIN) if uses_srs else None)
+        self.total = len(self.inputs.batches)
+        self.base_rel = ensure_base(cfg, self.store, stage)
+        self.actors = Actors(cfg, self.store, self.base_rel, self.inputs, self.total)
+        step = version = 0
+        latest = layout.join(self.folder, layout.CRRL_CHECKPOINTS, LATEST)
+        if self.store.exists(latest):
+            pointer = self.store.read_json(latest)
+            ray.get(self.actors.learner.load.remote(self.store, pointer["checkpoint"]))
+            step, version = pointer["step"], pointer["version"]
+            log.info("resuming from step %d (weight version %d)", step, version)
+            print(f"resuming from step {step}")
+            if pointer.get("total") != self.total:
+                log.warning("the checkpoint planned %s steps, this config plans %s", pointer.get("total"), self.total)
+        self.sched = Scheduler(self.total, len(self.actors.rollout), len(self.actors.reward), cfg.crrl.queue_size,
+                               cfg.crrl.max_staleness, step=step, version=version)
+        self.rows = self._past_rows(step)
+        self.ready: dict = {}  # batch -> (rollout ref, reward ref), scored and waiting for the learner
+        if self.actors.collective:
+            self.weights_box = []  # nothing to fetch: the learner pushes
+            self.actors.form_group()
+            self.actors.broadcast(version)
+        else:
+            self.weights_box = [self.actors.learner.weights.remote()]  # boxed: workers fetch only when older
+
+    @property
+    def step(self) -> int:
+        return self.sched.step
+
+    @property
+    def version(self) -> int:
+        return self.sched.version
+
+    def _past_rows(self, step: int) -> list[dict]:
+        """Metrics rows of the run being resumed, up to its checkpoint (later rows are recomputed)."""
+        rel = layout.join(self.folder, layout.METRICS)
+        if not step or not self.store.exists(rel):
+            return []
+        rows = [json.loads(x) for x in self.store.read_bytes(rel).decode().splitlines()]
+        return [r for r in rows if r["step"] <= step]
 
     # -------------------------------------------------------------------------------------- eval
 
     def evaluate(self) -> float | None:
-        if not len(self.eval_ids):
+        """Mean noise-free reward of the fixed evaluation items under the current weights."""
+        import ray
+
+        ids = self.inputs.eval_ids
+        if not len(ids):
             return None
-        ray = self._ray
-        cand = self._cand_ids(self.eval_ids)
-        w = self.rollout_workers[0]
-        emb = w.noise_free.remote(self.eval_ids, self.weights_box, self.version)
-        cand_emb = {s: w.noise_free.remote(ids.reshape(-1), self.weights_box, self.version) for s, ids in cand.items()}
+        cand = {s: c.lookup(ids)[0] for s, c in self.inputs.cands.items()}
+        w = self.actors.rollout[0]
+        emb = w.noise_free.remote(ids, self.weights_box, self.version)
+        cand_emb = {s: w.noise_free.remote(c.reshape(-1), self.weights_box, self.version) for s, c in cand.items()}
         cand_emb = {s: ray.get(r).reshape(*cand[s].shape, -1) for s, r in cand_emb.items()}
-        r = ray.get(self.reward_workers[0].score_noise_free.remote(self.eval_ids, ray.get(emb), cand_emb))
-        return float(np.mean(r))
+        return float(np.mean(ray.get(self.actors.reward[0].score_noise_free.remote(ids, ray.get(emb), cand_emb))))
 
     # -------------------------------------------------------------------------------------- loop
 
+    def _issue(self, batch: int, worker: int):
+        ids = np.asarray(self.inputs.batches[batch], dtype=np.int64)
+        cand_ids = {s: c.lookup(ids)[0] for s, c in self.inputs.cands.items()}
+        seed = self.cfg.crrl.seed * 1_000_003 + batch  # same batch, same noise (also when re-issued)
+        return self.actors.rollout[worker].rollout.remote(ids, cand_ids, seed, self.weights_box, self.version)
+
     def run(self) -> dict:
+        import ray
         from tqdm import tqdm
 
-        ray, c = self._ray, self.cfg.crrl
+        c, sched, actors = self.cfg.crrl, self.sched, self.actors
         t_start = time.perf_counter()
         timings = {"rollout_s": 0.0, "reward_s": 0.0, "learner_s": 0.0, "sync_s": 0.0, "learner_wait_s": 0.0,
                    "embeddings": 0}
-        rows: list[dict] = []
-        metrics_path = self.out / "metrics.jsonl"
-        if self.step == 0 and metrics_path.exists():
-            metrics_path.unlink()
-        ev = self.evaluate() if self.step == 0 else None
-        if ev is not None:
-            rows.append({"step": 0, "eval_reward": ev})
+        if sched.step == 0 and (ev := self.evaluate()) is not None:
+            self.rows.append({"step": 0, "eval_reward": ev})
             metrics.get("reaemb_eval_reward").set(ev)
-        next_issue = self.step
-        rollouts: dict = {}  # ref -> (batch index, worker index, worker)
-        rewards: dict = {}  # ref -> (batch index, rollout ref, reward worker index)
-        ready: dict = {}  # batch index -> (rollout ref, reward ref)
-        busy: set[int] = set()
+        pending: dict = {}  # object ref -> ("rollout", batch, worker handle) | ("reward", batch, rollout ref)
         learner_job = None  # (metrics ref, weights ref)
-        rr = 0
-        bar = tqdm(total=self.total, initial=self.step, desc="crrl", unit="step")
+        bar = tqdm(total=self.total, initial=sched.step, desc=self.stage, unit="step")
         idle_since = time.perf_counter()
-        while self.step < self.total:
-            # issue rollouts: bounded queue, bounded staleness, one task per worker
-            while (next_issue < self.total and len(rollouts) + len(rewards) + len(ready) < c.queue_size
-                   and next_issue - self.version <= c.max_staleness and len(busy) < len(self.rollout_workers)):
-                i = min(set(range(len(self.rollout_workers))) - busy)
-                rollouts[self._issue(i, next_issue)] = (next_issue, i, self.rollout_workers[i])
-                busy.add(i)
-                next_issue += 1
-            # feed the learner in data order
-            if learner_job is None and self.step in ready:
-                ro_ref, rw_ref = ready.pop(self.step)
-                learner_job = self.learner.step.remote(ro_ref, rw_ref)
+        while not sched.done:
+            for batch, worker in sched.issue():
+                pending[self._issue(batch, worker)] = ("rollout", batch, actors.rollout[worker])
+            if learner_job is None and (batch := sched.to_learn()) is not None:
+                learner_job = actors.learner.step.remote(*self.ready.pop(batch))
                 timings["learner_wait_s"] += time.perf_counter() - idle_since
-            metrics.get("reaemb_queue_depth").set(len(rollouts), tags={"queue": "rollout"})
-            metrics.get("reaemb_queue_depth").set(len(rewards), tags={"queue": "reward"})
-            metrics.get("reaemb_queue_depth").set(len(ready), tags={"queue": "learner"})
-            waiting = list(rollouts) + list(rewards) + ([learner_job[0]] if learner_job else [])
+            for queue, depth in sched.depths().items():
+                metrics.get("reaemb_queue_depth").set(depth, tags={"queue": queue})
+            waiting = list(pending) + ([learner_job[0]] if learner_job else [])
             done, _ = ray.wait(waiting, num_returns=1, timeout=60)
             for ref in done:
-                if ref in rollouts:
-                    k, i, actor = rollouts.pop(ref)
-                    busy.discard(i)
-                    try:
-                        head = ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
-                        if self.rollout_workers[i] is actor:  # not yet replaced (by a failed broadcast)
-                            self._replace("rollout", i)
-                        rollouts[self._issue(i, k)] = (k, i, self.rollout_workers[i])
-                        busy.add(i)
-                        continue
-                    timings["rollout_s"] += head["seconds"]
-                    timings["sync_s"] += head["sync_seconds"]
-                    timings["embeddings"] += head["emb"].shape[0] * head["emb"].shape[1]
-                    j = rr % len(self.reward_workers); rr += 1
-                    rewards[self.reward_workers[j].score.remote(ref)] = (k, ref, j)
-                elif ref in rewards:
-                    k, ro_ref, j = rewards.pop(ref)
-                    t0 = time.perf_counter()
-                    try:
-                        ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
-                        self._replace("reward", j)
-                        rewards[self.reward_workers[j].score.remote(ro_ref)] = (k, ro_ref, j)
-                        continue
-                    timings["reward_s"] += time.perf_counter() - t0
-                    ready[k] = (ro_ref, ref)
-                else:
-                    m_ref, w_ref = learner_job
-                    learner_job = None
-                    idle_since = time.perf_counter()
-                    m = ray.get(m_ref)
-                    self.step, self.version = m["step"], m["version"]
-                    timings["learner_s"] += m["seconds"]
-                    timings["sync_s"] += m["publish_seconds"]
-                    if self.collective:
-                        timings["sync_s"] += self._broadcast()
-                    else:
-                        self.weights_box = [w_ref]
-                    self._record(m, rows, metrics_path, bar)
-                    if self.step % c.checkpoint_every == 0 or self.step == self.total:
-                        self.checkpoint()
-                    if "after_step" in self.hooks:
-                        self.hooks["after_step"](self.step, self)
+                if ref in pending:
+                    self._on_result(ref, pending, timings)
+                    continue
+                m = ray.get(learner_job[0])
+                self.weights_box = [] if actors.collective else [learner_job[1]]
+                learner_job, idle_since = None, time.perf_counter()
+                sched.learned(m["step"], m["version"])
+                timings["learner_s"] += m["seconds"]
+                timings["sync_s"] += m["publish_seconds"] + (actors.broadcast(sched.version) if actors.collective else 0)
+                self._record(m, bar)
+                if sched.step % c.checkpoint_every == 0 or sched.done:
+                    self.checkpoint()
+                if "after_step" in self.hooks:
+                    self.hooks["after_step"](sched.step, self)
         bar.close()
-        self._finish(rows)
-        wall = time.perf_counter() - t_start
-        evals = [r["eval_reward"] for r in rows if r.get("eval_reward") is not None]
-        return dict(timings, steps=self.step, version=self.version, wall_s=wall, restarts=dict(self.restarts),
-                    embeddings_per_s=timings["embeddings"] / max(timings["rollout_s"], 1e-9),
-                    eval_rewards=evals, rows=rows)
+        self._finish()
+        evals = [r["eval_reward"] for r in self.rows if r.get("eval_reward") is not None]
+        return dict(timings, steps=sched.step, version=sched.version, wall_s=time.perf_counter() - t_start,
+                    restarts=dict(actors.restarts), eval_rewards=evals, rows=self.rows,
+                    embeddings_per_s=timings["embeddings"] / max(timings["rollout_s"], 1e-9))
 
-    def _issue(self, i: int, k: int):
-        ids = np.asarray(self.batches[k], dtype=np.int64)
-        seed = self.cfg.crrl.seed * 1_000_003 + k  # same batch, same noise (also when re-issued)
-        return self.rollout_workers[i].rollout.remote(ids, self._cand_ids(ids), seed, self.weights_box, self.version)
+    def _on_result(self, ref, pending: dict, timings: dict) -> None:
+        """A rollout or reward task finished (or its actor died): hand the batch on, or re-issue it."""
+        import ray
 
-    def _record(self, m: dict, rows: list, path: Path, bar) -> None:
-        metrics.get("reaemb_reward_mean").set(m["reward_mean"])
-        metrics.get("reaemb_reward_std").set(m["reward_std"])
+        kind, batch, extra = pending.pop(ref)
+        sched, actors = self.sched, self.actors
+        dead = (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError)
+        if kind == "rollout":
+            try:
+                head = ray.get(ref)
+            except dead:
+                worker = sched.rollout_failed(batch)
+                if actors.rollout[worker] is extra:  # not yet replaced (by a failed broadcast)
+                    actors.replace("rollout", worker)
+                pending[self._issue(batch, worker)] = ("rollout", batch, actors.rollout[worker])
+                return
+            timings["rollout_s"] += head["seconds"]
+            timings["sync_s"] += head["sync_seconds"]
+            timings["embeddings"] += head["emb"].shape[0] * head["emb"].shape[1]
+            j = sched.rollout_done(batch)
+            pending[actors.reward[j].score.remote(ref)] = ("reward", batch, ref)
+            return
+        t0 = time.perf_counter()
+        try:
+            ray.get(ref)
+        except dead:
+            j = sched.reward_failed(batch)
+            actors.replace("reward", j)
+            pending[actors.reward[j].score.remote(extra)] = ("reward", batch, extra)
+            return
+        timings["reward_s"] += time.perf_counter() - t0
+        sched.reward_done(batch)
+        self.ready[batch] = (extra, ref)
+
+    def _record(self, m: dict, bar) -> None:
+        for name in ("reward_mean", "reward_std", "clip_fraction", "staleness"):
+            metrics.get(f"reaemb_{name}").set(m[name])
         metrics.get("reaemb_loss").set(m["loss"], tags={"stage": "crrl"})
-        metrics.get("reaemb_clip_fraction").set(m["clip_fraction"])
-        metrics.get("reaemb_staleness").set(m["staleness"])
         metrics.get("reaemb_weight_version").set(m["version"])
         row = {k: m[k] for k in ("step", "version", "loss", "clip_fraction", "reward_mean", "reward_std",
                                  "staleness", "lr", "seconds")}
         if m["step"] % self.cfg.crrl.eval_every == 0 or m["step"] == self.total:
             row["eval_reward"] = self.evaluate()
             metrics.get("reaemb_eval_reward").set(row["eval_reward"])
-        rows.append(row)
-        with open(path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        self.rows.append(row)
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", loss=f"{m['loss']:.3f}")
         bar.update(1)
 
     def checkpoint(self) -> None:
-        ckpt = self.out / "checkpoint"
-        self._ray.get(self.learner.save.remote(str(ckpt), {"step": self.step, "data_position": self.step}))
-        (ckpt / "state.json").write_text(json.dumps({"step": self.step, "version": self.version, "total": self.total}))
+        """Learner state into `checkpoints/step_N/`, then `latest.json` naming it, then the older one goes."""
+        import ray
 
-    def _finish(self, rows: list) -> None:
-        from safetensors.numpy import save_file
+        root = layout.join(self.folder, layout.CRRL_CHECKPOINTS)
+        rel = layout.join(root, f"step_{self.step:06d}")
+        ray.get(self.actors.learner.save.remote(self.store, rel, {"step": self.step, "data_position": self.step}))
+        self.store.write_json(layout.join(root, LATEST), {"checkpoint": rel, "step": self.step,
+                                                          "version": self.version, "total": self.total})
+        for name in self.store.listdir(root):
+            if name.startswith("step_") and layout.join(root, name) != rel:
+                self.store.delete(layout.join(root, name))
+        self._write_metrics()
 
-        from reaemb_ray.model.generator import ATTN_FILE, META_FILE
+    def _write_metrics(self) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in self.rows)
+        self.store.write_bytes(layout.join(self.folder, layout.METRICS), text.encode())
 
-        final = self.out / "final"
-        final.mkdir(parents=True, exist_ok=True)
-        state = self._ray.get(self.learner.weights.remote())
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}, str(final / ATTN_FILE))
-        meta = json.loads((Path(self.base) / META_FILE).read_text())
-        # a generator folder: the merged LM lives in crrl/base, the trained attention here
-        meta.update(merged=False, lora=False, backbone_path=str(Path(self.base).resolve()), crrl_steps=self.step,
-                    weight_version=self.version, objective=self.cfg.crrl.objective, reward=self.cfg.crrl.reward)
-        (final / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        for f in Path(self.base).glob("*"):
-            if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-                shutil.copy(f, final / f.name)
-        if rows:
-            _plots(rows, self.out)
+    def _finish(self) -> None:
+        """The final generator: the base folder with the trained attention weights."""
+        import ray
 
-    def shutdown(self) -> None:
-        for a in [self.learner, *self.rollout_workers, *self.reward_workers]:
-            self._ray.kill(a, no_restart=True)
+        from reaemb_ray.model.generator import with_attention
 
-
-def run_crrl(cfg, fresh: bool = False, hooks: dict | None = None) -> dict:
-    """Run CRRL to the end (or crrl.max_steps) on the current Ray; returns timings and the eval history."""
-    ctl = Controller(cfg, fresh=fresh, hooks=hooks)
-    try:
-        return ctl.run()
-    finally:
-        ctl.shutdown()
+        state = ray.get(self.actors.learner.weights.remote())
+        with tempfile.TemporaryDirectory() as tmp:
+            final = with_attention(self.store.fetch(self.base_rel), state, Path(tmp) / layout.FINAL,
+                                   stage=self.stage, crrl_steps=self.step, weight_version=self.version,
+                                   objective=self.cfg.crrl.objective, reward=self.cfg.crrl.reward)
+            self.store.delete(layout.generator(self.stage))
+            self.store.put(final, layout.generator(self.stage))
+            if self.rows:
+                _plots(self.rows, Path(tmp) / "crrl_curves.png")
+                self.store.put(Path(tmp) / "crrl_curves.png", layout.join(self.folder, "crrl_curves.png"))
+        self._write_metrics()
 
 
-def main(cfg, args) -> None:
+def _sources(cfg) -> list[str]:
+    from reaemb_ray.rl.rewards import sources_for
+
+    return sources_for(cfg.crrl.reward, cfg.crrl.reward_weights)
+
+
+def _plots(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("reward_mean", "reward mean"), ("eval_reward", "eval reward (noise-free)"), ("loss", "loss"),
+              ("clip_fraction", "clip fraction")]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    for ax, (key, title) in zip(axes, series):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if key == "eval_reward" else None)
+        ax.set_title(title)
+        ax.set_xlabel("learner step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_crrl(cfg, stage: str = "crrl", fresh: bool = False, hooks: dict | None = None) -> dict:
+    """Run CRRL to the end (or crrl.max_steps); returns timings and the eval history."""
     from reaemb_ray.runtime import init_ray
 
     init_ray(cfg.ray)
-    res = run_crrl(cfg, fresh=getattr(args, "fresh", False))
-    res.pop("rows")
-    log.info("CRRL done: %s", json.dumps(res, default=float))
-    print(json.dumps(res, indent=2, default=float))
+    ctl = Controller(cfg, stage, fresh=fresh, hooks=hooks)
+    try:
+        return ctl.run()
+    finally:
+        ctl.actors.shutdown()
+
+
+def stages(cfg) -> list[Stage]:
+    """`crrl`, and one `crrl-<objective>-<reward>` stage per entry of `crrl.variants`."""
+    out = []
+    for variant in [""] + list(cfg.crrl.variants):
+        name = variant_method(variant) if variant else "crrl"
+        c = cfg_with(cfg, **{"crrl.variants": []})
+        if variant:
+            objective, reward = variant.split("/")
+            c = cfg_with(c, **{"crrl.objective": objective, "crrl.reward": reward})
+        deps = ["prepare"] + (["lrcl"] if not c.crrl.init_from else [])
+        deps += ["srs_pretrain"] if c.crrl.reward in ("srs", "mix") else []
+        reads = {"crrl": changed_fields(c.crrl), "model": changed_fields(c.model)}
+        init = c.crrl.init_from
+        raw = None if init in ("", "backbone") else (lambda i=init: {k: list(v) for k, v in Store(i).files().items()})
+        out.append(Stage(name, tuple(deps), reads, lambda cc, n=name: _summary(run_crrl(cc, n)), c, raw_inputs=raw,
+                         command="crrl" if not variant else ""))
+    return out
+
+
+def _summary(res: dict) -> dict:
+    return {k: res[k] for k in ("steps", "version", "wall_s", "restarts", "eval_rewards")}

@@ -1,9 +1,10 @@
 """`reaemb evaluate`: train every (method, backbone, seed) recommender, write eval/report.{json,md} + plots.
 
-Methods: `id` learns item IDs; any other method reads `{output_dir}/embeddings/<method>/embeddings.parquet`
-through the frozen-table adapter. Each finished run leaves `eval/runs/<method>__<backbone>__seed<s>.json`,
-keyed by a fingerprint of its inputs (SRS/eval settings, prepared splits, the table's bytes): a rerun only
-trains what is missing or whose inputs changed (everything with --fresh).
+Methods: `id` learns item IDs; any other method reads `embeddings/<method>/embeddings.parquet` (the export
+stage's final table) through the frozen-table adapter. Each finished run leaves
+`eval/runs/<method>__<backbone>__seed<s>.json`, keyed by a fingerprint of what that run reads (SRS/eval
+settings, the prepared splits' and the table's bytes), and the stage keeps these when it starts over: adding
+a backbone or seeds, or a changed table, trains only the runs concerned (everything with --fresh).
 """
 from __future__ import annotations
 
@@ -13,26 +14,18 @@ import logging
 import time
 from pathlib import Path
 
-from reaemb_ray import storage
+from reaemb_ray import layout
+from reaemb_ray.records import changed_fields
 from reaemb_ray.srs.data import load_seq_data
 from reaemb_ray.srs.encoders import load_embedding_table
 from reaemb_ray.srs.metrics import ndcg_by_popularity, summarize, user_groups
-from reaemb_ray.srs.pretrain import load_item_table, pretrain_id_sasrec
+from reaemb_ray.srs.pretrain import load_item_table
 from reaemb_ray.srs.report import plot_curves, plot_popularity, run_records, write_json, write_markdown
 from reaemb_ray.srs.trainer import fit_and_test
+from reaemb_ray.stages.base import Stage, cfg_with
+from reaemb_ray.storage import store_for
 
 log = logging.getLogger(__name__)
-
-PRODUCED_BY = {
-    "raw_llm": "`reaemb export export.method=raw_llm` (mean-pooled untrained LLM)",
-    "llmemb": "`reaemb lrcl model.use_thought=false` then `reaemb export export.method=llmemb`",
-    "lrcl": "`reaemb lrcl` then `reaemb export export.method=lrcl`",
-    "crrl": "`reaemb crrl` then `reaemb export export.method=crrl`",
-}
-
-
-def table_path(output_dir: Path, method: str) -> Path:
-    return output_dir / "embeddings" / method / "embeddings.parquet"
 
 
 def _file_digest(path: Path) -> str:
@@ -43,48 +36,44 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str, format: int = 2) -> str:
-    """What one (method, backbone, seed) result depends on (`format=1`: how runs were keyed before format 2)."""
-    srs_drop = ("backbones", "seeds", "num_threads")
-    if format == 2:  # which runs get every seed does not change a run
-        srs = storage.changed_fields(cfg.srs, drop=srs_drop)
-        ev = storage.changed_fields(cfg.eval, drop=("methods", "main_methods", "main_backbones"))
-    else:
-        srs, ev = storage.whole_section(cfg.srs, drop=srs_drop), storage.whole_section(cfg.eval, drop=("methods",))
+def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str) -> str:
+    """What one (method, backbone, seed) result depends on; which runs get every seed does not change a run."""
+    srs = changed_fields(cfg.srs, drop=("backbones", "seeds", "num_threads"))
+    ev = changed_fields(cfg.eval, drop=("methods", "main_methods", "main_backbones"))
     key = {"srs": srs, "eval": ev, "backbone": backbone, "seed": seed, "data": data_digest, "table": table_digest,
            "groups": [cfg.data.tail_threshold, cfg.data.short_user_threshold]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def main(cfg, args=None) -> Path:
+def run_evaluate(cfg, fresh: bool = False) -> dict:
+    """Train what is missing, write the report; returns a summary for the stage record."""
     from reaemb_ray.preflight import check_catalogue
 
-    fresh = bool(getattr(args, "fresh", False))
-    check_catalogue(cfg, cfg.out / "prepared")  # e.g. eval.num_sampled_negatives, before any training
-    out = cfg.out / "eval"
-    runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    data = load_seq_data(cfg.out / "prepared")
+    store = store_for(cfg)
+    if fresh:
+        store.delete(layout.EVAL)
+    tables = {m: layout.embeddings_table(m) for m in cfg.eval.methods if m != "id"}
+    missing = [m for m, rel in tables.items() if not store.exists(rel)]
+    if missing:
+        raise FileNotFoundError(f"evaluate needs the embedding tables of {', '.join(missing)} (" + ", ".join(
+            store.uri(tables[m]) for m in missing) + "); run their export stages first (`reaemb run` runs "
+            "everything eval.methods needs)")
+    prepared = store.fetch(layout.PREPARED)
+    check_catalogue(cfg, prepared)  # e.g. eval.num_sampled_negatives, before any training
+    data = load_seq_data(prepared)
     groups = user_groups(data.test, data.popularity, data.full_lengths(), cfg.data.tail_threshold,
                          cfg.data.short_user_threshold)
     sampled_name = f"sampled{cfg.eval.num_sampled_negatives}"
-    data_digest = _file_digest(cfg.out / "prepared" / "splits.parquet")
-
+    data_digest = _file_digest(prepared / "splits.parquet")
     align_table = None
-    if cfg.srs.align_alpha > 0 and any(m != "id" for m in cfg.eval.methods):
-        pretrain_id_sasrec(cfg)
-        align_table = load_item_table(cfg.out)
+    if cfg.srs.align_alpha > 0 and tables:
+        align_table = load_item_table(store.fetch(layout.SRS_PRETRAIN))
 
-    records, curves, buckets, skipped = [], {}, {}, []
+    records, curves, buckets, trained = [], {}, {}, 0
     for method in cfg.eval.methods:
         table, table_digest = None, "id"
         if method != "id":
-            path = table_path(cfg.out, method)
-            if not path.exists():
-                msg = f"{method}: {path} not found; produced by {PRODUCED_BY.get(method, 'export')}"
-                log.warning("skipping %s", msg)
-                skipped.append(msg)
-                continue
+            path = store.fetch(tables[method])
             table = load_embedding_table(path, data.num_items, cfg.srs.pca_dim)
             table_digest = _file_digest(path)
         for backbone in cfg.srs.backbones:
@@ -92,15 +81,11 @@ def main(cfg, args=None) -> Path:
                 not cfg.eval.main_backbones or backbone in cfg.eval.main_backbones)
             for seed in cfg.srs.seeds if main else cfg.srs.seeds[:1]:
                 name = f"{method}__{backbone}__seed{seed}"
-                result_file = runs_dir / f"{name}.json"
+                rel = layout.join(layout.EVAL, layout.EVAL_RUNS, f"{name}.json")
                 fp = run_fingerprint(cfg, backbone, seed, data_digest, table_digest)
-                run = json.loads(result_file.read_text()) if result_file.exists() and not fresh else {}
-                if run and run.get("fingerprint") != fp and run.get("fingerprint") == run_fingerprint(
-                        cfg, backbone, seed, data_digest, table_digest, format=1):
-                    run["fingerprint"] = fp  # finished under fingerprint format 1 with the same settings
-                    result_file.write_text(json.dumps(run))
+                run = store.read_json(rel) if store.exists(rel) else {}
                 if run.get("fingerprint") == fp:
-                    log.info("reusing finished run %s", result_file)
+                    log.info("reusing finished run %s", store.uri(rel))
                 else:
                     t0 = time.perf_counter()
                     _, res, full, samp = fit_and_test(
@@ -110,18 +95,33 @@ def main(cfg, args=None) -> Path:
                     run = {"fingerprint": fp, "records": run_records(method, backbone, seed, ranks, groups, cfg.eval.ks),
                            "curve": res.curve, "best_epoch": res.best_epoch, "seconds": time.perf_counter() - t0,
                            "popularity_buckets": ndcg_by_popularity(full, data.test, data.popularity, 10)}
-                    result_file.write_text(json.dumps(run))
+                    store.write_json(rel, run)  # kept when the stage is interrupted: a rerun skips it
+                    trained += 1
                     log.info("%s: full %s | %s %s | %.0f s", name, summarize(full, [10]), sampled_name,
                              summarize(samp, [10]), run["seconds"])
                 records += run["records"]
                 curves[name] = run["curve"]
                 buckets.setdefault((method, backbone), []).append(run["popularity_buckets"])
 
-    if not records:
-        raise FileNotFoundError("evaluate found nothing to evaluate: " + "; ".join(skipped))
-    write_json(records, out / "report.json")
-    write_markdown(records, out / "report.md", skipped)
-    plot_curves(curves, out / "val_curves.png")
-    plot_popularity(buckets, out / "ndcg_by_popularity.png")
-    log.info("wrote %s", out / "report.md")
-    return out
+    with store.writing(layout.EVAL) as out:
+        write_json(records, out / layout.REPORT_JSON)
+        write_markdown(records, out / layout.REPORT_MD)
+        plot_curves(curves, out / "val_curves.png")
+        plot_popularity(buckets, out / "ndcg_by_popularity.png")
+    log.info("wrote %s", store.uri(layout.join(layout.EVAL, layout.REPORT_MD)))
+    return {"runs": len(curves), "trained": trained, "methods": list(cfg.eval.methods)}
+
+
+def stages(cfg) -> list[Stage]:
+    """`evaluate`: every method of eval.methods (plus the CRRL variants when crrl is evaluated)."""
+    from reaemb_ray.stages.crrl import variant_method
+
+    methods = list(cfg.eval.methods)
+    if "crrl" in methods:
+        methods += [m for m in map(variant_method, cfg.crrl.variants) if m not in methods]
+    c = cfg_with(cfg, **{"eval.methods": methods})
+    deps = ["prepare"] + [layout.export_stage(m) for m in methods if m != "id"]
+    deps += ["srs_pretrain"] if cfg.srs.align_alpha > 0 and any(m != "id" for m in methods) else []
+    reads = {"srs": changed_fields(cfg.srs), "eval": changed_fields(c.eval),
+             "groups": [cfg.data.tail_threshold, cfg.data.short_user_threshold]}
+    return [Stage("evaluate", tuple(deps), reads, run_evaluate, c, keep=(layout.EVAL_RUNS,), command="evaluate")]

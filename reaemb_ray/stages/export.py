@@ -1,49 +1,54 @@
 """`reaemb export`: every item's embedding with Ray Data batch inference.
 
-export.method picks the generator:
-  raw_llm  the base LM, mean pool of one pass (no thought), no training
-  llmemb   `{output_dir}/llmemb/final` (contrastive fine-tuning without the thought), LoRA merged
-  lrcl     `{output_dir}/lrcl/final`, LoRA merged, two passes with the latent thought
-  crrl     the merged LRCL model with the attention module from `{output_dir}/crrl/final`
+The method names the generator: `raw_llm` is the base LM (mean pool of one pass, no thought, no training);
+any other method is the generator folder its training stage left (`llmemb/final`, `lrcl/final`,
+`crrl/final`, `crrl-<objective>-<reward>/final`; reaemb_ray/model/generator.py), loaded with LoRA merged.
+Actors fetch that folder from the output store into their node's cache.
 
-Output `{output_dir}/embeddings/<method>/`: `embeddings.parquet` (item_id int64, vector list<float32>, every
-item once, sorted), `embeddings_pca.parquet` when export.pca_dim > 0, `_DONE.json`. Work is split into shards
-of export.shard_size items written to `shards/` as they finish; a restarted export skips finished shards.
+Output `embeddings/<method>/`: `shards/shard_NNNNN.parquet` (the raw vectors, export.shard_size items each,
+written as they finish; an interrupted export keeps them and embeds only the missing shards) and
+`embeddings.parquet` (item_id int64, vector list<float32>, every item once, sorted): the final table, after
+`postprocess` (export.pca_dim > 0: PCA to that many dimensions). What `postprocess` did goes into the
+stage's record with the table's shape.
 """
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from reaemb_ray import layout
+from reaemb_ray.records import changed_fields
+from reaemb_ray.stages.base import Stage, cfg_with
+from reaemb_ray.storage import Store, store_for
+
 log = logging.getLogger("reaemb.export")
 
 
 class ItemEmbedder:
-    """Ray Data callable class: loads the generator once per actor, embeds batches of item texts."""
+    """Ray Data callable class: loads the generator once per actor, embeds batches of item texts.
 
-    def __init__(self, cfg, backbone_path: str, threads: int = 1):
+    `generator` is the generator folder's path in `store`, or None for the raw backbone."""
+
+    def __init__(self, cfg, store: Store, generator: str | None, threads: int = 1):
         import torch
 
-        from reaemb_ray.model.backbone import load_backbone
-        from reaemb_ray.model.generator import ThoughtEmbedder
+        from reaemb_ray.model.backbone import load_backbone, resolve_backbone
+        from reaemb_ray.model.generator import ThoughtEmbedder, load_generator
 
         torch.set_num_threads(max(1, threads))
-        method, out, mc = cfg.export.method, cfg.out.resolve(), cfg.model
-        if method == "raw_llm":
-            lm, tok = load_backbone(backbone_path, export_dtype(cfg))
-            module = ThoughtEmbedder(lm, use_thought=False, pooling=mc.pooling)
+        if generator is None:
+            lm, tok = load_backbone(resolve_backbone(cfg.model, cfg.data.cache_dir), export_dtype(cfg))
+            module = ThoughtEmbedder(lm, use_thought=False, pooling=cfg.model.pooling)
         else:
-            module, tok = load_generator_for(method, out, cfg)
+            module, tok = load_generator(store.fetch(generator), merge_lora=True, dtype=export_dtype(cfg),
+                                         expect_backbone=cfg.model.backbone, cache_dir=cfg.data.cache_dir)
         self.module, self.tok = module.eval(), tok
-        self.noun, self.max_length, self.efficient = cfg.data.noun, mc.max_length, cfg.export.efficient_forward
+        self.noun, self.max_length, self.efficient = cfg.data.noun, cfg.model.max_length, cfg.export.efficient_forward
         self.pooling = module.pooling  # a trained generator pools as it was trained
 
     def __call__(self, batch: dict) -> dict:
@@ -63,31 +68,6 @@ def export_dtype(cfg) -> str:
     return cfg.export.dtype or cfg.model.dtype
 
 
-def load_generator_for(method: str, out: Path, cfg):
-    """(ThoughtEmbedder, tokenizer) for a trained method, with the backbone checked against the config."""
-    from safetensors.torch import load_file
-
-    from reaemb_ray.model.backbone import to_dtype
-    from reaemb_ray.model.generator import ATTN_FILE, load_generator
-
-    src = out / ("llmemb" if method == "llmemb" else "lrcl") / "final"
-    if not src.exists():
-        stage = "reaemb lrcl" + (" model.use_thought=false" if method == "llmemb" else "")
-        raise FileNotFoundError(f"export.method={method} needs the trained generator at {src}; run `{stage}` first")
-    module, tok = load_generator(src, merge_lora=True, dtype=export_dtype(cfg), expect_backbone=cfg.model.backbone,
-                                 cache_dir=cfg.data.cache_dir)
-    if method == "crrl":
-        attn = out / "crrl" / "final" / ATTN_FILE
-        if not attn.exists():
-            raise FileNotFoundError(f"export.method=crrl needs {attn}; run `reaemb crrl` first")
-        state = load_file(str(attn))
-        if state["q_proj.weight"].shape[0] != module.hidden_size:
-            raise ValueError(f"{attn} is for hidden size {state['q_proj.weight'].shape[0]} but the LRCL model has "
-                             f"{module.hidden_size}; the CRRL and LRCL checkpoints do not belong together")
-        module.attn.load_state_dict({k: v.to(to_dtype(export_dtype(cfg))) for k, v in state.items()})
-    return module, tok
-
-
 def item_blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
     """Blocks of two batches each. One big block would come back only when all of it is embedded: no progress,
     and no finished shard on disk if the export is killed."""
@@ -95,45 +75,56 @@ def item_blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
     return [table.slice(i, step) for i in range(0, table.num_rows, step)]
 
 
-def _shard_path(shard_dir: Path, k: int) -> Path:
-    return shard_dir / f"shard_{k:05d}.parquet"
+def _shard(k: int) -> str:
+    return f"shard_{k:05d}.parquet"
 
 
-def _write_table(path: Path, item_ids: np.ndarray, vectors: np.ndarray) -> None:
+def table_bytes(item_ids: np.ndarray, vectors: np.ndarray) -> bytes:
+    """An embeddings table (item_id int64, vector list<float32>) as Parquet bytes."""
     vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1])
     table = pa.table({"item_id": pa.array(item_ids, pa.int64()), "vector": vec.cast(pa.list_(pa.float32()))})
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)  # atomic: a shard file is either complete or absent
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
-def run_export(cfg, fresh: bool = False) -> dict:
-    """Embed every item; returns a summary dict (also written to _DONE.json)."""
+def postprocess(vectors: np.ndarray, cfg) -> tuple[np.ndarray, dict]:
+    """The final table's vectors from the raw ones, and what was done to them (recorded with the table)."""
+    ec = cfg.export
+    if not ec.pca_dim:
+        return vectors, {}
+    from sklearn.decomposition import PCA
+
+    if ec.pca_dim > min(vectors.shape):
+        raise ValueError(f"export.pca_dim={ec.pca_dim} exceeds min(items, hidden)={min(vectors.shape)}; lower it")
+    pca = PCA(n_components=ec.pca_dim, random_state=cfg.seed)
+    reduced = pca.fit_transform(vectors).astype(np.float32)
+    return reduced, {"pca_dim": ec.pca_dim, "explained_variance": round(float(pca.explained_variance_ratio_.sum()), 4)}
+
+
+def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
+    """Embed every item (skipping finished shards); returns a summary for the stage record."""
     import ray
 
     from reaemb_ray.data.prepare import load_prepared
-    from reaemb_ray.model.backbone import resolve_backbone
     from reaemb_ray.runtime import init_ray
 
-    ec, method = cfg.export, cfg.export.method
-    out = cfg.out.resolve()
-    dest = out / "embeddings" / method
-    if fresh and dest.exists():
-        shutil.rmtree(dest)
-    if (dest / "_DONE.json").exists():
-        log.info("export %s already done (%s); pass --fresh to redo", method, dest)
-        return json.loads((dest / "_DONE.json").read_text())
-    shard_dir = dest / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    items = load_prepared(out).items.select(["item_id", "text"]).sort_by("item_id")
+    ec, method = cfg.export, method or cfg.export.method
+    store = store_for(cfg)
+    folder = layout.folder(layout.export_stage(method))
+    shard_dir = layout.join(folder, layout.SHARDS)
+    if fresh:
+        store.delete(folder)
+    items = load_prepared(store.fetch(layout.PREPARED)).items.select(["item_id", "text"]).sort_by("item_id")
     n = items.num_rows
-    backbone_path = resolve_backbone(cfg.model, cfg.data.cache_dir)  # once here, before the actors start
-    if method != "raw_llm":
-        _check_sources(method, out, cfg)
+    generator = None if method == "raw_llm" else layout.generator(method)
+    if generator is not None:
+        _check_generator(store, generator, method, cfg)
 
     shard_of = np.arange(n) // ec.shard_size
     num_shards = int(shard_of[-1]) + 1
-    done = {k for k in range(num_shards) if _shard_path(shard_dir, k).exists()}
+    existing = set(store.listdir(shard_dir))
+    done = {k for k in range(num_shards) if _shard(k) in existing}
     todo = np.flatnonzero(~np.isin(shard_of, list(done)))
     # Within a shard, embed items in order of text length: batches pad less, shards still finish one by one.
     lengths = pc.utf8_length(items.column("text")).to_numpy()
@@ -144,55 +135,48 @@ def run_export(cfg, fresh: bool = False) -> dict:
         init_ray(cfg.ray)
         ray.data.DataContext.get_current().enable_progress_bars = False  # the tqdm bar below counts items
         ds = ray.data.from_arrow(item_blocks(items.take(pa.array(todo)), ec.batch_size))
-        ds = ds.map_batches(ItemEmbedder, fn_constructor_args=(cfg, backbone_path, ec.cpus_per_actor),
+        ds = ds.map_batches(ItemEmbedder, fn_constructor_args=(cfg, store, generator, ec.cpus_per_actor),
                             batch_size=ec.batch_size, batch_format="numpy", concurrency=ec.num_actors,
                             num_cpus=ec.cpus_per_actor, num_gpus=1 if ec.use_gpu else 0)
-        _collect_shards(ds, items, shard_of, todo, shard_dir)
+        _collect_shards(ds, items, shard_of, todo, lambda k, ids, vecs: store.write_bytes(
+            layout.join(shard_dir, _shard(k)), table_bytes(ids, vecs)))
     seconds = time.time() - t0
 
-    table = pa.concat_tables([pq.read_table(_shard_path(shard_dir, k)) for k in range(num_shards)]).sort_by("item_id")
+    shards = [pq.read_table(pa.BufferReader(store.read_bytes(layout.join(shard_dir, _shard(k)))))
+              for k in range(num_shards)]
+    table = pa.concat_tables(shards).sort_by("item_id")
     ids = table.column("item_id").to_numpy()
     if len(ids) != n or not np.array_equal(ids, items.column("item_id").to_numpy()):
-        raise RuntimeError(f"export {method}: shards hold {len(ids)} rows for {n} items; delete {shard_dir} and rerun")
-    pq.write_table(table, dest / "embeddings.parquet")
+        raise RuntimeError(f"export {method}: shards hold {len(ids)} rows for {n} items; delete "
+                           f"{store.uri(shard_dir)} and rerun")
     vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
     if not np.isfinite(vectors).all():
         raise RuntimeError(f"export {method}: non-finite values in the embeddings")
-    if ec.pca_dim:
-        from sklearn.decomposition import PCA
-
-        if ec.pca_dim > min(vectors.shape):
-            raise ValueError(f"export.pca_dim={ec.pca_dim} exceeds min(items, hidden)={min(vectors.shape)}; lower it")
-        reduced = PCA(n_components=ec.pca_dim, random_state=cfg.seed).fit_transform(vectors)
-        _write_table(dest / "embeddings_pca.parquet", ids, reduced)
-    summary = {"method": method, "items": n, "dim": int(vectors.shape[1]), "pca_dim": ec.pca_dim,
-               "shards": num_shards, "shards_skipped": len(done), "seconds": round(seconds, 1),
-               "items_per_s": round(len(todo) / seconds, 2) if len(todo) and seconds > 0 else None,
-               "backbone": cfg.model.backbone, "efficient_forward": ec.efficient_forward,
-               "dtype": export_dtype(cfg)}
-    (dest / "_DONE.json").write_text(json.dumps(summary, indent=2))
-    log.info("export %s: wrote %s (%d x %d)", method, dest / "embeddings.parquet", n, vectors.shape[1])
-    return summary
+    final, post = postprocess(vectors, cfg)
+    store.write_bytes(layout.embeddings_table(method), table_bytes(ids, final))
+    log.info("export %s: wrote %s (%d x %d)", method, store.uri(layout.embeddings_table(method)), n, final.shape[1])
+    return {"method": method, "items": n, "dim": int(final.shape[1]), "raw_dim": int(vectors.shape[1]),
+            "postprocess": post, "shards": num_shards, "shards_skipped": len(done), "seconds": round(seconds, 1),
+            "items_per_s": round(len(todo) / seconds, 2) if len(todo) and seconds > 0 else None,
+            "backbone": cfg.model.backbone, "efficient_forward": ec.efficient_forward, "dtype": export_dtype(cfg)}
 
 
-def _check_sources(method: str, out: Path, cfg) -> None:
+def _check_generator(store: Store, generator: str, method: str, cfg) -> None:
     """Fail in the driver with a clear message instead of inside every actor."""
-    from reaemb_ray.model.generator import read_meta
+    from reaemb_ray.model.generator import META_FILE
 
-    src = out / ("llmemb" if method == "llmemb" else "lrcl") / "final"
-    if not src.exists():
-        stage = "reaemb lrcl" + (" model.use_thought=false" if method == "llmemb" else "")
-        raise FileNotFoundError(f"export.method={method} needs the trained generator at {src}; run `{stage}` first")
-    meta = read_meta(src)
+    meta_rel = layout.join(generator, META_FILE)
+    if not store.exists(meta_rel):
+        raise FileNotFoundError(f"export.method={method} needs the generator folder {store.uri(generator)}; run "
+                                f"the {method} stage first (`reaemb run`, or its standalone command)")
+    meta = store.read_json(meta_rel)
     if meta["backbone"] != cfg.model.backbone:
-        raise ValueError(f"{src} was trained on backbone {meta['backbone']!r} but model.backbone is "
-                         f"{cfg.model.backbone!r}; set model.backbone={meta['backbone']}")
-    if method == "crrl" and not (out / "crrl" / "final" / "thought_attention.safetensors").exists():
-        raise FileNotFoundError(f"export.method=crrl needs {out / 'crrl' / 'final'}; run `reaemb crrl` first")
+        raise ValueError(f"{store.uri(generator)} was trained on backbone {meta['backbone']!r} but model.backbone "
+                         f"is {cfg.model.backbone!r}; set model.backbone={meta['backbone']}")
 
 
-def _collect_shards(ds, items: pa.Table, shard_of: np.ndarray, todo: np.ndarray, shard_dir: Path) -> None:
-    """Stream results, write each shard as soon as all its items have arrived."""
+def _collect_shards(ds, items: pa.Table, shard_of: np.ndarray, todo: np.ndarray, write_shard) -> None:
+    """Stream results, write each shard (`write_shard(k, item_ids, vectors)`) once all its items have arrived."""
     from tqdm import tqdm
 
     pos_of = {int(i): p for p, i in enumerate(items.column("item_id").to_numpy())}
@@ -207,13 +191,23 @@ def _collect_shards(ds, items: pa.Table, shard_of: np.ndarray, todo: np.ndarray,
                 pending[k].append((int(item_id), vec))
                 if len(pending[k]) == expected[k]:
                     rows = sorted(pending.pop(k), key=lambda r: r[0])
-                    _write_table(_shard_path(shard_dir, k), np.array([r[0] for r in rows]),
-                                 np.stack([r[1] for r in rows]))
+                    write_shard(k, np.array([r[0] for r in rows]), np.stack([r[1] for r in rows]))
             bar.update(len(batch["item_id"]))
     if pending:
         raise RuntimeError(f"export: shards {sorted(pending)} did not receive all their items")
 
 
-def main(cfg, args) -> None:
-    s = run_export(cfg, fresh=getattr(args, "fresh", False))
-    print(f"reaemb export: {s['items']} items x {s['dim']} -> {cfg.out / 'embeddings' / s['method']}")
+def stages(cfg) -> list[Stage]:
+    """One `export_<method>` stage per embedding source: raw_llm, llmemb, lrcl, crrl and the CRRL variants."""
+    from reaemb_ray.stages.crrl import variant_method
+
+    reads_export = changed_fields(cfg.export, drop=("method",))
+    out = []
+    for method in ["raw_llm", "llmemb", "lrcl", "crrl"] + [variant_method(v) for v in cfg.crrl.variants]:
+        deps = ("prepare",) if method == "raw_llm" else ("prepare", method)
+        c = cfg_with(cfg, **{"export.method": method})
+        reads = {"export": reads_export, "method": method, "model": changed_fields(cfg.model, drop=("use_thought",))}
+        command = f"export export.method={method}" if method in ("raw_llm", "llmemb", "lrcl", "crrl") else ""
+        out.append(Stage(layout.export_stage(method), deps, reads, lambda cc, m=method: run_export(cc, m), c,
+                         command=command))
+    return out

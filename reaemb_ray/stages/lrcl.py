@@ -5,29 +5,36 @@ Each Ray Train worker holds the generator (LM + LoRA + thought attention + tau) 
 item, soft contrastive loss within the micro-batch, gradient accumulation up to `lrcl.batch_size` items per
 optimiser step, linear warmup then cosine decay.
 
-Checkpoints (every `lrcl.checkpoint_every` steps and at the end) go through `ray.train.report` into
-`{output_dir}/<stage>/ray/train/step_NNNNNN/`: `generator/` (HF/peft format), `deepspeed/` (optimizer and
-scheduler state, one ZeRO partition per rank) and `data_state.json` (step, epoch, items seen, sampler
-seed). The data position is a pure function of the step, so a resumed run sees exactly the items the
-uninterrupted run would have seen. The final generator lands in `{output_dir}/<stage>/final/`, where
-<stage> is `lrcl`, or `llmemb` for the no-thought baseline (`model.use_thought=false`).
+Checkpoints (every `lrcl.checkpoint_every` steps and at the end) go through `ray.train.report` to Ray Train's
+storage, `<stage>/ray/` of the output store (an s3:// or gs:// output_dir is Ray Train's storage_path, so no
+node needs a shared disk): `train/step_NNNNNN/` holds `generator/` (reaemb_ray/model/generator.py format),
+`deepspeed/` (optimizer and scheduler state, one ZeRO partition per rank), `data_state.json` (step, epoch,
+items seen, sampler seed) and `metrics.jsonl` (every step so far). The data position is a pure function of
+the step, so a resumed run sees exactly the items the uninterrupted run would have seen. At the end the last
+checkpoint's generator becomes `<stage>/final/` and its metrics `<stage>/metrics.jsonl`; <stage> is `lrcl`,
+or `llmemb` for the no-thought baseline (`model.use_thought=false`).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from reaemb_ray import layout, metrics as series
+from reaemb_ray.records import changed_fields
+from reaemb_ray.stages.base import Stage, cfg_with
+from reaemb_ray.storage import Store, store_for
+
 log = logging.getLogger("reaemb.lrcl")
 
 DATA_STATE = "data_state.json"
+GENERATOR = "generator"  # inside a checkpoint
+RETRIEVAL = "retrieval.json"  # lrcl.retrieval_items > 0: held-out second-view retrieval before/after training
 
 
 def stage_name(cfg) -> str:
@@ -96,12 +103,12 @@ def deepspeed_config(lcfg, model_dtype: str, world: int) -> dict:
     return ds
 
 
-def latest_checkpoint(train_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder (one that has data_state.json)."""
-    if not train_dir.exists():
-        return None
-    done = [p for p in train_dir.glob("step_*") if (p / DATA_STATE).exists()]
-    return max(done, key=lambda p: int(re.sub(r"\D", "", p.name)), default=None)
+def latest_checkpoint(store: Store, train_rel: str) -> str | None:
+    """The newest complete checkpoint (one that has data_state.json) under `train_rel`, as a store path."""
+    steps = [n for n in store.listdir(train_rel) if re.fullmatch(r"step_\d+", n)
+             and store.exists(layout.join(train_rel, n, DATA_STATE))]
+    newest = max(steps, key=lambda n: int(n.removeprefix("step_")), default=None)
+    return layout.join(train_rel, newest) if newest else None
 
 
 # ------------------------------------------------------------------------------------ the worker
@@ -117,7 +124,7 @@ def train_loop(config: dict) -> None:
     from reaemb_ray.checkpoint_load import load_checkpoint
     from reaemb_ray.data.prompts import attribute_views, item_prompt
     from reaemb_ray.losses import contrastive_loss, view_retrieval_top1
-    from reaemb_ray.model.backbone import load_backbone
+    from reaemb_ray.model.backbone import load_backbone, resolve_backbone
     from reaemb_ray.model.generator import ThoughtEmbedder
     from reaemb_ray.model.two_pass import tokenize_prompts
 
@@ -126,11 +133,13 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(lc.cpus_per_worker)
-    torch.manual_seed(cfg.seed)  # identical LoRA/attention init on every rank
     deepspeed.init_distributed(dist_backend="nccl" if lc.use_gpu else "gloo")
 
-    # DeepSpeed casts the module for bf16/fp16; it keeps fp32 master weights in the optimizer.
-    lm, tok = load_backbone(config["backbone_path"], "float32")
+    # DeepSpeed casts the module for bf16/fp16; it keeps fp32 master weights in the optimizer. The backbone is
+    # resolved on this node (built or downloaded into its own cache once, under a file lock).
+    lm, tok = load_backbone(resolve_backbone(mc, cfg.data.cache_dir), "float32")
+    # seeded after the backbone: a rank that builds it (first use on its node) draws random numbers doing so
+    torch.manual_seed(cfg.seed)  # identical LoRA/attention init on every rank
     module = ThoughtEmbedder(lm, use_thought=mc.use_thought, rope_base=mc.rope_base, tau_init=lc.tau_init,
                              lora=mc.lora, pooling=mc.pooling)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -142,16 +151,21 @@ def train_loop(config: dict) -> None:
                                                lr_scheduler=make_sched, config=ds_cfg)
     accum = ds_cfg["gradient_accumulation_steps"]
 
-    start = 0
-    # in-run restarts (FailureConfig) hand the checkpoint to Ray Train; a rerun of the stage passes it in config
+    # history: one metrics row per step so far; retrieval_record: the held-out retrieval before/after training;
+    # both travel in every checkpoint (rank 0 writes nothing outside Ray Train's storage)
+    start, history, retrieval_record = 0, [], {}
+    # in-run restarts (FailureConfig) hand the checkpoint to Ray Train; a rerun of the stage passes its location
     ckpt = ray.train.get_checkpoint()
-    if ckpt is None and config.get("resume_dir"):
-        ckpt = ray.train.Checkpoint.from_directory(config["resume_dir"])
+    if ckpt is None and config.get("resume_from"):
+        ckpt = ray.train.Checkpoint(config["resume_from"])
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / DATA_STATE).read_text())
             load_checkpoint(engine, str(Path(d) / "deepspeed"), tag=state["tag"], load_module_strict=False,
                             load_optimizer_states=True, load_lr_scheduler_states=True)  # weights_only
+            history = [json.loads(x) for x in (Path(d) / layout.METRICS).read_text().splitlines()]
+            if (Path(d) / RETRIEVAL).exists():
+                retrieval_record = json.loads((Path(d) / RETRIEVAL).read_text())
         start = state["step"]
         if state["sampler_seed"] != cfg.seed:
             raise ValueError(f"checkpoint was made with seed {state['sampler_seed']} but seed is {cfg.seed}; "
@@ -182,13 +196,12 @@ def train_loop(config: dict) -> None:
         y = torch.cat([e[k:] for e, k in zip(embs, m)])
         return view_retrieval_top1(x, y)
 
-    retrieval_path = Path(config["stage_dir"]) / "retrieval.json"
     if len(held_out) and rank == 0 and start == 0:
-        top1 = retrieval()
-        retrieval_path.write_text(json.dumps({"items": len(held_out), "before": top1}))
-        log.info("second-view top-1 retrieval of %d held-out items before training: %.3f", len(held_out), top1)
+        retrieval_record = {"items": len(held_out), "before": retrieval()}
+        log.info("second-view top-1 retrieval of %d held-out items before training: %.3f", len(held_out),
+                 retrieval_record["before"])
 
-    metrics_path = Path(config["stage_dir"]) / "metrics.jsonl"
+    tags = {"rank": str(rank)}
     bar = tqdm(total=lc.steps, initial=start, desc=f"{stage} (rank 0)", disable=rank != 0)
     tau = lambda: engine.module.tau()  # noqa: E731
     for step in range(start, lc.steps):
@@ -219,19 +232,22 @@ def train_loop(config: dict) -> None:
         metrics = {"step": done, "loss": loss_t.item() / world, "tau": float(engine.module.tau().detach()),
                    "lr": sched.get_last_lr()[0], "items_per_s": lc.batch_size / (time.time() - t0),
                    "epoch": stream.epoch_at(done, lc.batch_size)}
+        if step == start and start:
+            metrics["resumed_from"] = start
+        history.append(metrics)
+        series.get("reaemb_lrcl_items_total").inc(accum * lc.micro_batch_size, tags=tags)
+        if rank == 0:
+            series.get("reaemb_lrcl_tau").set(metrics["tau"])
+            series.get("reaemb_loss").set(metrics["loss"], tags={"stage": stage})
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tau=f"{metrics['tau']:.3f}")
-        if rank == 0:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
         if done == lc.steps and len(held_out) and rank == 0:
-            record = json.loads(retrieval_path.read_text()) if retrieval_path.exists() else {"items": len(held_out)}
-            record["after"] = metrics["retrieval_top1"] = retrieval()
-            retrieval_path.write_text(json.dumps(record))
+            retrieval_record.setdefault("items", len(held_out))
+            retrieval_record["after"] = metrics["retrieval_top1"] = retrieval()
             log.info("second-view top-1 retrieval of %d held-out items after %d steps: %.3f (before: %s)",
-                     len(held_out), done, record["after"], record.get("before"))
+                     len(held_out), done, retrieval_record["after"], retrieval_record.get("before"))
         if done % lc.checkpoint_every == 0 or done == lc.steps:
-            _report_checkpoint(engine, tok, cfg, config, done, stream, metrics, rank)
+            _report_checkpoint(engine, tok, cfg, config, done, stream, history, rank, retrieval_record)
         else:
             ray.train.report(metrics)
     bar.close()
@@ -293,7 +309,7 @@ def _whole_batch_step(engine, batches, seeds, sizes, tau, lc, world) -> float:
     return float(loss)
 
 
-def _report_checkpoint(engine, tok, cfg, config, step, stream, metrics, rank) -> None:
+def _report_checkpoint(engine, tok, cfg, config, step, stream, history, rank, retrieval_record) -> None:
     import tempfile
 
     import ray.train
@@ -306,76 +322,80 @@ def _report_checkpoint(engine, tok, cfg, config, step, stream, metrics, rank) ->
         # every rank writes its ZeRO partition; frozen base weights are not duplicated into checkpoints
         engine.save_checkpoint(str(Path(tmp) / "deepspeed"), tag=tag, exclude_frozen_parameters=True)
         if rank == 0:
-            save_generator(engine.module, tok, Path(tmp) / "generator",
-                           {"backbone": cfg.model.backbone, "backbone_path": config["backbone_path"],
-                            "stage": config["stage"], "step": step})
+            save_generator(engine.module, tok, Path(tmp) / GENERATOR,
+                           {"backbone": cfg.model.backbone, "stage": config["stage"], "step": step})
             state = {"step": step, "epoch": stream.epoch_at(step, cfg.lrcl.batch_size), "tag": tag,
                      "items_seen": step * cfg.lrcl.batch_size, "sampler_seed": cfg.seed,
-                     "metrics": metrics}
+                     "metrics": history[-1]}
             (Path(tmp) / DATA_STATE).write_text(json.dumps(state))
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{step:06d}")
+            (Path(tmp) / layout.METRICS).write_text("".join(json.dumps(r) + "\n" for r in history))
+            if retrieval_record:
+                (Path(tmp) / RETRIEVAL).write_text(json.dumps(retrieval_record))
+        ray.train.report(history[-1], checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{step:06d}")
 
 
 # ------------------------------------------------------------------------------------ the driver
 
 
-def run_lrcl(cfg, fresh: bool = False) -> Path:
-    """Train (or resume) and return `{output_dir}/<stage>/final`."""
+def run_lrcl(cfg, stage: str | None = None, fresh: bool = False) -> dict:
+    """Train (or resume from the newest checkpoint in the store); leaves `<stage>/final` and returns a summary."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from reaemb_ray.data.prepare import load_prepared
-    from reaemb_ray.model.backbone import resolve_backbone
     from reaemb_ray.runtime import init_ray
 
-    stage = stage_name(cfg)
-    stage_dir = cfg.out.resolve() / stage
-    final = stage_dir / "final"
-    if fresh and stage_dir.exists():
-        shutil.rmtree(stage_dir)
-    if (stage_dir / "_DONE.json").exists():
-        log.info("%s already finished (%s); pass --fresh to train again", stage, stage_dir / "_DONE.json")
-        return final
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    texts = load_prepared(cfg.out).texts[1:]  # index 0 is padding
+    stage = stage or stage_name(cfg)
+    store = store_for(cfg)
+    folder = layout.folder(stage)
+    if fresh:
+        store.delete(folder)
+    texts = load_prepared(store.fetch(layout.PREPARED)).texts[1:]  # index 0 is padding
     if cfg.lrcl.max_items:
         texts = texts[: cfg.lrcl.max_items]
-    # convert/download the backbone once here, not concurrently in every worker
-    backbone_path = resolve_backbone(cfg.model, cfg.data.cache_dir)
     init_ray(cfg.ray)
 
-    train_dir = stage_dir / "ray" / "train"
-    resume = latest_checkpoint(train_dir)
+    train_rel = layout.join(folder, layout.TRAIN_STORAGE, layout.TRAIN_RUN)
+    resume = latest_checkpoint(store, train_rel)
     if resume is not None:
-        log.info("resuming from step %d (%s)", json.loads((resume / DATA_STATE).read_text())["step"], resume)
+        log.info("resuming from step %d (%s)", store.read_json(layout.join(resume, DATA_STATE))["step"], store.uri(resume))
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg, "texts": texts, "stage": stage, "backbone_path": backbone_path,
-                           "stage_dir": str(stage_dir), "resume_dir": str(resume) if resume else None},
+        train_loop_config={"cfg": cfg, "texts": texts, "stage": stage,
+                           "resume_from": store.uri(resume) if resume else None},
         scaling_config=ScalingConfig(num_workers=cfg.lrcl.num_workers, use_gpu=cfg.lrcl.use_gpu,
                                      resources_per_worker={"CPU": cfg.lrcl.cpus_per_worker}),
-        run_config=RunConfig(storage_path=str(stage_dir / "ray"), name="train",
+        # the store's URI (or local folder) is Ray Train's storage: workers on any node write checkpoints there
+        run_config=RunConfig(storage_path=store.uri(layout.join(folder, layout.TRAIN_STORAGE)), name=layout.TRAIN_RUN,
                              failure_config=FailureConfig(max_failures=cfg.lrcl.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"{stage} training failed: {result.error}")
-    last = latest_checkpoint(train_dir)
-    if last is None or json.loads((last / DATA_STATE).read_text())["step"] != cfg.lrcl.steps:
-        raise RuntimeError(f"{stage}: no final checkpoint at step {cfg.lrcl.steps} in {train_dir}")
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(last / "generator", final)
-    state = json.loads((last / DATA_STATE).read_text())
-    (stage_dir / "_DONE.json").write_text(json.dumps(
-        {"stage": stage, "steps": cfg.lrcl.steps, "final": str(final), "seconds": round(time.time() - t0, 1),
-         "last_metrics": state["metrics"], "backbone": cfg.model.backbone}, indent=2))
-    log.info("%s finished: %s (loss %.4f)", stage, final, state["metrics"]["loss"])
-    return final
+    last = latest_checkpoint(store, train_rel)
+    state = store.read_json(layout.join(last, DATA_STATE)) if last else {}
+    if state.get("step") != cfg.lrcl.steps:
+        raise RuntimeError(f"{stage}: no final checkpoint at step {cfg.lrcl.steps} in {store.uri(train_rel)}")
+    store.copy(layout.join(last, GENERATOR), layout.generator(stage))
+    store.copy(layout.join(last, layout.METRICS), layout.join(folder, layout.METRICS))
+    retrieval = store.read_json(layout.join(last, RETRIEVAL)) if store.exists(layout.join(last, RETRIEVAL)) else None
+    if retrieval:
+        store.write_json(layout.join(folder, RETRIEVAL), retrieval)
+    log.info("%s finished: %s (loss %.4f)", stage, store.uri(layout.generator(stage)), state["metrics"]["loss"])
+    return {"steps": cfg.lrcl.steps, "seconds": round(time.time() - t0, 1), "last_metrics": state["metrics"],
+            "resumed_from": int(resume.rsplit("_", 1)[1]) if resume else 0, "backbone": cfg.model.backbone,
+            "retrieval": retrieval}
 
 
-def main(cfg, args) -> None:
-    final = run_lrcl(cfg, fresh=getattr(args, "fresh", False))
-    print(f"reaemb lrcl: generator at {final}")
+def stages(cfg) -> list[Stage]:
+    """`lrcl` (with the latent thought) and `llmemb` (the LLMEmb-style baseline without it)."""
+    out = []
+    for name, thought in (("llmemb", False), ("lrcl", True)):
+        reads = {"model": dict(changed_fields(cfg.model, drop=("use_thought",)), use_thought=thought),
+                 "lrcl": changed_fields(cfg.lrcl), "seed": cfg.seed}
+        out.append(Stage(name, ("prepare",), reads, lambda c, n=name: run_lrcl(c, n),
+                         cfg_with(cfg, **{"model.use_thought": thought}),
+                         command="lrcl" if thought else "lrcl model.use_thought=false"))
+    return out

@@ -1,49 +1,52 @@
-"""`reaemb prepare`: raw dataset -> `{output_dir}/prepared/` (see reaemb_ray/data/prepare.py).
+"""`reaemb prepare`: raw dataset -> `prepared/` (see reaemb_ray/data/prepare.py).
 
-Skips the work when `prepared/_DONE.json` holds the fingerprint of the current `data` section and every
-output file is present; `--fresh` forces a rebuild.
+Its record holds the `data` settings and every raw file's size and modification time, so replacing the raw
+data in place prepares again (and re-runs everything that reads the prepared tables).
 """
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict
+import os
+import tempfile
+from pathlib import Path
 
-from reaemb_ray import storage
-from reaemb_ray.data.prepare import FILES, prepare
-
-
-def data_fingerprint(cfg, fields=storage.changed_fields) -> str:
-    return storage.fingerprint(fields(cfg.data))
-
-
-def is_up_to_date(cfg) -> bool:
-    done = cfg.out / "prepared" / "_DONE.json"
-    if not done.is_file() or not all((cfg.out / "prepared" / f).is_file() for f in FILES):
-        return False
-    try:
-        recorded = json.loads(done.read_text()).get("fingerprint")
-    except json.JSONDecodeError:
-        return False
-    # format 1 hashed every field (defaults included); its records stay valid
-    return recorded in (data_fingerprint(cfg), data_fingerprint(cfg, storage.whole_section))
+from reaemb_ray import layout
+from reaemb_ray.records import changed_fields
+from reaemb_ray.stages.base import Stage
+from reaemb_ray.storage import Store, is_uri, store_for
 
 
-def main(cfg, args) -> None:
-    if storage.is_uri(cfg.output_dir):
-        raise ValueError(f"output_dir {cfg.output_dir!r} is a URI; `reaemb prepare` writes locally -- use "
-                         "`reaemb run` (it mirrors the local work folder to the URI) or a local output_dir")
-    out = cfg.out / "prepared"
-    if not getattr(args, "fresh", False) and is_up_to_date(cfg):
-        print(f"prepare: {out} is up to date (same data config); pass --fresh to rebuild")
-        print((out / "summary.json").read_text())
-        return
-    done = out / "_DONE.json"
-    done.unlink(missing_ok=True)  # an interrupted rebuild must not look finished
-    t0 = time.time()
-    prepare(cfg)
-    summary = (out / "summary.json").read_text()
-    done.write_text(json.dumps({"stage": "prepare", "fingerprint": data_fingerprint(cfg), "data": asdict(cfg.data),
-                                "seconds": round(time.time() - t0, 2),
-                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
-    print(summary)
+def raw_files(data_cfg) -> dict[str, list[int]]:
+    """The raw dataset's files: relative name -> [size, mtime in ns] (a URI is listed, not downloaded)."""
+    if is_uri(data_cfg.path):
+        return {k: list(v) for k, v in Store(data_cfg.path, data_cfg.cache_dir).files().items()}
+    from reaemb_ray.data.fetch import resolve_data_path
+
+    root = Path(resolve_data_path(data_cfg))
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            st = (Path(dirpath) / n).stat()
+            out[str((Path(dirpath) / n).relative_to(root))] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def run_prepare(cfg) -> dict:
+    from reaemb_ray.data.prepare import prepare
+
+    store = store_for(cfg)
+    if store.local(layout.PREPARED) is not None:  # written beside and swapped into place
+        summary = json.loads((prepare(cfg, store.local(layout.PREPARED)) / "summary.json").read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="reaemb-prepare-") as tmp:
+            out = prepare(cfg, Path(tmp) / layout.PREPARED)
+            summary = json.loads((out / "summary.json").read_text())
+            store.put(out, layout.PREPARED)
+    print(json.dumps({k: summary[k] for k in ("name", "users", "items", "interactions")}))
+    return {k: summary[k] for k in ("users", "items", "interactions", "source")}
+
+
+def stages(cfg) -> list[Stage]:
+    # where the raw data is cached does not change what is prepared
+    reads = {"data": changed_fields(cfg.data, drop=("cache_dir",))}
+    return [Stage("prepare", (), reads, run_prepare, cfg, raw_inputs=lambda: raw_files(cfg.data), command="prepare")]
