@@ -8,6 +8,7 @@ RAY_AUTH_TOKEN, as a user does after `ray get-auth-token` on a cloud head.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -36,7 +37,8 @@ SHARED_ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 
 def job_command(out: Path) -> list[str]:
     data = str(SHARED_ML100K) if SHARED_ML100K.exists() else "auto:ml-100k"
-    argv = ["run", "--config", "configs/ci.yaml", f"output_dir={out}", f"data.path={data}",
+    # a cluster's nodes share no local disk: the output is a URI (file:// stands for a mount every node shares)
+    argv = ["run", "--config", "configs/ci.yaml", f"output_dir=file://{out}", f"data.path={data}",
             "eval.methods=[id,raw_llm]", "srs.epochs=2"]
     code = ("import sys, reaemb_ray; from reaemb_ray.cli import main; "
             f"print('REAEMB_FROM', reaemb_ray.__file__, flush=True); sys.exit(main({argv!r}))")
@@ -45,7 +47,7 @@ def job_command(out: Path) -> list[str]:
 
 def expected_outputs(out: Path) -> list[Path]:
     return [out / "prepared" / "splits.parquet", out / "embeddings" / "raw_llm" / "embeddings.parquet",
-            out / "eval" / "report.json", out / "eval" / "report.md", out / "_manifest.json"]
+            out / "eval" / "report.json", out / "eval" / "report.md", out / "eval" / "_record.json"]
 
 
 
@@ -126,7 +128,9 @@ def test_job_submit_runs_the_pipeline_from_the_working_dir(ray_head, tmp_path):
     t0 = time.time()
     submit = ray_cli(["job", "submit", "--address", url, "--no-wait", "--submission-id", job_id,
                       "--working-dir", str(ROOT),
-                      "--runtime-env-json", '{"excludes": ["outputs/", ".git/", "*.gguf", "*.safetensors"]}',
+                      # env_vars in the job's runtime env used to clash with init_ray's own (Ray refuses to merge)
+                      "--runtime-env-json", json.dumps({"excludes": ["outputs/", ".git/", "*.gguf", "*.safetensors"],
+                                                        "env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}),
                       "--", *job_command(out)], env)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     status = ""

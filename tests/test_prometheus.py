@@ -1,5 +1,6 @@
-"""A real Prometheus scrapes a local Ray's metrics endpoint and sees the reaemb series, and every query of
-the Grafana dashboard (cluster/grafana/reaemb_dashboard.json) returns data from it.
+"""A real Prometheus scrapes a local Ray's metrics endpoint: a short real run (LRCL as a Ray Train job, then
+CRRL with a rollout worker killed once) feeds every query of the Grafana dashboard
+(cluster/grafana/reaemb_dashboard.json), and each metric kind reaches Prometheus under the expected name.
 
 Needs the `prometheus` binary (Debian/Ubuntu: `apt-get install -y prometheus`); skipped without it.
 """
@@ -93,8 +94,7 @@ def prometheus_url(ray_metrics_port, tmp_path_factory):
 
 def emit_with_actor():
     """Start an actor that reports every reaemb metric through reaemb_ray.metrics.get with known values
-    (tags all "0"), so every series exists -- including those of stages not run here (LRCL).
-    test_real_crrl_run_reaches_prometheus covers what a real CRRL run emits."""
+    (tags all "0"); its series carry its own WorkerId label, which sets them apart from the real run's."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -123,98 +123,104 @@ def emit_with_actor():
         def stop(self):
             self._stop.set()
 
+        def worker_id(self) -> str:
+            return ray.get_runtime_context().get_worker_id()
+
     return Emitter.remote()
 
 
+def test_a_short_real_run_feeds_every_dashboard_query(prometheus_url, tmp_path):
+    """LRCL (Ray Train, 2 workers, 2 steps) then CRRL (torch engine, object-store weight sync, a rollout worker
+    killed once) on this Ray: every dashboard query returns a finite series from what they emitted (read over a
+    window that covers the run, as a Grafana panel over the run's time range would), and the three series the
+    dashboard once plotted without any emitter hold the run's own numbers."""
+    import ray
+
+    from reaemb_ray.config import load_config
+    from reaemb_ray.rl.synthetic import write_synthetic_prepared
+    from reaemb_ray.stages.crrl import run_crrl
+    from reaemb_ray.stages.lrcl import run_lrcl
+
+    write_synthetic_prepared(tmp_path / "prepared")
+    cfg = load_config(None, [
+        f"output_dir={tmp_path}", "model.backbone=tiny", "model.max_length=128", "lrcl.steps=2", "lrcl.batch_size=8",
+        "lrcl.micro_batch_size=4", "lrcl.warmup_steps=1", "lrcl.checkpoint_every=2", "crrl.engine=torch",
+        "crrl.items_per_batch=8", "crrl.epochs=1", "crrl.group_size=4", "crrl.eval_items=8", "crrl.eval_every=2",
+        "crrl.num_rollout_workers=1", "crrl.num_reward_workers=1", "crrl.rollout_resources.num_cpus=0.5",
+        "crrl.reward_resources.num_cpus=0.25", "crrl.learner_resources.num_cpus=0.5"])
+    t0 = time.time()
+    lrcl = run_lrcl(cfg)
+    killed = []
+
+    def kill_once(step, ctl):
+        if step == 2 and not killed:
+            ray.kill(ctl.actors.rollout[0])  # the controller recreates it: reaemb_actor_restarts_total
+            killed.append(step)
+
+    res = run_crrl(cfg, fresh=True, hooks={"after_step": kill_once})
+    rows = [json.loads(x) for x in (tmp_path / "crrl" / "metrics.jsonl").read_text().splitlines()]
+    assert res["steps"] == len(rows) == 4 and res["restarts"]["rollout"] == 1
+    print(f"LRCL + CRRL run: {time.time() - t0:.1f}s")
+
+    def values(promql):
+        return [float(s["value"][1]) for s in query(prometheus_url, promql)]
+
+    dash = json.loads((ROOT / "cluster" / "grafana" / "reaemb_dashboard.json").read_text())
+    exprs = [(p["title"], t["expr"].replace("$SessionName", ".+").replace("$__rate_interval", "10m"))
+             for p in dash["panels"] for t in p["targets"]]
+
+    def empty_panels():
+        empty = [title for title, expr in exprs
+                 if not (r := query(prometheus_url, expr)) or not all(math.isfinite(float(s["value"][1])) for s in r)]
+        return empty or None
+
+    missing = None
+    deadline = time.time() + 60
+    while time.time() < deadline and (missing := empty_panels()):
+        time.sleep(1)
+    assert not missing, f"dashboard panels without data after a real run: {missing}"
+    # LRCL: every rank counted its items (steps x batch size in all); rank 0 set the learned temperature
+    items = wait_for("LRCL items", lambda: values("sum(ray_reaemb_lrcl_items_total)"), 20)
+    assert items == [cfg.lrcl.steps * cfg.lrcl.batch_size]
+    assert values("max(ray_reaemb_lrcl_tau)") == [pytest.approx(lrcl["last_metrics"]["tau"], rel=1e-5)]
+    assert values('max(ray_reaemb_loss{stage="lrcl"})') == [pytest.approx(lrcl["last_metrics"]["loss"], rel=1e-5)]
+    # CRRL: the rollout worker loaded new weights from the object store after learner steps
+    synced = values('sum(ray_reaemb_weight_sync_seconds_count{backend="object_store"})')
+    assert synced and synced[0] >= 1
+    # every learner step consumed one rollout batch of items_per_batch items x group_size noisy samples
+    embeddings = values('sum(ray_reaemb_rollout_embeddings_total{engine="torch"})')
+    assert embeddings and embeddings[0] >= res["steps"] * cfg.crrl.items_per_batch * cfg.crrl.group_size
+    assert values('ray_reaemb_loss{stage="crrl"}') == [pytest.approx(rows[-1]["loss"], rel=1e-5, abs=1e-7)]
+
+
 def test_reaemb_series_reach_prometheus(prometheus_url):
+    """Each kind of series under its exported name: gauges exact, counters growing, histogram buckets."""
+    import ray
+
     t0 = time.time()
     emitter = emit_with_actor()
+    mine = f'WorkerId="{ray.get(emitter.worker_id.remote())}"'
 
     def values(promql):
         return [float(s["value"][1]) for s in query(prometheus_url, promql)]
 
     # gauges: the exact values the actor set
-    wait_for("ray_reaemb_reward_mean in prometheus", lambda: values("ray_reaemb_reward_mean"), 55)
+    wait_for("ray_reaemb_reward_mean in prometheus", lambda: values(f"ray_reaemb_reward_mean{{{mine}}}"), 55)
     for name, expected in GAUGE_VALUES.items():
-        got = wait_for(f"ray_{name}", lambda: values(f"ray_{name}"), 20)
+        got = wait_for(f"ray_{name}", lambda: values(f"ray_{name}{{{mine}}}"), 20)
         assert got == [pytest.approx(expected)], f"ray_{name}"
     # counters: exported under the METRICS name (already ending in _total), growing between scrapes
-    first = values("sum(ray_reaemb_rollout_embeddings_total)")[0]
+    counter = f"sum(ray_reaemb_rollout_embeddings_total{{{mine}}})"
+    first = values(counter)[0]
     assert first > 0
-    wait_for("the rollout counter to grow", lambda: values("sum(ray_reaemb_rollout_embeddings_total)")[0] > first, 20)
-    assert values('ray_reaemb_rollout_embeddings_total{worker="0",engine="0"}'), "tags become labels"
+    wait_for("the rollout counter to grow", lambda: values(counter)[0] > first, 20)
+    assert values(f'ray_reaemb_rollout_embeddings_total{{worker="0",engine="0",{mine}}}'), "tags become labels"
     # histograms: every observation lands in the (0.25, 0.5] bucket
-    count = values("sum(ray_reaemb_learner_step_seconds_count)")[0]
-    below = values('sum(ray_reaemb_learner_step_seconds_bucket{le="0.25"})')[0]
-    within = values('sum(ray_reaemb_learner_step_seconds_bucket{le="0.5"})')[0]
+    count = values(f"sum(ray_reaemb_learner_step_seconds_count{{{mine}}})")[0]
+    below = values(f'sum(ray_reaemb_learner_step_seconds_bucket{{le="0.25",{mine}}})')[0]
+    within = values(f'sum(ray_reaemb_learner_step_seconds_bucket{{le="0.5",{mine}}})')[0]
     assert count > 0 and below == 0 and within == count
-    mean = values("sum(ray_reaemb_learner_step_seconds_sum) / sum(ray_reaemb_learner_step_seconds_count)")[0]
+    mean = values(f"sum(ray_reaemb_learner_step_seconds_sum{{{mine}}}) / sum(ray_reaemb_learner_step_seconds_count{{{mine}}})")[0]
     assert 0.25 <= mean <= 0.5  # Ray 2.60 records the bucket midpoint (0.375), not the observed 0.3
-    import ray
-
     ray.get(emitter.stop.remote())
     print(f"series in prometheus after {time.time() - t0:.1f}s")
-
-
-def test_every_dashboard_query_returns_data(prometheus_url):
-    emitter = emit_with_actor()
-    dash = json.loads((ROOT / "cluster" / "grafana" / "reaemb_dashboard.json").read_text())
-    # Grafana's variables, as Grafana would fill them in
-    exprs = [(p["title"], t["expr"].replace("$SessionName", ".+").replace("$__rate_interval", "15s"))
-             for p in dash["panels"] for t in p["targets"]]
-
-    def all_have_data():
-        empty = []
-        for title, expr in exprs:
-            result = query(prometheus_url, expr)
-            if not result or not all(math.isfinite(float(s["value"][1])) for s in result):
-                empty.append(title)
-        return not empty or None
-
-    wait_for("every dashboard query to return finite values", all_have_data, 50)
-    rates = query(prometheus_url, exprs[0][1])
-    assert float(rates[0]["value"][1]) > 0, "rollout embeddings/s must be positive while the actor emits"
-    p50 = query(prometheus_url, [e for t, e in exprs if t == "Learner step seconds"][0])
-    assert 0.25 <= float(p50[0]["value"][1]) <= 0.5
-    import ray
-
-    ray.get(emitter.stop.remote())
-
-
-def test_real_crrl_run_reaches_prometheus(prometheus_url, tmp_path):
-    """A short real CRRL run (tiny random Llama, synthetic co-occurrence data, torch engine) on this Ray:
-    its rollout/reward/learner series reach Prometheus with the values the run recorded."""
-    pytest.importorskip("reaemb_ray.stages.crrl")
-    from reaemb_ray.config import load_config
-    from reaemb_ray.rl.synthetic import write_synthetic_prepared
-    from reaemb_ray.stages.crrl import run_crrl
-
-    write_synthetic_prepared(tmp_path / "prepared")
-    cfg = load_config(None, [
-        f"output_dir={tmp_path}", "model.backbone=tiny", "model.max_length=128", "crrl.init_from=backbone",
-        "crrl.engine=torch", "crrl.items_per_batch=8", "crrl.epochs=1", "crrl.group_size=4", "crrl.eval_items=8",
-        "crrl.num_rollout_workers=1", "crrl.num_reward_workers=1", "crrl.rollout_resources.num_cpus=0.5",
-        "crrl.reward_resources.num_cpus=0.25", "crrl.learner_resources.num_cpus=0.5"])
-    t0 = time.time()
-    res = run_crrl(cfg, fresh=True)
-    rows = [json.loads(x) for x in (tmp_path / "crrl" / "metrics.jsonl").read_text().splitlines()]
-    assert res["steps"] == len(rows) >= 2
-    print(f"CRRL run: {res['steps']} steps in {time.time() - t0:.1f}s")
-
-    def values(promql):
-        return [float(s["value"][1]) for s in query(prometheus_url, promql)]
-
-    # the emitter of the other tests tags everything "0"; the real run's labels are its own
-    embeddings = 'sum(ray_reaemb_rollout_embeddings_total{engine="torch"})'
-    wait_for("the real run's rollout counter", lambda: values(embeddings), 30)
-    # every learner step consumed one rollout batch of items_per_batch items x group_size noisy samples
-    expected = res["steps"] * cfg.crrl.items_per_batch * cfg.crrl.group_size
-    got = wait_for(f"{expected} rollout embeddings", lambda: values(embeddings)[0] >= expected and values(embeddings), 20)
-    assert got == [expected]
-    assert wait_for("reward scores", lambda: values('sum(ray_reaemb_reward_scores_total{worker!="0"} or '
-                                                      'ray_reaemb_reward_scores_total{reward!="0"})'), 20)[0] > 0
-    last = rows[-1]
-    loss = wait_for("the crrl loss gauge", lambda: values('ray_reaemb_loss{stage="crrl"}'), 20)
-    assert loss == [pytest.approx(last["loss"], rel=1e-5, abs=1e-7)]
-    p95 = values('histogram_quantile(0.95, sum by (le) (rate(ray_reaemb_rollout_batch_seconds_bucket{engine="torch"}[1m])))')
-    assert p95 and p95[0] > 0

@@ -7,19 +7,20 @@ outputs to `layout.folder(name)` of the store, and returns metadata for the reco
 stage's record with today's inputs; `execute` runs it so that a failure leaves no record.
 
 Adding a stage (e.g. `reason`): a module with the work function and `stages(cfg) -> [Stage(...)]`, one line
-in `reaemb_ray.stages.run.BUILDERS`, one subcommand in `reaemb_ray.cli`; its folder is its name unless
+in `reaemb_ray.stages.run.stage_builders`, one subcommand in `reaemb_ray.cli`; its folder is its name unless
 `reaemb_ray.layout` says otherwise. See docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from reaemb_ray import layout, records
-from reaemb_ray.storage import Store, store_for
+from reaemb_ray.storage import Store, is_uri, store_for
 
 log = logging.getLogger("reaemb.run")
 
@@ -42,6 +43,15 @@ def cfg_with(cfg, **changes):
             node = getattr(node, p)
         setattr(node, last, value)
     return new
+
+
+def output_store(cfg) -> Store:
+    """The output store, refusing a local output_dir on a cluster: the other nodes cannot see the driver's disk."""
+    if (cfg.ray.address or os.environ.get("RAY_ADDRESS")) and not is_uri(cfg.output_dir):
+        raise ValueError(f"output_dir={cfg.output_dir!r} is a folder on the driver's node, which the cluster's other "
+                         "nodes cannot read; set output_dir to s3://..., gs://... or file://... (a mount every node "
+                         "shares), see docs/CLUSTER.md")
+    return store_for(cfg)
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,7 @@ def run_standalone(stage: Stage, upstream: list[Stage], fresh: bool = False) -> 
     """`reaemb <stage>`: refuse when an upstream stage is not done, skip when up to date, else run and say why.
 
     Returns "skipped" or "ran"."""
-    store = store_for(stage.cfg)
+    store = output_store(stage.cfg)
     for up in upstream:
         s = check(up, store)
         if s.state != "done":

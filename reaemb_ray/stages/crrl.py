@@ -398,7 +398,8 @@ class Controller:
         self._write_metrics()
 
     def _write_metrics(self) -> None:
-        text = "".join(json.dumps(r) + "\n" for r in self.rows)
+        """`metrics.jsonl`: one row per learner step (the step-0 evaluation stays in the returned rows)."""
+        text = "".join(json.dumps(r) + "\n" for r in self.rows if r["step"] > 0)
         self.store.write_bytes(layout.join(self.folder, layout.METRICS), text.encode())
 
     def _finish(self) -> None:

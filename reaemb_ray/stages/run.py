@@ -9,16 +9,17 @@ again re-runs what reads it; a stage interrupted with the same inputs resumes fr
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from reaemb_ray import layout
 from reaemb_ray.config import Config, InputError
-from reaemb_ray.stages.base import Stage, StageFailed, check, execute, run_standalone
+from reaemb_ray.stages.base import Stage, StageFailed, check, execute, output_store, run_standalone
 from reaemb_ray.storage import store_for
 
 log = logging.getLogger("reaemb.run")
 
 
-def _builders():
+def stage_builders():
     from reaemb_ray.stages import crrl, evaluate, export, lrcl, prepare, srs_pretrain
 
     # each returns its stages for a config; together they are in dependency order
@@ -28,7 +29,7 @@ def _builders():
 def catalogue(cfg: Config) -> dict[str, Stage]:
     """Every stage this config can run, by name, in dependency order."""
     out: dict[str, Stage] = {}
-    for build in _builders():
+    for build in stage_builders():
         for st in build(cfg):
             unknown = [d for d in st.deps if d not in out]
             if unknown:
@@ -56,9 +57,8 @@ def plan(cfg: Config) -> list[Stage]:
 
 def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
     """Run every stage that is not done with today's inputs; returns stage -> "skipped" | "ran"."""
-    from reaemb_ray.preflight import check_catalogue
-
-    store = store_for(cfg)
+    store = output_store(cfg)
+    log.info("reaemb_ray from %s; outputs in %s", Path(__file__).parents[1], store.uri())
     stages = plan(cfg)
     status: dict[str, str] = {}
     for i, st in enumerate(stages, 1):

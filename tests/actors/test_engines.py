@@ -15,7 +15,7 @@ def base(tmp_path_factory):
     d = tmp_path_factory.mktemp("eng")
     prep = write_synthetic_prepared(d / "prepared", clusters=2, per_cluster=3)
     cfg = load_config(None, [f"output_dir={d}", "model.backbone=tiny", "crrl.init_from=backbone"])
-    return str(prepare_base(cfg, d / "crrl" / "base")), load_item_texts(prep)
+    return str(prepare_base(cfg, d / "crrl" / "base", None)), load_item_texts(prep)
 
 
 def _outputs(base, engine_name):

@@ -173,6 +173,9 @@ def test_autoscaler_yaml_node_types(path):
     assert ray_pins and all(f"=={ray.__version__}" in c for c in ray_pins), "cluster Ray must equal the client's"
     for cmd in cfg["head_start_ray_commands"][1:] + cfg["worker_start_ray_commands"][1:]:
         assert "--metrics-export-port=8080" in cmd
+    # nothing answers on the network without credentials: the dashboard/job API is on loopback (SSH tunnel)
+    head = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
 
 
 # ------------------------------------------------------------------------------- KubeRay
@@ -183,6 +186,8 @@ def check_ray_cluster_spec(spec: dict, where: str) -> None:
     assert spec["rayVersion"] == ray.__version__, f"{where}: rayVersion must equal the installed Ray"
     head = spec["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0", f"{where}: keep actors off the head"
+    if head["rayStartParams"].get("dashboard-host") != "127.0.0.1":  # reachable from the pod network
+        assert spec.get("authOptions") == {"mode": "token"}, f"{where}: a network-facing dashboard needs token auth"
     assert head["rayStartParams"]["metrics-export-port"] == "8080"
     ports = {p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
     assert {6379, 8265, 8080} <= ports, f"{where}: head must expose GCS, dashboard and metrics ports"

@@ -1,7 +1,6 @@
 """prepare(): ids, leave-one-out splits, popularity, training-only co-occurrence, load_prepared, the stage."""
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from collections import Counter
@@ -13,7 +12,9 @@ import pytest
 
 from reaemb_ray.config import ConfigError, load_config
 from reaemb_ray.data.prepare import cooccurrence, load_prepared, prepare
-from reaemb_ray.stages import prepare as stage
+from reaemb_ray.stages.base import cfg_with, check
+from reaemb_ray.stages.run import catalogue, run_stage
+from reaemb_ray.storage import store_for
 
 BEAUTY = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon-beauty"
 
@@ -105,7 +106,7 @@ def beauty(tmp_path_factory):
     out = tmp_path_factory.mktemp("beauty")
     cfg = load_config(None, ["data.reader=p5_amazon", f"data.path={BEAUTY}", "data.name=beauty",
                              "data.item_noun=beauty", f"output_dir={out}"])
-    stage.main(cfg, argparse.Namespace(fresh=False))
+    run_stage(cfg, "prepare")
     return cfg, load_prepared(out)
 
 
@@ -153,11 +154,11 @@ def test_held_out_items_never_enter_cooccurrence(tmp_path):
 
 def test_stage_skips_when_up_to_date_and_rebuilds_on_change(beauty, capsys):
     cfg, p = beauty
-    done = p.path / "_DONE.json"
-    before = done.stat().st_mtime_ns
-    stage.main(cfg, argparse.Namespace(fresh=False))
-    assert "up to date" in capsys.readouterr().out and done.stat().st_mtime_ns == before
-    assert json.loads(done.read_text())["fingerprint"] == stage.data_fingerprint(cfg)
-    cfg.data.max_value_chars = 20  # a data change invalidates
-    assert not stage.is_up_to_date(cfg)
-    cfg.data.max_value_chars = 100
+    record = p.path / "_record.json"
+    before = record.stat().st_mtime_ns
+    assert run_stage(cfg, "prepare") == "skipped"
+    assert "up to date" in capsys.readouterr().out and record.stat().st_mtime_ns == before
+    assert json.loads(record.read_text())["inputs"]["data"]  # the raw files' sizes and times are recorded
+    changed = cfg_with(cfg, **{"data.max_value_chars": 20})  # a data change invalidates
+    status = check(catalogue(changed)["prepare"], store_for(changed))
+    assert status.state == "stale" and status.reasons == ["data.max_value_chars: (default) -> 20"]

@@ -1,5 +1,4 @@
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +10,7 @@ from reaemb_ray.srs.data import load_seq_data
 from reaemb_ray.srs.pretrain import load_item_table
 from reaemb_ray.srs.trainer import fit_and_test
 from reaemb_ray.stages import evaluate
+from reaemb_ray.stages.srs_pretrain import run_srs_pretrain
 
 TINY = ["srs.hidden=16", "srs.heads=1", "srs.max_len=20", "srs.epochs=3", "srs.patience=2", "srs.batch_size=32",
         "srs.seeds=[0]", "eval.ks=[5,10]", "eval.num_sampled_negatives=10", "srs.adapter_hidden=8", "srs.pca_dim=6"]
@@ -38,15 +38,18 @@ def test_training_is_reproducible_and_learns(prepared_dir):
     assert full1.max() < 30 and s1.max() <= 10
 
 
-def test_evaluate_stage_writes_report_skips_missing_and_resumes(prepared_dir, caplog):
+def test_evaluate_stage_writes_report_refuses_missing_and_resumes(prepared_dir):
     out = prepared_dir.parent
     write_lrcl_table(out)
-    cfg = cfg_for(prepared_dir, "srs.backbones=[sasrec,gru4rec]", "eval.methods=[id,lrcl,crrl]",
-                  "srs.align_alpha=0.01")
-    evaluate.main(cfg, SimpleNamespace(fresh=False))
-    assert "crrl" in caplog.text and "not found" in caplog.text
-    assert load_item_table(out).shape == (31, 16)  # align_alpha > 0 pretrained the ID-SASRec first
-    assert (out / "srs_pretrain" / "_DONE.json").exists()
+    with pytest.raises(FileNotFoundError, match=r"embedding tables of crrl \(.*embeddings/crrl/embeddings.parquet\)"):
+        evaluate.run_evaluate(cfg_for(prepared_dir, "eval.methods=[id,lrcl,crrl]"))  # before any training
+    assert not (out / "eval" / "runs").exists()
+    cfg = cfg_for(prepared_dir, "srs.backbones=[sasrec,gru4rec]", "eval.methods=[id,lrcl]", "srs.align_alpha=0.01")
+    with pytest.raises(FileNotFoundError, match="srs_pretrain"):  # alignment reads the pretrained ID-SASRec
+        evaluate.run_evaluate(cfg)
+    run_srs_pretrain(cfg)
+    assert load_item_table(out / "srs_pretrain").shape == (31, 16)
+    evaluate.run_evaluate(cfg)
     records = json.loads((out / "eval" / "report.json").read_text())
     keys = {(r["method"], r["backbone"], r["protocol"], r["group"], r["metric"], r["k"]) for r in records}
     assert len(keys) == 2 * 2 * 2 * 5 * 2 * 2 == len(records)
@@ -57,13 +60,13 @@ def test_evaluate_stage_writes_report_skips_missing_and_resumes(prepared_dir, ca
     pop = next(r for r in records if r["group"] == "popular")
     assert tail["n_users"] + pop["n_users"] == 80
     md = (out / "eval" / "report.md").read_text()
-    assert "## sasrec, full" in md and "## gru4rec, sampled10" in md and "| lrcl |" in md and "crrl" in md
+    assert "## sasrec, full" in md and "## gru4rec, sampled10" in md and "| lrcl |" in md
     assert (out / "eval" / "val_curves.png").stat().st_size > 1000
     assert (out / "eval" / "ndcg_by_popularity.png").stat().st_size > 1000
 
     run_file = out / "eval" / "runs" / "id__sasrec__seed0.json"
     stamp = run_file.stat().st_mtime_ns
-    evaluate.main(cfg, SimpleNamespace(fresh=False))  # resumes: no retraining
+    evaluate.run_evaluate(cfg)  # resumes: no retraining
     assert run_file.stat().st_mtime_ns == stamp
     assert json.loads((out / "eval" / "report.json").read_text()) == records
     # a changed table re-trains only the runs that read it
@@ -72,7 +75,7 @@ def test_evaluate_stage_writes_report_skips_missing_and_resumes(prepared_dir, ca
     (out / "embeddings" / "lrcl" / "embeddings.parquet").unlink()
     (out / "embeddings" / "lrcl").rmdir()
     write_lrcl_table(out, dim=10)
-    evaluate.main(cfg, SimpleNamespace(fresh=False))
+    evaluate.run_evaluate(cfg)
     assert run_file.stat().st_mtime_ns == stamp and lrcl_file.stat().st_mtime_ns != lrcl_stamp
 
 
@@ -84,20 +87,20 @@ def test_evaluate_rejects_a_broken_table(prepared_dir):
                              "vector": pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32()))}),
                    d / "embeddings.parquet")
     with pytest.raises(ValueError, match=r"lrcl/embeddings.parquet.*28 item ids"):
-        evaluate.main(cfg_for(prepared_dir, "eval.methods=[lrcl]"), SimpleNamespace(fresh=False))
+        evaluate.run_evaluate(cfg_for(prepared_dir, "eval.methods=[lrcl]"))
 
 
-def test_missing_prepared_data_says_which_stage_to_run(tmp_path):
+def test_missing_prepared_data_is_named(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}", "eval.methods=[id]"])
-    with pytest.raises(FileNotFoundError, match="reaemb prepare"):
-        evaluate.main(cfg, SimpleNamespace(fresh=False))
+    with pytest.raises(FileNotFoundError, match="prepared does not exist"):
+        evaluate.run_evaluate(cfg)
 
 
 def test_main_methods_get_all_seeds_others_the_first(prepared_dir):
     out = prepared_dir.parent
     write_lrcl_table(out)
     cfg = cfg_for(prepared_dir, "srs.epochs=1", "srs.seeds=[0,1]", "eval.methods=[id,lrcl]", "eval.main_methods=[id]")
-    evaluate.main(cfg, SimpleNamespace(fresh=False))
+    evaluate.run_evaluate(cfg)
     records = json.loads((out / "eval" / "report.json").read_text())
     seeds = {m: {r["seed"] for r in records if r["method"] == m} for m in ("id", "lrcl")}
     assert seeds == {"id": {0, 1}, "lrcl": {0}}
@@ -107,14 +110,14 @@ def test_main_backbones_limit_the_extra_seeds(prepared_dir):
     out = prepared_dir.parent
     cfg = cfg_for(prepared_dir, "srs.epochs=1", "srs.seeds=[0,1]", "srs.backbones=[sasrec,gru4rec]",
                   "eval.methods=[id]", "eval.main_backbones=[sasrec]")
-    evaluate.main(cfg, SimpleNamespace(fresh=False))
+    evaluate.run_evaluate(cfg)
     records = json.loads((out / "eval" / "report.json").read_text())
     seeds = {b: {r["seed"] for r in records if r["backbone"] == b} for b in ("sasrec", "gru4rec")}
     assert seeds == {"sasrec": {0, 1}, "gru4rec": {0}}
     # which runs get every seed is not part of a run's key: widening it reuses the finished runs
     runs = sorted(p.name for p in (out / "eval" / "runs").iterdir())
     mtimes = {p.name: p.stat().st_mtime for p in (out / "eval" / "runs").iterdir()}
-    evaluate.main(cfg_for(prepared_dir, "srs.epochs=1", "srs.seeds=[0,1]", "srs.backbones=[sasrec,gru4rec]",
-                          "eval.methods=[id]"), SimpleNamespace(fresh=False))
+    evaluate.run_evaluate(cfg_for(prepared_dir, "srs.epochs=1", "srs.seeds=[0,1]", "srs.backbones=[sasrec,gru4rec]",
+                                  "eval.methods=[id]"))
     after = {p.name: p.stat().st_mtime for p in (out / "eval" / "runs").iterdir()}
     assert {n: after[n] for n in runs} == mtimes and set(after) - set(runs) == {"id__gru4rec__seed1.json"}

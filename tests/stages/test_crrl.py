@@ -65,6 +65,8 @@ def test_crrl_end_to_end_and_resume(local_ray, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert len(res["eval_rewards"]) == 3 and all(0 < e <= 0.5 for e in res["eval_rewards"])  # steps 0, 2, 4
     final = tmp_path / "crrl" / "final"
+    assert [p.name for p in (tmp_path / "crrl" / "checkpoints").iterdir()] in (
+        ["latest.json", "step_000004"], ["step_000004", "latest.json"])  # the older checkpoint is gone
     assert (final / "thought_attention.safetensors").exists() and (tmp_path / "crrl" / "crrl_curves.png").exists()
     from safetensors.numpy import load_file
     trained = load_file(str(final / "thought_attention.safetensors"))
@@ -96,7 +98,7 @@ def test_killed_rollout_worker_is_replaced_without_losing_steps(local_ray, tmp_p
 
     def kill_once(step, ctl):
         if step == 2 and not killed:
-            ray.kill(ctl.rollout_workers[0])  # no restart: the controller must recreate it
+            ray.kill(ctl.actors.rollout[0])  # no restart: the controller must recreate it
             killed.append(step)
 
     res = run_crrl(cfg, fresh=True, hooks={"after_step": kill_once})
@@ -130,8 +132,8 @@ def test_srs_and_mix_rewards_end_to_end(local_ray, tmp_path, compact_backbone):
             "srs.hidden=16", "srs.layers=1", "srs.epochs=3", "srs.patience=2", "srs.max_len=16", "srs.batch_size=64",
             "eval.num_sampled_negatives=10"]
     cfg = _compact_cfg(tmp_path, compact_backbone, "crrl.reward=srs", *base)
-    pretrain_id_sasrec(cfg, progress=False)
-    table = load_item_table(cfg.out)
+    pretrain_id_sasrec(cfg, tmp_path / "prepared", tmp_path / "srs_pretrain", progress=False)
+    table = load_item_table(tmp_path / "srs_pretrain")
     assert table.shape == (33, 16) and np.isfinite(table).all()
     for reward in ("srs", "mix"):
         cfg = _compact_cfg(tmp_path, compact_backbone, f"crrl.reward={reward}", *base)
@@ -187,11 +189,11 @@ def test_collective_weight_sync_pushes_every_version_and_survives_a_killed_worke
     seen = {}
 
     def check(step, ctl):
-        versions = ray.get([w.weights_version.remote() for w in ctl.rollout_workers])
-        embs = ray.get([w.noise_free.remote(probe, [], 0) for w in ctl.rollout_workers])
-        seen[step] = (versions, ctl.version, embs, ctl.generation)
+        versions = ray.get([w.weights_version.remote() for w in ctl.actors.rollout])
+        embs = ray.get([w.noise_free.remote(probe, [], 0) for w in ctl.actors.rollout])
+        seen[step] = (versions, ctl.version, embs, ctl.actors.generation)
         if step == 2:
-            ray.kill(ctl.rollout_workers[1])  # the next rollout or broadcast finds it dead
+            ray.kill(ctl.actors.rollout[1])  # the next rollout or broadcast finds it dead
 
     res = run_crrl(cfg, fresh=True, hooks={"after_step": check})
     assert res["steps"] == 4 and res["restarts"]["rollout"] == 1
@@ -202,3 +204,38 @@ def test_collective_weight_sync_pushes_every_version_and_survives_a_killed_worke
     assert seen[4][3] == 2  # the group was formed again once, for the replacement worker
     assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
     assert res["sync_s"] > 0
+
+
+def test_crrl_export_reads_the_generator_crrl_wrote(local_ray, tmp_path):
+    """CRRL from the raw backbone (crrl.init_from=backbone, not LRCL): `export.method=crrl` embeds with the folder
+    CRRL wrote and equals what the CRRL actors compute under the learner's final weights. An LRCL generator
+    lies beside it as a decoy: exporting from `lrcl/final` + CRRL's attention would not match."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from reaemb_ray.model import build_embedder, save_generator
+    from reaemb_ray.stages.export import run_export
+
+    cfg = _cfg(tmp_path, "crrl.num_rollout_workers=1", "crrl.num_reward_workers=1", "crrl.max_steps=2",
+               "crrl.eval_items=0", "export.batch_size=16")
+    torch.manual_seed(3)
+    decoy, tok, _ = build_embedder(cfg.model, cfg.data.cache_dir)
+    with torch.no_grad():
+        decoy.attn.v_proj.bias.add_(0.5)
+    save_generator(decoy, tok, tmp_path / "lrcl" / "final", {"backbone": "tiny"})
+    probe = np.arange(1, 33, dtype=np.int64)
+    seen = {}
+
+    def grab(step, ctl):
+        if step == ctl.total:
+            seen["emb"] = ray.get(ctl.actors.rollout[0].noise_free.remote(probe, ctl.weights_box, ctl.version))
+
+    res = run_crrl(cfg, fresh=True, hooks={"after_step": grab})
+    assert res["steps"] == 2 and seen["emb"].shape == (32, 128)
+    meta = json.loads((tmp_path / "crrl" / "final" / "reaemb_meta.json").read_text())
+    assert meta["kind"] == "merged" and meta["source"] == "backbone" and meta["crrl_steps"] == 2
+    summary = run_export(cfg, "crrl")
+    table = pq.read_table(tmp_path / "embeddings" / "crrl" / "embeddings.parquet")
+    assert table.column("item_id").to_pylist() == probe.tolist() and summary["items"] == 32
+    got = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, seen["emb"], atol=1e-4, rtol=1e-4)

@@ -1,6 +1,8 @@
-"""Export with Ray Data on a tiny generator: every item once, matches direct embedding, restart skips shards."""
+"""Export with Ray Data on a tiny generator: every item once, matches direct embedding, restart skips shards,
+the final table is the post-processed one (PCA) while the shards keep the raw vectors."""
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -11,8 +13,14 @@ from reaemb_ray.data.prepare import prepare
 from reaemb_ray.data.prompts import item_prompt
 from reaemb_ray.model import build_embedder, save_generator, tokenize_prompts
 from reaemb_ray.stages.export import run_export
+from reaemb_ray.storage import store_for
 
 ML100K = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k")  # ../shared beside the repo
+
+
+def _raw_vectors(shard_dir: Path) -> torch.Tensor:
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(shard_dir.glob("*.parquet"))]).sort_by("item_id")
+    return torch.tensor(table.column("vector").to_pylist())
 
 
 def test_export_lrcl_all_items_and_restart(tmp_path, local_ray):
@@ -26,7 +34,7 @@ def test_export_lrcl_all_items_and_restart(tmp_path, local_ray):
     module, tok, path = build_embedder(cfg.model, cache)
     with torch.no_grad():
         module.attn.v_proj.bias.add_(0.3)
-    save_generator(module, tok, tmp_path / "lrcl" / "final", {"backbone": "tiny", "backbone_path": path})
+    save_generator(module, tok, tmp_path / "lrcl" / "final", {"backbone": "tiny"})
 
     summary = run_export(cfg)
     dest = tmp_path / "embeddings" / "lrcl"
@@ -34,43 +42,41 @@ def test_export_lrcl_all_items_and_restart(tmp_path, local_ray):
     ids = table.column("item_id").to_pylist()
     assert ids == list(range(1, 1683)) and summary["shards"] == 3 and summary["shards_skipped"] == 0
     assert str(table.schema.field("vector").type) == "list<element: float>"
-    pca = pq.read_table(dest / "embeddings_pca.parquet")
-    assert len(pca.column("vector")[0]) == 8 and pca.num_rows == 1682
+    # the final table is the PCA of the raw vectors the shards hold; the record says so
+    assert len(table.column("vector")[0]) == 8 and summary["dim"] == 8 and summary["raw_dim"] == 128
+    assert summary["postprocess"]["pca_dim"] == 8 and 0 < summary["postprocess"]["explained_variance"] <= 1
+    raw = _raw_vectors(dest / "shards")
+    assert raw.shape == (1682, 128)
 
     # the Ray Data result equals embedding the same items directly
     texts = pq.read_table(tmp_path / "prepared" / "items.parquet").column("text").to_pylist()
     module.eval()
     with torch.no_grad():
         direct = module.embed(tokenize_prompts(tok, [item_prompt(tok, t, "movie") for t in texts[:3]], 128))
-    got = torch.tensor(table.column("vector").to_pylist()[:3])
-    torch.testing.assert_close(got, direct, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(raw[:3], direct, atol=1e-4, rtol=1e-4)
 
     # restart after losing one shard: the other shards are reused untouched
     mtimes = {p.name: p.stat().st_mtime_ns for p in (dest / "shards").glob("*.parquet")}
     (dest / "shards" / "shard_00001.parquet").unlink()
-    (dest / "_DONE.json").unlink()
     (dest / "embeddings.parquet").unlink()
     again = run_export(cfg)
     assert again["shards_skipped"] == 2
     for name in ("shard_00000.parquet", "shard_00002.parquet"):
         assert (dest / "shards" / name).stat().st_mtime_ns == mtimes[name]
-    redone = pq.read_table(dest / "embeddings.parquet")
-    assert redone.column("item_id").to_pylist() == ids
+    assert pq.read_table(dest / "embeddings.parquet").column("item_id").to_pylist() == ids
     # batch composition (and so padding) may differ on the redo: equal up to float rounding
-    torch.testing.assert_close(torch.tensor(redone.column("vector").to_pylist()),
-                               torch.tensor(table.column("vector").to_pylist()), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_raw_vectors(dest / "shards"), raw, atol=1e-4, rtol=1e-4)
 
 
 def test_export_without_trained_generator_names_the_stage(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}", "data.reader=movielens", f"data.path={ML100K}",
                              "model.backbone=tiny", f"data.cache_dir={tmp_path / 'c'}", "export.method=llmemb"])
     prepare(cfg)
-    with pytest.raises(FileNotFoundError, match="model.use_thought=false"):
+    with pytest.raises(FileNotFoundError, match=r"needs the generator folder .*llmemb/final; run the llmemb stage"):
         run_export(cfg)
 
 
 def test_bfloat16_export_agrees_with_float32(tmp_path):
-    from reaemb_ray.model.backbone import resolve_backbone
     from reaemb_ray.stages.export import ItemEmbedder
 
     base = [f"output_dir={tmp_path}", "model.backbone=tiny", f"data.cache_dir={tmp_path / 'c'}",
@@ -80,7 +86,7 @@ def test_bfloat16_export_agrees_with_float32(tmp_path):
     out = {}
     for dtype in ("float32", "bfloat16"):
         cfg = load_config(None, base + [f"export.dtype={dtype}"])
-        embedder = ItemEmbedder(cfg, resolve_backbone(cfg.model, cfg.data.cache_dir))
+        embedder = ItemEmbedder(cfg, store_for(cfg), None)
         assert next(embedder.module.lm.parameters()).dtype == getattr(torch, dtype)
         out[dtype] = torch.from_numpy(embedder(batch)["vector"])
     assert out["bfloat16"].dtype == torch.float32  # the table is float32 whatever the compute dtype

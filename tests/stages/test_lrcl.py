@@ -31,8 +31,8 @@ def uninterrupted(tmp_path_factory, local_ray):
     cache = tmp_path_factory.getbasetemp() / "backbones"
     cfg = _cfg(out, cache)
     prepare(cfg)
-    final = run_lrcl(cfg)
-    return out, cache, final
+    summary = run_lrcl(cfg)
+    return out, cache, summary
 
 
 def test_item_stream_shards_are_disjoint_and_cover_each_epoch():
@@ -44,16 +44,16 @@ def test_item_stream_shards_are_disjoint_and_cover_each_epoch():
 
 
 def test_lrcl_trains_and_writes_generator(uninterrupted):
-    out, cache, final = uninterrupted
+    out, cache, summary = uninterrupted
     rows = _metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(r["items_per_s"] > 0 and r["tau"] > 0 for r in rows)
     first, last = sum(r["loss"] for r in rows[:2]) / 2, sum(r["loss"] for r in rows[-2:]) / 2
     assert last < first, rows  # the contrastive loss falls
-    assert final == out / "lrcl" / "final"
-    module, tok = load_generator(final, expect_backbone="tiny", cache_dir=str(cache))
+    module, tok = load_generator(out / "lrcl" / "final", expect_backbone="tiny", cache_dir=str(cache))
     assert module.has_lora and module.use_thought
-    assert json.loads((out / "lrcl" / "_DONE.json").read_text())["steps"] == 6
+    assert summary["steps"] == 6 and summary["resumed_from"] == 0 and summary["last_metrics"] == rows[-1]
+    assert [p.name for p in sorted((out / "lrcl" / "ray" / "train").glob("step_*"))] == ["step_000004", "step_000006"]
 
 
 def test_killed_run_resumes_from_checkpoint_with_same_data_and_optimizer(uninterrupted, tmp_path):
@@ -63,10 +63,11 @@ def test_killed_run_resumes_from_checkpoint_with_same_data_and_optimizer(uninter
     run_lrcl(cfg)
     rows = _metrics(tmp_path)
     # steps 1-3 ran, the worker died entering step 4, the restarted group resumed from the step-2 checkpoint
-    assert [r["step"] for r in rows] == [1, 2, 3, 3, 4, 5, 6]
+    # (whose metrics history it carried on): one row per step
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[2]["resumed_from"] == 2
     # same data position + optimizer + scheduler state: the resumed steps reproduce the uninterrupted run
     want = {r["step"]: r for r in _metrics(full_out)}
-    for r in rows[3:]:
+    for r in rows[2:]:
         assert r["loss"] == pytest.approx(want[r["step"]]["loss"], rel=1e-4, abs=1e-5), r
         assert r["lr"] == pytest.approx(want[r["step"]]["lr"])
 
@@ -78,11 +79,11 @@ def test_rerun_of_a_failed_job_resumes_from_its_checkpoint(uninterrupted, tmp_pa
     prepare(cfg)
     with pytest.raises(Exception):
         run_lrcl(cfg)
-    run_lrcl(_cfg(tmp_path, cache))
+    summary = run_lrcl(_cfg(tmp_path, cache))
     rows = _metrics(tmp_path)
-    assert [r["step"] for r in rows] == [1, 2, 3, 3, 4, 5, 6]
+    assert summary["resumed_from"] == 2 and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     want = {r["step"]: r for r in _metrics(full_out)}
-    for r in rows[3:]:
+    for r in rows[2:]:
         assert r["loss"] == pytest.approx(want[r["step"]]["loss"], rel=1e-4, abs=1e-5), r
 
 
@@ -93,7 +94,8 @@ def test_bfloat16_training_under_deepspeed(tmp_path, local_ray):
     cache = tmp_path / "backbones"
     cfg = _cfg(tmp_path, cache, **{"model.dtype": "bfloat16", "lrcl.steps": 4})
     prepare(cfg)
-    final = run_lrcl(cfg)
+    run_lrcl(cfg)
+    final = tmp_path / "lrcl" / "final"
     rows = _metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["loss"] == r["loss"] and r["loss"] < 1e6 for r in rows), rows  # finite

@@ -1,17 +1,20 @@
-"""`reaemb run`: the stage plan, and the main job end to end on real MovieLens-100k (configs/ci.yaml) with
-skip-on-rerun and fingerprint invalidation, through the real CLI in a subprocess."""
+"""`reaemb run` and the standalone stages: the stage plan, the shared record check on the real prepare stage
+(raw data replaced in place, a prepared folder without its record), and the main job end to end on real
+MovieLens-100k (configs/ci.yaml) through the real CLI in a subprocess."""
 import json
-from dataclasses import asdict, dataclass
 import os
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 
+from reaemb_ray import cli, layout, records
 from reaemb_ray.config import ExportConfig, load_config
-from reaemb_ray import storage
-from reaemb_ray.stages.run import fingerprints, plan
+from reaemb_ray.data.prepare import prepare
+from reaemb_ray.stages.run import catalogue, plan, run_stage
+from reaemb_ray.storage import store_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,33 +33,73 @@ def test_plan_follows_the_methods():
     # the srs reward needs the pretrained ID-SASRec; the co-occurrence reward does not
     assert "srs_pretrain" not in _names(["eval.methods=[crrl]", "crrl.reward=cooccurrence"])
     assert "srs_pretrain" in _names(["eval.methods=[crrl]", "crrl.reward=srs"])
+    # CRRL from the raw backbone does not read LRCL; its variants are stages of their own
+    assert "lrcl" not in _names(["eval.methods=[crrl]", "crrl.init_from=backbone"])
+    assert "crrl-paper-srs" in _names(["eval.methods=[crrl]", "crrl.variants=[paper/srs]"])
 
 
-def test_every_stage_depends_only_on_earlier_stages():
-    stages = plan(load_config(None, ["crrl.reward=mix", "srs.align_alpha=0.01"]))
+def test_every_stage_depends_only_on_earlier_stages_and_has_its_folder():
+    stages = catalogue(load_config(None, ["crrl.reward=mix", "srs.align_alpha=0.01", "crrl.variants=[paper/srs]"]))
     seen = set()
-    for st in stages:
-        assert set(st.deps) <= seen, f"{st.name} depends on a later stage"
-        seen.add(st.name)
+    for name, st in stages.items():
+        assert set(st.deps) <= seen, f"{name} depends on a later stage"
+        seen.add(name)
+    folders = {name: layout.folder(name) for name in stages}
+    assert len(set(folders.values())) == len(folders)  # no two stages share a folder
+    assert folders["prepare"] == "prepared" and folders["export_crrl-paper-srs"] == "embeddings/crrl-paper-srs"
 
 
-def test_a_field_added_at_its_default_keeps_every_fingerprint():
+def test_a_field_added_at_its_default_keeps_every_stage_input():
     # a later version adds `export.new_knob`; its default reproduces the old behaviour
     @dataclass
     class ExportConfigV2(ExportConfig):
         new_knob: int = 0
 
     cfg = load_config(None, ["eval.methods=[id,raw_llm,lrcl,crrl]"])
-    before = fingerprints(plan(cfg), cfg)
+    before = {st.name: records.fingerprint(st.reads) for st in plan(cfg)}
     cfg.export = ExportConfigV2(**asdict(cfg.export))
-    assert fingerprints(plan(cfg), cfg) == before
-    cfg.export.new_knob = 1  # set away from its default: the exports and what reads them run again
-    after = fingerprints(plan(cfg), cfg)
-    changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"export_raw_llm", "export_lrcl", "export_crrl", "evaluate"}
-    # format 1 hashed the whole section: the same addition invalidated everything downstream of it
-    cfg.export.new_knob = 0
-    assert fingerprints(plan(cfg, fields=storage.whole_section), cfg)["export_lrcl"] != before["export_lrcl"]
+    assert {st.name: records.fingerprint(st.reads) for st in plan(cfg)} == before
+    cfg.export.new_knob = 1  # set away from its default: the exports read it (and what reads them runs again)
+    after = {st.name: records.fingerprint(st.reads) for st in plan(cfg)}
+    assert {n for n in before if before[n] != after[n]} == {"export_raw_llm", "export_lrcl", "export_crrl"}
+
+
+def _movielens(folder: Path, extra_rows: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "u.item").write_text("".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|{'0|' * 18}1\n"
+                                           for i in range(1, 6)))
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t4\t{100 * u + i}\n" for u in (1, 2, 3) for i in (1, 2, 3, 4))
+                                   + extra_rows)
+    return folder
+
+
+def test_replacing_the_raw_data_in_place_prepares_again(tmp_path, capsys):
+    raw = _movielens(tmp_path / "raw")
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}", f"data.path={raw}", "data.name=toy"])
+    assert run_stage(cfg, "prepare") == "ran"
+    store = store_for(cfg)
+    first = records.read(store, "prepare")
+    assert set(first["inputs"]["data"]) == {"u.item", "u.data"} and first["meta"]["interactions"] == 12
+    assert run_stage(cfg, "prepare") == "skipped"
+    _movielens(raw, extra_rows="4\t1\t4\t1\n4\t2\t4\t2\n4\t5\t4\t3\n")  # same path, new content
+    capsys.readouterr()
+    assert run_stage(cfg, "prepare") == "ran"
+    assert "prepare: redoing, because: raw input files changed: u.data" in capsys.readouterr().out
+    again = records.read(store, "prepare")
+    assert again["meta"]["interactions"] == 15 and again["run_id"] != first["run_id"]
+
+
+def test_a_standalone_stage_refuses_a_prepared_folder_without_its_record(tmp_path, capsys):
+    raw = _movielens(tmp_path / "raw")
+    out = tmp_path / "out"
+    cfg = load_config(None, [f"output_dir={out}", f"data.path={raw}", "data.name=toy"])
+    prepare(cfg)  # the tables are there, but nothing says the stage finished
+    assert (out / "prepared" / "items.parquet").exists() and not (out / "prepared" / "_record.json").exists()
+    rc = cli.main(["lrcl", f"output_dir={out}", f"data.path={raw}", "data.name=toy", "model.backbone=tiny"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "lrcl needs prepare, which is not done (it has no record); run `reaemb prepare`" in err
+    assert not (out / "lrcl").exists()  # refused before any work
 
 
 def _reaemb(*args, cwd):
@@ -73,25 +116,26 @@ def test_main_job_end_to_end_resumes_and_invalidates(tmp_path):
     assert first.returncode == 0, first.stderr[-4000:]
     assert "report:" in first.stdout
     report = json.loads((out / "eval/report.json").read_text())
-    methods = {r["method"] for r in report}
-    assert methods == {"id", "raw_llm", "lrcl", "crrl"}
+    assert {r["method"] for r in report} == {"id", "raw_llm", "lrcl", "crrl"}
     for m in ("raw_llm", "lrcl", "crrl"):
         assert (out / f"embeddings/{m}/embeddings.parquet").exists()
-    assert (out / "eval/report.md").exists()
+    stages = ["prepare", "lrcl", "crrl", "export_raw_llm", "export_lrcl", "export_crrl", "evaluate"]
+    assert all((out / layout.record(s)).exists() for s in stages)
 
     # a rerun with the same config does nothing
     again = _reaemb(*args, cwd=REPO)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "prepare=skipped" in again.stdout and "crrl=skipped" in again.stdout and "evaluate=skipped" in again.stdout
+    assert all(f"{s}=skipped" in again.stdout for s in stages), again.stdout
 
-    # a stage left "running" (interrupted) with the same settings resumes from its checkpoints
-    manifest = json.loads((out / "_manifest.json").read_text())
-    manifest["stages"]["crrl"]["state"] = "running"
-    (out / "_manifest.json").write_text(json.dumps(manifest))
+    # crrl interrupted with the same inputs (no record, its attempt marker): it resumes from its checkpoint,
+    # and what reads it runs again
+    rec = json.loads((out / layout.record("crrl")).read_text())
+    (out / layout.record("crrl")).unlink()
+    (out / layout.running("crrl")).write_text(json.dumps({"fingerprint": rec["fingerprint"]}))
     resumed = _reaemb(*args, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "crrl: resuming" in resumed.stderr and "crrl=ran" in resumed.stdout
-    assert "export_crrl=skipped" in resumed.stdout  # same fingerprint: what reads it is still valid
+    assert "resuming from its checkpoints" in resumed.stderr and "resuming from step 4" in resumed.stdout
+    assert "crrl=ran" in resumed.stdout and "export_crrl=ran" in resumed.stdout and "lrcl=skipped" in resumed.stdout
 
     # a CRRL setting re-runs CRRL, its export and the evaluation, and nothing upstream
     changed = _reaemb(*args, "crrl.sigma=0.2", cwd=REPO)
@@ -102,22 +146,20 @@ def test_main_job_end_to_end_resumes_and_invalidates(tmp_path):
         assert f"{s}=ran" in changed.stdout
     assert "because: crrl.sigma: (default) -> 0.2" in changed.stderr  # the log says what changed
 
-    # records written under fingerprint format 1 (whole sections) are adopted, not recomputed
-    cfg = load_config(REPO / "configs/ci.yaml", [f"output_dir={out}", "crrl.sigma=0.2"])
-    old = fingerprints(plan(cfg, fields=storage.whole_section), cfg)
-    manifest = json.loads((out / "_manifest.json").read_text())
-    for name, rec in manifest["stages"].items():
-        rec["fingerprint"] = old[name]
-        rec.pop("inputs")
-    (out / "_manifest.json").write_text(json.dumps(manifest))
-    adopted = _reaemb(*args, "crrl.sigma=0.2", cwd=REPO)
-    assert adopted.returncode == 0, adopted.stderr[-4000:]
-    assert "=ran" not in adopted.stdout
-    stages = json.loads((out / "_manifest.json").read_text())["stages"]
-    assert all(rec["adopted_from_format"] == 1 and rec["inputs"] is not None for rec in stages.values())
+    # standalone stages use the same check: redo with the reason, skip when up to date, refuse stale inputs
+    export = _reaemb("export", "--config", str(REPO / "configs/ci.yaml"), f"output_dir={out}", "export.method=lrcl",
+                     "export.batch_size=64", cwd=REPO)
+    assert export.returncode == 0, export.stderr[-4000:]
+    assert "export_lrcl: redoing, because: export.batch_size: 128 -> 64" in export.stdout
+    lrcl = _reaemb("lrcl", "--config", str(REPO / "configs/ci.yaml"), f"output_dir={out}", cwd=REPO)
+    assert lrcl.returncode == 0 and "lrcl: up to date" in lrcl.stdout
+    evaluate = _reaemb("evaluate", "--config", str(REPO / "configs/ci.yaml"), f"output_dir={out}", "crrl.sigma=0.2",
+                       cwd=REPO)
+    assert evaluate.returncode == 1
+    assert "evaluate needs export_lrcl, which is not done (export.batch_size: 64 -> 128)" in evaluate.stderr
 
 
-def test_failing_stage_is_named_and_exit_is_nonzero(tmp_path):
+def test_failing_stage_is_named_and_leaves_no_record(tmp_path):
     # the backbone folder looks like a model (so the checks before any work pass) but does not load: prepare
     # succeeds, lrcl fails, and the run says which stage (a missing backbone stops before prepare, see
     # tests/test_bad_inputs.py)
@@ -129,4 +171,5 @@ def test_failing_stage_is_named_and_exit_is_nonzero(tmp_path):
                   f"model.backbone={model}", "eval.methods=[lrcl]", "lrcl.max_failures=0", cwd=REPO)
     assert res.returncode == 1, res.stderr[-2000:]
     assert "stage 'lrcl' failed" in res.stderr
-    assert (tmp_path / "r/prepared/items.parquet").exists()  # what was computed is kept
+    assert (tmp_path / "r/prepared/_record.json").exists()  # what was computed is kept
+    assert not (tmp_path / "r/lrcl/_record.json").exists() and (tmp_path / "r/lrcl/_running.json").exists()
