@@ -37,10 +37,6 @@ def variant_method(variant: str) -> str:
     return "crrl-" + variant.replace("/", "-")
 
 
-def variant_rewards(cfg) -> set[str]:
-    return {cfg.crrl.reward} | {v.split("/")[1] for v in cfg.crrl.variants}
-
-
 # ------------------------------------------------------------------------------------------ inputs
 
 
