@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reaemb_ray import layout
+
 ROW_ORDER = ["id", "raw_llm", "llmemb", "lrcl", "crrl", "crrl-paper-cooccurrence", "crrl-gaussian-srs",
              "crrl-paper-srs", "crrl-gaussian-mix", "crrl-paper-mix"]
 ROW_LABEL = {
@@ -68,7 +70,7 @@ def popularity_plot(eval_dir: Path, dest: Path, backbone: str = "sasrec") -> Non
     import matplotlib.pyplot as plt
 
     per_method: dict[str, list[list[dict]]] = defaultdict(list)
-    for f in sorted((eval_dir / "runs").glob(f"*__{backbone}__seed*.json")):
+    for f in sorted((eval_dir / layout.EVAL_RUNS).glob(f"*__{backbone}__seed*.json")):
         method = f.name.split("__")[0]
         per_method[method].append(json.loads(f.read_text())["popularity_buckets"])
     if not per_method:
@@ -91,8 +93,8 @@ def popularity_plot(eval_dir: Path, dest: Path, backbone: str = "sasrec") -> Non
 
 
 def write(output_dir: Path, dest: Path, title: str) -> Path:
-    eval_dir = output_dir / "eval"
-    report = eval_dir / "report.json"
+    eval_dir = output_dir / layout.EVAL
+    report = eval_dir / layout.REPORT_JSON
     if not report.exists():
         raise FileNotFoundError(f"{report} not found; run `reaemb run --config ...` (or `reaemb evaluate`) first")
     records = json.loads(report.read_text())

@@ -21,6 +21,7 @@ import random
 import time
 from pathlib import Path
 
+from reaemb_ray import layout
 from reaemb_ray.config import Config
 from reaemb_ray.stages.base import cfg_with
 
@@ -85,8 +86,8 @@ def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:
     for workers in (1, 2):
         run_dir = cfg.out / f"bench_crrl_{workers}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "prepared").exists():
-            (run_dir / "prepared").symlink_to((cfg.out / "prepared").resolve(), target_is_directory=True)
+        if not (run_dir / layout.PREPARED).exists():
+            (run_dir / layout.PREPARED).symlink_to((cfg.out / layout.PREPARED).resolve(), target_is_directory=True)
         c = cfg_with(cfg, **{"crrl.init_from": base, "crrl.num_rollout_workers": workers, "crrl.num_reward_workers": 1,
                           "crrl.max_items": sz["crrl_items"], "crrl.items_per_batch": sz["crrl_batch"],
                           "crrl.group_size": sz["group"], "crrl.eval_items": 0, "crrl.engine": "torch",
@@ -148,7 +149,7 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False, only: list[str] | N
     result.update(header, machine={"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__})
     init_ray(bcfg.ray)
     run_stage(bcfg, "prepare")
-    texts = load_item_texts(bcfg.out / "prepared")
+    texts = load_item_texts(bcfg.out / layout.PREPARED)
     order = sorted(texts)
     random.Random(0).shuffle(order)
     sample = {i: texts[i] for i in order}
