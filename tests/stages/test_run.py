@@ -13,6 +13,7 @@ import pytest
 from reaemb_ray import cli, layout, records
 from reaemb_ray.config import ExportConfig, load_config
 from reaemb_ray.data.prepare import prepare
+from reaemb_ray.stages.base import check
 from reaemb_ray.stages.run import catalogue, plan, run_stage
 from reaemb_ray.storage import store_for
 
@@ -87,6 +88,24 @@ def test_replacing_the_raw_data_in_place_prepares_again(tmp_path, capsys):
     assert "prepare: redoing, because: raw input files changed: u.data" in capsys.readouterr().out
     again = records.read(store, "prepare")
     assert again["meta"]["interactions"] == 15 and again["run_id"] != first["run_id"]
+
+
+def test_the_same_raw_files_fetched_again_elsewhere_count_as_the_same_input(tmp_path, monkeypatch):
+    """`auto:` data resolves to a folder of this machine; a fresh copy (another node, new modification times)
+    has the same content digests, so prepare stays done."""
+    import shutil
+
+    _movielens(tmp_path / "a" / "ml-100k")
+    monkeypatch.setenv("REAEMB_DATA_DIR", str(tmp_path / "a"))
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}", "data.path=auto:ml-100k", "data.name=toy",
+                             f"data.cache_dir={tmp_path / 'cache'}"])
+    assert run_stage(cfg, "prepare") == "ran"
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copy)  # new mtimes
+    monkeypatch.setenv("REAEMB_DATA_DIR", str(tmp_path / "b"))
+    assert check(catalogue(cfg)["prepare"], store_for(cfg)).state == "done"
+    (tmp_path / "b" / "ml-100k" / "u.item").write_text("1|Only one (1995)|01-Jan-1995||http://x|" + "0|" * 18 + "1\n")
+    status = check(catalogue(cfg)["prepare"], store_for(cfg))
+    assert status.state == "stale" and status.reasons == ["raw input files changed: u.item"]
 
 
 def test_a_standalone_stage_refuses_a_prepared_folder_without_its_record(tmp_path, capsys):
