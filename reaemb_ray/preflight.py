@@ -1,10 +1,11 @@
 """Checks before any work and before Ray starts: what a command will read or write that the config alone
 cannot vouch for.
 
-- the output folder: not a file, not below a file, writable;
+- the output folder: not a file, not below a file, writable (a URI: its filesystem opens, the node cache is
+  writable);
 - `model.backbone`: `tiny`, `smollm2`, a local folder with config.json and a tokenizer, or a model name already
   in the local Hugging Face cache (models are loaded offline);
-- `crrl.init_from`: empty (the LRCL generator), `backbone`, or a generator folder;
+- `crrl.init_from`: empty (the LRCL generator), `backbone`, or a generator folder (a path or a URI);
 - the prepared catalogue, once it exists (`check_catalogue`): settings that depend on its size, such as
   `eval.num_sampled_negatives`;
 - an embedded Ray: the LRCL workers and export actors fit in its CPUs.
@@ -22,6 +23,7 @@ from reaemb_ray.errors import ConfigError
 # command -> what it reads
 NEEDS = {
     "prepare": {"output"},
+    "srs_pretrain": {"output", "prepared"},
     "lrcl": {"output", "backbone", "prepared", "cpus"},
     "crrl": {"output", "backbone", "prepared", "init_from"},
     "export": {"output", "backbone", "prepared", "cpus"},
@@ -44,30 +46,45 @@ def check(cfg, command: str, quick: bool = False) -> None:
         check_init_from(cfg, standalone=command == "crrl")
     if "cpus" in needs:
         check_embedded_cpus(cfg, command)
-    local = "://" not in cfg.output_dir
-    summary_file = cfg.out / "prepared" / "summary.json"
-    if "prepared" in needs and local and not summary_file.is_file():
-        raise ConfigError(f"{cfg.out / 'prepared'} has no prepared data (summary.json); run `reaemb prepare` with "
-                          "this config first, or set output_dir to the folder it wrote")
-    if command in ("evaluate", "crrl", "export") and local and summary_file.is_file():
-        check_catalogue(cfg, cfg.out / "prepared")
-    if command == "run" and local and summary_file.is_file():
-        from reaemb_ray.stages.prepare import is_up_to_date
+    prepared = _local_prepared(cfg)
+    if "prepared" in needs and prepared is not None and not (prepared / "summary.json").is_file():
+        raise ConfigError(f"{prepared} has no prepared data (summary.json); run `reaemb prepare` with this config "
+                          "first, or set output_dir to the folder it wrote")
+    if prepared is None or not (prepared / "summary.json").is_file():
+        return
+    if command in ("evaluate", "crrl", "export"):
+        check_catalogue(cfg, prepared)
+    if command == "run":
+        from reaemb_ray.stages.base import check as stage_check
+        from reaemb_ray.stages.run import catalogue
+        from reaemb_ray.storage import store_for
 
-        if is_up_to_date(cfg):  # otherwise prepare runs again first, and `run` checks its new catalogue
-            check_catalogue(cfg, cfg.out / "prepared")
+        if stage_check(catalogue(cfg)["prepare"], store_for(cfg)).state == "done":
+            check_catalogue(cfg, prepared)  # otherwise prepare runs again first, and `run` checks its new catalogue
+
+
+def _local_prepared(cfg) -> Path | None:
+    """The prepared folder when output_dir is local (a URI's is checked by the stages, once fetched)."""
+    from reaemb_ray import layout
+
+    return None if "://" in cfg.output_dir else cfg.out / layout.PREPARED
 
 
 # --------------------------------------------------------------------------------------------- output
 
 
 def check_output_dir(cfg) -> None:
-    """The output folder (or, for a URI, its local mirror) can be created and written."""
+    """The output folder can be created and written; for a URI, its filesystem opens and the node-local cache
+    (data.cache_dir) is writable."""
     if "://" in cfg.output_dir:
-        from reaemb_ray.storage import local_workdir
+        from reaemb_ray.storage import CACHE_FOLDER, Store
 
-        _writable_folder(local_workdir(cfg.output_dir, cfg.data.cache_dir), "data.cache_dir (the local mirror of "
+        _writable_folder(Path(cfg.data.cache_dir).expanduser() / CACHE_FOLDER, "data.cache_dir (the node-local cache of "
                          "output_dir)")
+        try:
+            Store(cfg.output_dir, cfg.data.cache_dir)
+        except ConnectionError as e:
+            raise ConfigError(f"output_dir: {e}") from None
         return
     _writable_folder(cfg.out, "output_dir")
 
@@ -126,17 +143,29 @@ def check_backbone(name: str) -> None:
 
 
 def check_init_from(cfg, standalone: bool) -> None:
+    from reaemb_ray import layout
     from reaemb_ray.model.generator import META_FILE
 
     src = cfg.crrl.init_from
     if src == "backbone":
         return
     if src == "":
-        final = cfg.out / "lrcl" / "final"
+        final = cfg.out / layout.generator("lrcl")
         if standalone and "://" not in cfg.output_dir and not (final / META_FILE).is_file():
             raise ConfigError(f"crrl.init_from is empty, so CRRL starts from the LRCL generator at {final}, which is "
                               "not there; run `reaemb lrcl` first, point crrl.init_from at a generator folder, or set "
                               "crrl.init_from=backbone")
+        return
+    if "://" in src:
+        from reaemb_ray.storage import Store
+
+        try:
+            found = Store(src, cfg.data.cache_dir).exists(META_FILE)
+        except ConnectionError as e:
+            raise ConfigError(f"crrl.init_from: {e}") from None
+        if not found:
+            raise ConfigError(f"crrl.init_from {src!r} is not a generator folder (no {META_FILE}); point it at an "
+                              "lrcl/final folder")
         return
     path = Path(src).expanduser()
     if not path.is_dir():

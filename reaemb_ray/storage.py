@@ -24,6 +24,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+CACHE_FOLDER = "stores"  # under data.cache_dir: what `fetch` copied to this node
+
+
 def is_uri(path: str) -> bool:
     return "://" in path
 
@@ -112,7 +115,7 @@ class Store:
         if not listing:
             raise FileNotFoundError(f"{self.uri(rel)} does not exist or is empty")
         digest = hashlib.sha256(json.dumps(sorted(listing.items())).encode()).hexdigest()[:16]
-        slot = Path(self.cache_dir).expanduser() / "stores" / _short(self.uri(rel))
+        slot = Path(self.cache_dir).expanduser() / CACHE_FOLDER / _short(self.uri(rel))
         dest = slot / digest / Path(rel.strip("/") or "root").name
         if (slot / digest / ".complete").exists():
             return dest

@@ -640,7 +640,7 @@ def test_a_crash_while_writing_leaves_the_previous_prepared_folder_whole(base, c
 
     cfg, out = base
     prepared = _prepared(capsys, base)
-    before = {p.name: p.read_bytes() for p in prepared.iterdir() if p.name != "_DONE.json"}
+    before = {p.name: p.read_bytes() for p in prepared.iterdir() if not p.name.startswith("_")}
     real = prep.cooccurrence
 
     def crash(*a, **k):
@@ -649,7 +649,9 @@ def test_a_crash_while_writing_leaves_the_previous_prepared_folder_whole(base, c
     monkeypatch.setattr(prep, "cooccurrence", crash)
     rc, _, err = reaemb(capsys, "prepare", "--config", cfg, "data.cooc_window=2")
     one_line_error(rc, err, "No space left on device", fix=False)  # not the input's fault: no fix to name
-    assert {p.name: p.read_bytes() for p in prepared.iterdir()} == before  # the old complete set, without _DONE
+    # the old complete set; its stage record is gone (a failed stage leaves none)
+    assert {p.name: p.read_bytes() for p in prepared.iterdir() if not p.name.startswith("_")} == before
+    assert not (prepared / "_record.json").exists()
     assert not (out / ".prepared.partial").exists()
     monkeypatch.setattr(prep, "cooccurrence", real)
     rc, stdout, err = reaemb(capsys, "prepare", "--config", cfg, "data.cooc_window=2")
@@ -663,7 +665,7 @@ def test_a_failed_prepare_is_not_taken_as_up_to_date(base, tmp_path, capsys):
     broken = _ml(tmp_path / "b", _append("u.data", b"3\t7\t4\tyesterday\n"))
     rc, _, err = reaemb(capsys, "prepare", "--config", cfg, f"data.path={broken}")
     one_line_error(rc, err, "u.data:41")
-    assert not (out / "prepared" / "_DONE.json").exists()
+    assert not (out / "prepared" / "_record.json").exists()
     rc, stdout, _ = reaemb(capsys, "prepare", "--config", cfg)  # the original data again: rebuilt, not "up to date"
     assert rc == 0 and "up to date" not in stdout
 

@@ -61,18 +61,32 @@ def resolve_backbone_name(name: str, cache_dir: str | os.PathLike) -> str:
     return name
 
 
+def _complete(folder: Path) -> bool:
+    try:
+        return "model_type" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def _build_once(cache: Path, name: str, build) -> Path:
-    """`cache/name`, made once by `build() -> (model, tokenizer)` under a file lock, written atomically."""
+    """`cache/name`, made once by `build() -> (model, tokenizer)` under a file lock, written atomically.
+
+    Several workers of one node resolve the same backbone at once (each node builds its own copy); a folder
+    left incomplete by a process that died is built again."""
+    import shutil
+
     out = cache / name
-    if (out / "config.json").exists():
+    if _complete(out):
         return out
     with _file_lock(cache / f".{name}.lock"):
-        if (out / "config.json").exists():  # another process finished while we waited
+        if _complete(out):  # another process finished while we waited
             return out
         model, tok = build()
-        partial = cache / (name + ".partial")
+        partial = Path(tempfile.mkdtemp(dir=cache, prefix=f".{name}.partial-"))
         model.save_pretrained(partial)
         tok.save_pretrained(partial)
+        if out.exists():
+            shutil.rmtree(out)
         os.replace(partial, out)  # atomic: readers never see a half-written folder
     return out
 

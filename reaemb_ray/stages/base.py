@@ -63,6 +63,10 @@ class Stage:
     cfg: Any  # the config the stage runs with (e.g. llmemb: model.use_thought=false)
     raw_inputs: Callable[[], dict] | None = None  # files outside the pipeline it reads: name -> [size, mtime]
     keep: tuple[str, ...] = ()  # parts of its folder kept when it starts over (results keyed by their own inputs)
+    # False: the work replaces its whole folder in one swap, so the previous complete output stays until then
+    start_over: bool = True
+    # False: the work never continues an earlier attempt (nothing to resume from), so no `_running.json` is kept
+    resumable: bool = True
     command: str = ""  # the standalone command that produces it, for messages
 
 
@@ -111,14 +115,15 @@ def execute(stage: Stage, store: Store, status: Status, fresh: bool = False) -> 
         raise StageNotReady(f"{stage.name} cannot start: " + "; ".join(status.reasons))
     records.delete(store, stage.name)
     folder = layout.folder(stage.name)
-    resume = not fresh and records.running_fingerprint(store, stage.name) == status.fingerprint
+    resume = stage.resumable and not fresh and records.running_fingerprint(store, stage.name) == status.fingerprint
     if resume:
         log.info("  %s: an interrupted attempt with the same inputs exists; resuming from its checkpoints", stage.name)
-    else:  # outputs or checkpoints of other inputs (or --fresh): start over
+    elif stage.start_over:  # outputs or checkpoints of other inputs (or --fresh): start over
         for name in store.listdir(folder):
             if fresh or name not in stage.keep:
                 store.delete(layout.join(folder, name))
-    records.mark_running(store, stage.name, status.fingerprint)
+    if stage.resumable:
+        records.mark_running(store, stage.name, status.fingerprint)
     t0 = time.time()
     meta = stage.work(stage.cfg) or {}
     return records.write(store, stage.name, status.inputs, meta, time.time() - t0)

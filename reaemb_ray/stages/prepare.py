@@ -76,4 +76,5 @@ def run_prepare(cfg) -> dict:
 def stages(cfg) -> list[Stage]:
     # where the raw data is cached does not change what is prepared
     reads = {"data": changed_fields(cfg.data, drop=("cache_dir",))}
-    return [Stage("prepare", (), reads, run_prepare, cfg, raw_inputs=lambda: raw_files(cfg.data), command="prepare")]
+    return [Stage("prepare", (), reads, run_prepare, cfg, raw_inputs=lambda: raw_files(cfg.data), command="prepare",
+                  start_over=False, resumable=False)]  # data.prepare swaps a complete new folder in

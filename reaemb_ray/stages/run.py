@@ -57,6 +57,8 @@ def plan(cfg: Config) -> list[Stage]:
 
 def run_pipeline(cfg: Config, fresh: bool = False) -> dict[str, str]:
     """Run every stage that is not done with today's inputs; returns stage -> "skipped" | "ran"."""
+    from reaemb_ray.preflight import check_catalogue
+
     store = output_store(cfg)
     log.info("reaemb_ray from %s; outputs in %s", Path(__file__).parents[1], store.uri())
     stages = plan(cfg)

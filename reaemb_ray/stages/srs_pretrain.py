@@ -23,4 +23,5 @@ def stages(cfg) -> list[Stage]:
     ev = changed_fields(cfg.eval)
     reads = {"srs": srs, "seed": cfg.seed,
              "eval": {k: ev[k] for k in ("exclude_history", "num_sampled_negatives", "ks") if k in ev}}
-    return [Stage("srs_pretrain", ("prepare",), reads, run_srs_pretrain, cfg, command="srs_pretrain")]
+    return [Stage("srs_pretrain", ("prepare",), reads, run_srs_pretrain, cfg, command="srs_pretrain",
+                  resumable=False)]

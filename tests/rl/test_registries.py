@@ -34,16 +34,20 @@ def test_rewards_by_name_read_their_sources():
 
 def test_the_gaussian_objective_by_name_is_the_gaussian_loss():
     torch.manual_seed(0)
-    c = SimpleNamespace(sigma=0.3, clip_low=0.2, clip_high=0.28, kl_beta=0.0)
+    c = SimpleNamespace(clip_low=0.2, clip_high=0.28, kl_beta=0.0)
     mu_b, mu = torch.randn(4, 8), torch.randn(4, 8)
     actions = mu_b[:, None] + 0.3 * torch.randn(4, 5, 8)
     adv = torch.randn(4, 5)
     obj = objectives.get("gaussian")
-    old = obj.behaviour(None, {"actions": actions, "mu": mu_b}, None, c)
+    old = obj.behaviour(None, {"actions": actions, "mu": mu_b, "sigma": 0.3}, None, c)
     got = obj.loss(None, old, mu, adv, c)
     want = objectives.gaussian_loss(actions, mu, objectives.gaussian_logprob(actions, mu_b, 0.3), adv, 0.3, 0.2, 0.28)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
+    sigma = torch.tensor([0.1, 0.2, 0.3, 0.4])  # per item, as the rollout reports it when relative to |mu|
+    old = obj.behaviour(None, {"actions": actions, "mu": mu_b, "sigma": sigma}, None, c)
+    want = objectives.gaussian_loss(actions, mu, objectives.gaussian_logprob(actions, mu_b, sigma), adv, sigma, 0.2, 0.28)
+    torch.testing.assert_close(obj.loss(None, old, mu, adv, c)[0], want[0])
     assert not obj.needs_lm and objectives.get("paper").needs_lm
 
 

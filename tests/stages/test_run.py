@@ -114,7 +114,9 @@ def test_a_standalone_stage_refuses_a_prepared_folder_without_its_record(tmp_pat
     cfg = load_config(None, [f"output_dir={out}", f"data.path={raw}", "data.name=toy"])
     prepare(cfg)  # the tables are there, but nothing says the stage finished
     assert (out / "prepared" / "items.parquet").exists() and not (out / "prepared" / "_record.json").exists()
-    rc = cli.main(["lrcl", f"output_dir={out}", f"data.path={raw}", "data.name=toy", "model.backbone=tiny"])
+    (tmp_path / "c.yaml").write_text("model: {backbone: tiny}\nlrcl: {num_workers: 1}\n")
+    rc = cli.main(["lrcl", "--config", str(tmp_path / "c.yaml"), f"output_dir={out}", f"data.path={raw}",
+                   "data.name=toy"])
     err = capsys.readouterr().err
     assert rc == 1
     assert "lrcl needs prepare, which is not done (it has no record); run `reaemb prepare`" in err
