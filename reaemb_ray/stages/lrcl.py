@@ -136,7 +136,11 @@ def train_loop(config: dict) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if lc.use_gpu else "gloo")
 
     # DeepSpeed casts the module for bf16/fp16; it keeps fp32 master weights in the optimizer. The backbone is
-    # resolved on this node (built or downloaded into its own cache once, under a file lock).
+    # resolved on this node, into its own cache: the node's first rank builds or downloads it while the others
+    # wait, then every rank reads it
+    if ctx.get_local_rank() == 0:
+        resolve_backbone(mc, cfg.data.cache_dir)
+    torch.distributed.barrier()
     lm, tok = load_backbone(resolve_backbone(mc, cfg.data.cache_dir), "float32")
     # seeded after the backbone: a rank that builds it (first use on its node) draws random numbers doing so
     torch.manual_seed(cfg.seed)  # identical LoRA/attention init on every rank
