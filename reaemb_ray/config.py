@@ -214,6 +214,10 @@ class CRRLConfig:
     weight_sync: Literal["object_store", "collective"] = "object_store"
     # collective: a broadcast/join waits this long for a member before failing
     sync_timeout_s: float = setting(60.0, gt=0)
+    # vLLM engine on a GPU: the share of the GPU's memory it may take (weights, activations, KV cache); 0 = 90% of
+    # crrl.rollout_resources.num_gpus, which leaves room for whatever Ray packs on the same GPU (e.g. the learner
+    # at num_gpus 0.5). The CPU build ignores it (VLLM_CPU_KVCACHE_SPACE sizes its cache).
+    vllm_gpu_memory_utilization: float = setting(0.0, ge=0, le=1, note="0 = 90% of crrl.rollout_resources.num_gpus")
     zero_stage: Literal[0, 1, 2, 3] = 2
     checkpoint_every: int = setting(10, ge=1)
     eval_items: int = setting(64, ge=0, note="fixed item set whose noise-free reward is tracked")
@@ -246,6 +250,12 @@ class CRRLConfig:
         if uses_mix and not sum(self.reward_weights.values()) > 0:
             raise ConfigError("crrl.reward_weights must have a positive weight for the mix reward, e.g. "
                               "crrl.reward_weights={cooccurrence: 0.5, srs: 0.5}")
+        share, gpus = self.vllm_gpu_memory_utilization, self.rollout_resources.num_gpus
+        if share and 0 < gpus < 1 and share > gpus:
+            raise ConfigError(
+                f"crrl.vllm_gpu_memory_utilization={share} is more than the GPU share Ray gives each rollout worker "
+                f"(crrl.rollout_resources.num_gpus={gpus}): vLLM would take memory that belongs to the actors packed "
+                f"on the same GPU; set it <= {gpus} or 0 (automatic)")
 
 
 @dataclass

@@ -100,7 +100,8 @@ def changed_fields(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 # Fields added after format 1 was retired: format 1 never hashed them, so at their default they are left out.
-ADDED_AFTER_FORMAT1 = {("EvalConfig", "main_backbones")}
+ADDED_AFTER_FORMAT1 = {("EvalConfig", "main_backbones"), ("CRRLConfig", "vllm_gpu_memory_utilization"),
+                       ("SRSConfig", "task_resources")}
 
 
 def whole_section(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reaemb_ray import metrics
+from reaemb_ray.rl.engines import vllm_memory_share
 from reaemb_ray.runtime import check_fits
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ class Controller:
         c, r = self.cfg.crrl, self.cfg.crrl.rollout_resources
         return self.RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
             i, self.base, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor, self.cfg.data.noun,
-            self.cfg.model.max_length, self.cfg.model.dtype)
+            self.cfg.model.max_length, self.cfg.model.dtype,
+            vllm_gpu_memory=vllm_memory_share(c.vllm_gpu_memory_utilization, r.num_gpus))
 
     def _new_reward(self, i: int):
         c, r = self.cfg.crrl, self.cfg.crrl.reward_resources
