@@ -302,6 +302,10 @@ class SRSConfig:
     # 0 = early stopping validates all users; n > 0 = a fixed random sample of n users (seeded by the run's
     # seed). Only validation: the test always ranks every user.
     valid_users: int = setting(0, ge=0, note="0 = validate on all users")
+    # Where each recommender trains (the ID-SASRec pretraining and every evaluation run): null = in the driver
+    # process, on its CPU; {num_cpus, num_gpus} = as Ray tasks with these resources (on a cluster: off the head,
+    # on a GPU when num_gpus > 0, several runs at once).
+    task_resources: ActorResources | None = None
 
     def validate(self) -> None:
         if self.hidden % self.heads:

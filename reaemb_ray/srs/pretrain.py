@@ -18,7 +18,7 @@ import torch
 
 from reaemb_ray.srs.data import load_seq_data
 from reaemb_ray.srs.metrics import summarize
-from reaemb_ray.srs.trainer import fit_and_test
+from reaemb_ray.srs.remote import fit_one
 
 log = logging.getLogger(__name__)
 SUBDIR = "srs_pretrain"
@@ -26,7 +26,7 @@ SUBDIR = "srs_pretrain"
 
 def _fingerprint(cfg) -> str:
     keys = {"srs": dataclasses.asdict(cfg.srs), "seed": cfg.seed, "data": cfg.data.name}
-    for k in ("backbones", "seeds", "num_threads", "align_alpha", "align_tau", "max_minutes"):
+    for k in ("backbones", "seeds", "num_threads", "align_alpha", "align_tau", "max_minutes", "task_resources"):
         keys["srs"].pop(k)  # do not change the pretrained model
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -41,8 +41,8 @@ def pretrain_id_sasrec(cfg, fresh: bool = False, progress: bool = True) -> Path:
         return out
     data = load_seq_data(cfg.out / "prepared")
     t0 = time.perf_counter()
-    model, result, full, sampled = fit_and_test(
-        data, "sasrec", cfg.srs, cfg.seed, cfg.eval.num_sampled_negatives,
+    model, result, full, sampled = fit_one(  # in this process, or a Ray task with srs.task_resources
+        cfg, data, backbone="sasrec", srs=cfg.srs, seed=cfg.seed, num_negatives=cfg.eval.num_sampled_negatives,
         exclude_history=cfg.eval.exclude_history, progress=progress, desc="pretrain ID-SASRec",
     )
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
 from reaemb_ray import storage
@@ -19,7 +18,7 @@ from reaemb_ray.srs.encoders import load_embedding_table
 from reaemb_ray.srs.metrics import ndcg_by_popularity, summarize, user_groups
 from reaemb_ray.srs.pretrain import load_item_table, pretrain_id_sasrec
 from reaemb_ray.srs.report import plot_curves, plot_popularity, run_records, write_json, write_markdown
-from reaemb_ray.srs.trainer import fit_and_test
+from reaemb_ray.srs.remote import fit_runs
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def _file_digest(path: Path) -> str:
 
 def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str, format: int = 2) -> str:
     """What one (method, backbone, seed) result depends on (`format=1`: how runs were keyed before format 2)."""
-    srs_drop = ("backbones", "seeds", "num_threads")
+    srs_drop = ("backbones", "seeds", "num_threads", "task_resources")  # where a run trains does not change it
     if format == 2:  # which runs get every seed does not change a run
         srs = storage.changed_fields(cfg.srs, drop=srs_drop)
         ev = storage.changed_fields(cfg.eval, drop=("methods", "main_methods", "main_backbones"))
@@ -76,6 +75,9 @@ def main(cfg, args=None) -> Path:
         align_table = load_item_table(cfg.out)
 
     records, curves, buckets, skipped = [], {}, {}, []
+    planned: list[tuple] = []  # (name, method, backbone, finished run or None)
+    todo: dict[str, dict] = {}  # name -> fit_and_test arguments of the runs to train
+    keys: dict[str, tuple] = {}
     for method in cfg.eval.methods:
         table, table_digest = None, "id"
         if method != "id":
@@ -102,20 +104,30 @@ def main(cfg, args=None) -> Path:
                 if run.get("fingerprint") == fp:
                     log.info("reusing finished run %s", result_file)
                 else:
-                    t0 = time.perf_counter()
-                    _, res, full, samp = fit_and_test(
-                        data, backbone, cfg.srs, seed, cfg.eval.num_sampled_negatives, table=table,
-                        align_table=align_table if table is not None else None, exclude_history=cfg.eval.exclude_history, desc=name)
-                    ranks = {"full": full, sampled_name: samp}
-                    run = {"fingerprint": fp, "records": run_records(method, backbone, seed, ranks, groups, cfg.eval.ks),
-                           "curve": res.curve, "best_epoch": res.best_epoch, "seconds": time.perf_counter() - t0,
-                           "popularity_buckets": ndcg_by_popularity(full, data.test, data.popularity, 10)}
-                    result_file.write_text(json.dumps(run))
-                    log.info("%s: full %s | %s %s | %.0f s", name, summarize(full, [10]), sampled_name,
-                             summarize(samp, [10]), run["seconds"])
-                records += run["records"]
-                curves[name] = run["curve"]
-                buckets.setdefault((method, backbone), []).append(run["popularity_buckets"])
+                    run = None
+                    keys[name] = (method, backbone, seed, fp)
+                    todo[name] = dict(backbone=backbone, srs=cfg.srs, seed=seed,
+                                      num_negatives=cfg.eval.num_sampled_negatives, table=table,
+                                      align_table=align_table if table is not None else None,
+                                      exclude_history=cfg.eval.exclude_history, desc=name)
+                planned.append((name, method, backbone, run))
+
+    finished = {}
+    for name, (_, res, full, samp), seconds in fit_runs(cfg, data, todo):  # several at once with srs.task_resources
+        method, backbone, seed, fp = keys[name]
+        ranks = {"full": full, sampled_name: samp}
+        run = {"fingerprint": fp, "records": run_records(method, backbone, seed, ranks, groups, cfg.eval.ks),
+               "curve": res.curve, "best_epoch": res.best_epoch, "seconds": seconds,
+               "popularity_buckets": ndcg_by_popularity(full, data.test, data.popularity, 10)}
+        (runs_dir / f"{name}.json").write_text(json.dumps(run))  # saved as soon as it finishes
+        log.info("%s: full %s | %s %s | %.0f s", name, summarize(full, [10]), sampled_name,
+                 summarize(samp, [10]), run["seconds"])
+        finished[name] = run
+    for name, method, backbone, run in planned:
+        run = run or finished[name]
+        records += run["records"]
+        curves[name] = run["curve"]
+        buckets.setdefault((method, backbone), []).append(run["popularity_buckets"])
 
     if not records:
         raise FileNotFoundError("evaluate found nothing to evaluate: " + "; ".join(skipped))

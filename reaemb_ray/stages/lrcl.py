@@ -109,12 +109,17 @@ def latest_checkpoint(train_dir: Path) -> Path | None:
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
-    import deepspeed
     import ray.train
     import torch
     from tqdm import tqdm
 
     from reaemb_ray.checkpoint_load import load_checkpoint
+    from reaemb_ray.device import placement
+
+    where = placement(config["cfg"].model.dtype)  # the GPU Ray Train gave this worker (lrcl.use_gpu), if any
+    os.environ["DS_ACCELERATOR"] = "cuda" if where.is_cuda else "cpu"  # DeepSpeed must agree with it
+    import deepspeed
+
     from reaemb_ray.data.prompts import attribute_views, item_prompt
     from reaemb_ray.losses import contrastive_loss, view_retrieval_top1
     from reaemb_ray.model.backbone import load_backbone
@@ -127,7 +132,7 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(lc.cpus_per_worker)
     torch.manual_seed(cfg.seed)  # identical LoRA/attention init on every rank
-    deepspeed.init_distributed(dist_backend="nccl" if lc.use_gpu else "gloo")
+    deepspeed.init_distributed(dist_backend=where.backend)
 
     # DeepSpeed casts the module for bf16/fp16; it keeps fp32 master weights in the optimizer.
     lm, tok = load_backbone(config["backbone_path"], "float32")
