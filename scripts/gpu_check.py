@@ -66,10 +66,15 @@ def _device(want_gpu: bool):
     return placement("float32", want_gpu=want_gpu).device
 
 
-def _tiny(cache: Path) -> str:
+def _cache(work: Path) -> Path:
+    """Backbone cache shared by the checks of one run (the tiny backbone is built once)."""
+    return Path(os.environ.get("REAEMB_GPU_CHECK_CACHE", work / "cache"))
+
+
+def _tiny(work: Path) -> str:
     from reaemb_ray.model.backbone import resolve_backbone_name
 
-    return resolve_backbone_name("tiny", cache)
+    return resolve_backbone_name("tiny", _cache(work))
 
 
 def _prompts(tok, n: int) -> list[str]:
@@ -110,7 +115,7 @@ def check_lrcl_zero2_bf16(work: Path) -> dict:
 
     init_single_process_distributed(where.backend)
     torch.manual_seed(0)
-    lm, tok = load_backbone(_tiny(work / "cache"), "float32")
+    lm, tok = load_backbone(_tiny(work), "float32")
     module = ThoughtEmbedder(lm, lora=LoraConfig())
     params = [p for p in module.parameters() if p.requires_grad]
     lcfg = LRCLConfig(num_workers=1, batch_size=8, micro_batch_size=8, zero_stage=2)
@@ -149,7 +154,7 @@ def _two_pass(work: Path, dtype_name: str, tol: float) -> dict:
 
     where = placement(dtype_name, want_gpu=True)
     torch.manual_seed(0)
-    lm, tok = load_backbone(_tiny(work / "cache"), dtype_name)
+    lm, tok = load_backbone(_tiny(work), dtype_name)
     module = ThoughtEmbedder(lm, lora=LoraConfig(dropout=0.0)).to(where.device)
     with torch.no_grad():  # LoRA B starts at zero: give it values so the LoRA path is exercised
         for n, p in module.named_parameters():
@@ -185,7 +190,7 @@ def _crrl_base(work: Path) -> tuple:
     from reaemb_ray.rl.synthetic import write_synthetic_prepared
 
     prep = write_synthetic_prepared(work / "prepared", clusters=4, per_cluster=4)
-    cfg = load_config(None, [f"output_dir={work}", "model.backbone=tiny", f"data.cache_dir={work / 'cache'}",
+    cfg = load_config(None, [f"output_dir={work}", "model.backbone=tiny", f"data.cache_dir={_cache(work)}",
                              "crrl.init_from=backbone", "crrl.warmup_steps=1", "crrl.kl_beta=0.1"])
     return cfg, str(prepare_base(cfg, work / "crrl" / "base")), load_item_texts(prep)
 
@@ -202,11 +207,14 @@ def check_crrl_learner_step(work: Path) -> dict:
     from reaemb_ray.rl.rollout import Rollout
 
     class Devices(TorchDispatchMode):
+        """Devices of the tensors the step computes with; 0-dim ones (the optimizer's step counters, which torch
+        keeps on the CPU by design) aside."""
         seen: set = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            self.seen |= {str(t.device) for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)}
+            self.seen |= {str(t.device) for t in tree_flatten((args, kwargs, out))[0]
+                          if isinstance(t, torch.Tensor) and t.dim() > 0}
             return out
 
     dtype = "bfloat16" if _cuda() else "float32"
@@ -321,7 +329,7 @@ def _random_smollm2_shaped(work: Path, dtype: str):
 
     path = work / "smollm2-shaped"
     if not (path / "config.json").exists():
-        src = _tiny(work / "cache")
+        src = _tiny(work)
         tok = load_tokenizer(src)
         cfg = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                           intermediate_size=1536, vocab_size=len(tok), max_position_embeddings=2048,
@@ -475,6 +483,7 @@ def main() -> int:
     t0 = time.perf_counter()
     report = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "checks": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("REAEMB_GPU_CHECK_CACHE", str(Path(tmp) / "cache"))
         for name in a.only or CHECKS:
             result = Path(tmp) / f"{name}.json"
             cmd = [sys.executable, __file__, "--check", name, "--result", str(result)]
