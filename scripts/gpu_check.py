@@ -102,7 +102,7 @@ def check_lrcl_zero2_bf16(work: Path) -> dict:
 
     from reaemb_ray.config import LoraConfig, LRCLConfig
     from reaemb_ray.device import placement, to_device
-    from reaemb_ray.losses import soft_contrastive_loss
+    from reaemb_ray.losses import contrastive_loss
     from reaemb_ray.model.backbone import load_backbone
     from reaemb_ray.model.generator import ThoughtEmbedder
     from reaemb_ray.model.two_pass import tokenize_prompts
@@ -129,7 +129,7 @@ def check_lrcl_zero2_bf16(work: Path) -> dict:
     for _ in range(3):
         batch = to_device(tokenize_prompts(tok, prompts, 128), engine.device)
         emb = engine(batch, efficient=True)
-        loss = soft_contrastive_loss(emb[:8], emb[8:], engine.module.tau())
+        loss = contrastive_loss(emb[:8], emb[8:], engine.module.tau(), lcfg.similarity)
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
