@@ -117,11 +117,14 @@ class WeightGroup:
         self.pg = process_group(self.backend, store, rank, world, timeout_s)
 
     def close(self) -> None:
-        """Shut the group down (its communicators and threads), e.g. before a new generation replaces it."""
-        try:
-            self.pg.shutdown()
-        except Exception as e:  # a group whose peer died may fail to shut down cleanly; it is dropped anyway
-            log.info("weight group %d: shutdown: %s", self.generation, e)
+        """Tear the group down before a new generation replaces it. abort, not shutdown: a group is replaced
+        because a member died, and an orderly NCCL shutdown can wait forever on the dead peer."""
+        for how in ("abort", "shutdown"):
+            try:
+                getattr(self.pg, how)()
+                return
+            except Exception as e:  # not supported by this backend, or the dead peer: it is dropped anyway
+                log.info("weight group %d: %s: %s", self.generation, how, e)
 
     def broadcast(self, state: dict | None, like: dict) -> dict:
         """Rank 0 sends `state`; every rank returns it as numpy arrays shaped like `like` (same keys)."""

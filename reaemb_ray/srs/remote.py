@@ -37,8 +37,13 @@ def fit_runs(cfg, data, runs: dict[str, dict]) -> Iterator[tuple[str, tuple, flo
     init_ray(cfg.ray)
     task = ray.remote(_fit_here).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=1)
     shared = {id(data): ray.put(data)}  # each table goes to the object store once, not once per run
-    ref = lambda v: shared.setdefault(id(v), ray.put(v)) if isinstance(v, np.ndarray) else v  # noqa: E731
-    pending = {task.remote(shared[id(data)], **{k: ref(v) for k, v in kwargs.items()}, progress=False): name
+
+    def ref(v):
+        if isinstance(v, np.ndarray) and id(v) not in shared:
+            shared[id(v)] = ray.put(v)
+        return shared[id(v)] if isinstance(v, np.ndarray) else v
+
+    pending = {task.remote(shared[id(data)], **{k: ref(v) for k, v in kwargs.items()} | {"progress": False}): name
                for name, kwargs in runs.items()}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
