@@ -37,7 +37,7 @@ def cosine_with_warmup(warmup: int, total: int):
     return f
 
 
-def init_single_process_distributed(backend: str) -> None:
+def init_single_process_distributed(backend: str = "gloo") -> None:
     """DeepSpeed wants a process group; one process is a world of one (nccl on a GPU, gloo on CPU). Its rendezvous
     store is in memory: a TCPStore would listen on every interface, unauthenticated, for a group that has no one
     else to meet."""
