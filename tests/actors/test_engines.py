@@ -59,5 +59,5 @@ def test_vllm_memory_share_fits_the_actors_on_its_gpu():
     assert vllm_memory_share(0.0, 0.0) == 0.9  # CPU build: ignored
     with pytest.raises(ConfigError, match="more than the GPU share Ray gives each rollout worker"):
         load_config(None, ["crrl.vllm_gpu_memory_utilization=0.8", "crrl.rollout_resources.num_gpus=0.5"])
-    with pytest.raises(ConfigError, match=r"must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"crrl.vllm_gpu_memory_utilization must be >= 0 and <= 1"):
         load_config(None, ["crrl.vllm_gpu_memory_utilization=1.5"])
