@@ -73,6 +73,10 @@ class Scores:
     parts: dict[str, np.ndarray] = field(default_factory=dict)  # reward kind -> (M, G)
     valid_share: float = 0.0  # share of replies with the valid JSON format
     answered_share: float = 0.0  # share with a parseable answer value
+    # comparable across batches (the accuracy reward is min-max scaled per batch): mean exp(-e^2) over all
+    # replies (0 without an answer), and mean |e| over the answered ones (None when none is)
+    accuracy_base: float = 0.0
+    abs_error: float | None = None
 
 
 def score(texts: list[list[str]], truths, ctx: RewardContext, weights: dict[str, float]) -> Scores:
@@ -93,6 +97,9 @@ def score(texts: list[list[str]], truths, ctx: RewardContext, weights: dict[str,
     flat_truths = np.repeat(truths, g)
     parts = {k: fn(parsed, flat_truths, ctx).reshape(m, g) for k, fn in REWARDS.items()}
     total = sum(w * parts[k] for k, w in weights.items()) if weights else np.zeros((m, g))
-    answered = [p.valid and answer_value(ctx.task, p.answer) is not None for p in parsed]
-    return Scores(np.asarray(total, dtype=np.float64), parts, float(np.mean([p.valid for p in parsed])) if parsed else 0.0,
-                  float(np.mean(answered)) if parsed else 0.0)
+    preds = [answer_value(ctx.task, p.answer) if p.valid else None for p in parsed]
+    errors = [min(max(x, ctx.scale[0]), ctx.scale[1]) - t for x, t in zip(preds, flat_truths) if x is not None]
+    n = max(1, len(parsed))
+    return Scores(np.asarray(total, dtype=np.float64), parts, sum(p.valid for p in parsed) / n,
+                  len(errors) / n, float(sum(np.exp(-np.square(errors)))) / n,
+                  float(np.mean(np.abs(errors))) if errors else None)

@@ -70,6 +70,8 @@ def test_score_two_prompts_hand_computed():
     np.testing.assert_allclose(s.total, s.parts["format"] + 2 * s.parts["accuracy"] + 0.5 * s.parts["analysis"])
     assert s.total[0, 0] == pytest.approx(1 + 2 * 1 + 0.25)
     assert s.valid_share == pytest.approx(4 / 6) and s.answered_share == pytest.approx(3 / 6)
+    assert s.accuracy_base == pytest.approx((1 + np.exp(-1) + np.exp(-4)) / 6)  # errors 0, +1, +2
+    assert s.abs_error == pytest.approx(1.0)
 
 
 def test_next_item_task_binary_accuracy():
