@@ -170,7 +170,7 @@ class ReasonController:
 
     def train_fold(self, k: int) -> dict:
         """Train fold k's policy (or find it done); returns {"state": LoRA state, "version", "steps"}."""
-        from safetensors.numpy import load_file, save_file
+        from safetensors.numpy import load_file
         from tqdm import tqdm
 
         from actors.reason_rollout import weight_key
@@ -209,6 +209,7 @@ class ReasonController:
             self.timings["sync_s"] += self._broadcast(learner, weight_key(k, version))
         else:
             weights_box = [learner.weights.remote()]
+
         def issue(i: int, b: int):
             seed = r.seed * 1_000_003 + 7919 * k + b  # the same batch samples the same replies when re-issued
             return self.rollout_workers[i].generate.remote([self.prompt(e) for e in batches[b]], r.group_size, seed,
