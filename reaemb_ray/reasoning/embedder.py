@@ -61,18 +61,22 @@ class TextEmbedder(nn.Module):
 def alignment_loss(z: torch.Tensor, target: torch.Tensor, kind: str, tau: float = 0.1, margin: float = 0.2):
     """z (B, d) projected item vectors, target (B, d) their ID-table rows; in-batch negatives."""
     sim = F.normalize(z, dim=-1) @ F.normalize(target, dim=-1).T
-    labels = torch.arange(len(z))
+    labels = torch.arange(len(z), device=z.device)
     if kind == "infonce":
         return 0.5 * (F.cross_entropy(sim / tau, labels) + F.cross_entropy(sim.T / tau, labels))
     if kind == "triplet":
-        neg = sim.masked_fill(torch.eye(len(z), dtype=torch.bool), float("-inf")).max(1).values
+        neg = sim.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf")).max(1).values
         return F.relu(margin - sim.diagonal() + neg).mean()
     raise ValueError(f"unknown alignment loss {kind!r}; use infonce or triplet (reason.embedder.loss)")
 
 
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _encode(tok, texts: list[str], max_length: int):
     enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
+    return enc["input_ids"].to(_device()), enc["attention_mask"].to(_device())
 
 
 @torch.no_grad()
@@ -81,8 +85,8 @@ def retrieval_top1(model: TextEmbedder, tok, texts, targets: np.ndarray, ecfg, b
     model.eval()
     z = torch.cat([model.head(model(*_encode(tok, texts[i:i + batch_size], ecfg.max_length)))
                    for i in range(0, len(texts), batch_size)])
-    sim = F.normalize(z, dim=-1) @ F.normalize(torch.as_tensor(targets), dim=-1).T
-    return float((sim.argmax(1) == torch.arange(len(texts))).float().mean())
+    sim = F.normalize(z, dim=-1) @ F.normalize(torch.as_tensor(targets, device=z.device), dim=-1).T
+    return float((sim.argmax(1) == torch.arange(len(texts), device=z.device)).float().mean())
 
 
 def train_embedder(texts: list[str], targets: np.ndarray, ecfg, seed: int = 0, progress: bool = True):
@@ -93,7 +97,7 @@ def train_embedder(texts: list[str], targets: np.ndarray, ecfg, seed: int = 0, p
     path = resolve_encoder(ecfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     targets = np.asarray(targets, dtype=np.float32)
-    model = TextEmbedder(path, ecfg.lora, targets.shape[1], seed)
+    model = TextEmbedder(path, ecfg.lora, targets.shape[1], seed).to(_device())
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=ecfg.lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
@@ -109,7 +113,7 @@ def train_embedder(texts: list[str], targets: np.ndarray, ecfg, seed: int = 0, p
             if len(rows) < 2:
                 continue  # a batch of one has no negative
             z = model.head(model(*_encode(tok, [texts[r] for r in rows], ecfg.max_length)))
-            loss = alignment_loss(z, torch.as_tensor(targets[rows]), ecfg.loss, ecfg.tau, ecfg.margin)
+            loss = alignment_loss(z, torch.as_tensor(targets[rows], device=z.device), ecfg.loss, ecfg.tau, ecfg.margin)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -126,4 +130,4 @@ def train_embedder(texts: list[str], targets: np.ndarray, ecfg, seed: int = 0, p
 def embed_texts(model: TextEmbedder, tok, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
     model.eval()
     return torch.cat([model(*_encode(tok, texts[i:i + batch_size], max_length))
-                      for i in range(0, len(texts), batch_size)]).numpy().astype(np.float32)
+                      for i in range(0, len(texts), batch_size)]).cpu().numpy().astype(np.float32)

@@ -59,6 +59,8 @@ class TorchGenerator:
     name = "torch"
 
     def __init__(self, model, tok):
+        if torch.cuda.is_available():  # a rollout actor that holds a GPU
+            model = model.to("cuda")
         self.model, self.tok = model, tok
         self.eos = eos_ids(tok, model)
         self.version = 0
@@ -73,8 +75,9 @@ class TorchGenerator:
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling, seed: int) -> list[list[list[int]]]:
         pad = self.tok.pad_token_id
         width = max(len(p) for p in prompt_ids)
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        dev = next(self.model.parameters()).device
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=dev)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=dev)
         torch.manual_seed(int(seed))
         out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=sampling.temperature,
                                   top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,

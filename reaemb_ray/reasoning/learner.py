@@ -36,7 +36,7 @@ class GRPOLearner:
         self.n_micro = -(-rcfg.prompts_per_batch * rcfg.group_size // rcfg.micro_batch)
         ds_cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": self.n_micro,
                   "zero_optimization": {"stage": rcfg.zero_stage}, "gradient_clipping": rcfg.gradient_clipping,
-                  "zero_allow_untested_optimizer": True}
+                  "zero_allow_untested_optimizer": True, "bf16": {"enabled": dtype == "bfloat16"}}
         self.engine, _, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                              config=ds_cfg)
         self.version = 0
@@ -67,8 +67,9 @@ class GRPOLearner:
             policy.load_lora_state(self.model, current)
 
     def _logprobs(self, packed, rows, c_width):
-        ids, mask, pos, _ = packed
-        return grpo.completion_logprobs(self.model, ids[rows], mask[rows], pos[rows], c_width, self.cfg.temperature)
+        dev = self.engine.device  # DeepSpeed placed the model (a GPU when the actor holds one)
+        ids, mask, pos, _ = (t[rows].to(dev) for t in packed)
+        return grpo.completion_logprobs(self.model, ids, mask, pos, c_width, self.cfg.temperature)
 
     def step(self, batch: dict, rewards: np.ndarray) -> dict:
         """batch: prompt_ids (M lists), completions (M x G lists), version; rewards (M, G)."""
@@ -76,11 +77,12 @@ class GRPOLearner:
         c = self.cfg
         rewards = np.asarray(rewards, dtype=np.float64)
         m, g = rewards.shape
-        adv = torch.as_tensor(adv_lib.compute(c.advantage, rewards)).reshape(-1)
+        dev = self.engine.device
+        adv = torch.as_tensor(adv_lib.compute(c.advantage, rewards)).reshape(-1).to(dev)
         prompts = [p for p in batch["prompt_ids"] for _ in range(g)]
         comps = [list(x) for row in batch["completions"] for x in row]
         packed = grpo.pack(prompts, comps, self.tok.pad_token_id)
-        cmask = packed[3]
+        cmask = packed[3].to(dev)
         c_width, n_tokens = cmask.shape[1], cmask.sum()
         chunks = [np.arange(i, min(i + c.micro_batch, m * g)) for i in range(0, m * g, c.micro_batch)]
         with torch.no_grad():
