@@ -22,13 +22,13 @@ def weight_key(fold: int, version: int) -> int:
 @ray.remote
 class ReasonRolloutWorker:
     def __init__(self, worker_id: int, model_path: str, engine: str, lora, sampling: dict, max_model_len: int,
-                 dtype: str = "float32", weight_format: str = "lora", seed: int = 0):
+                 dtype: str = "float32", weight_format: str = "lora", seed: int = 0, reply_prefix: str = ""):
         import torch
 
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
         self.tags = {"worker": str(worker_id), "engine": engine}
         self.core = ReasonRollout(model_path, engine, lora, Sampling(**sampling), max_model_len, dtype,
-                                  weight_format, seed)
+                                  weight_format, seed, reply_prefix)
 
     def _load(self, state: dict, key: int) -> None:
         self.core.set_weights(state, key // FOLD_STRIDE, key % FOLD_STRIDE)

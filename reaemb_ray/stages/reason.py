@@ -83,7 +83,8 @@ class ReasonController:
         sampling = {"temperature": r.temperature, "top_p": r.top_p, "repetition_penalty": r.repetition_penalty,
                     "max_new_tokens": r.max_new_tokens}
         return self.Rollout.options(num_cpus=r.rollout_resources.num_cpus, num_gpus=r.rollout_resources.num_gpus).remote(
-            i, self.model_path, r.engine, r.lora, sampling, r.max_model_len, r.dtype, r.weight_format, r.seed)
+            i, self.model_path, r.engine, r.lora, sampling, r.max_model_len, r.dtype, r.weight_format, r.seed,
+            r.reply_prefix)
 
     def _new_reward(self, i: int):
         r = self.cfg.reason
@@ -111,13 +112,13 @@ class ReasonController:
     # ------------------------------------------------------------------------------------------ prompts
 
     def prompt(self, e) -> str:
-        """The chat prompt of an example; the oldest history items are dropped until it fits the length limit."""
+        """The chat prompt of an example + the reply prefix; the oldest history items are dropped until it fits."""
         from reaemb_ray.reasoning.prompts import chat_prompt, user_message
 
         history = [(self.data.texts[i], r) for i, r in e.history]
         while True:
             text = chat_prompt(self.tok, user_message(self.task, self.data.texts[e.item_id], history,
-                                                      self.cfg.data.item_noun, self.data.scale))
+                                                      self.cfg.data.item_noun, self.data.scale)) + self.cfg.reason.reply_prefix
             if len(self.tok(text, add_special_tokens=False)["input_ids"]) <= self.prompt_limit or not history:
                 return text
             history = history[1:]

@@ -18,6 +18,7 @@ from reaemb_ray.runtime import free_port
 from reaemb_ray.stages.reason import run_reason
 
 METRICS_PORT = free_port()
+PREFIX = load_config(None, []).reason.reply_prefix  # the default prefilled reply start, '{"think": "'
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,8 @@ def _worker_outputs(engine: str, json_tiny: str, prompts: list[str]):
 
     lora = load_config(None, []).reason.lora
     sampling = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 48}
-    w = ReasonRolloutWorker.options(num_cpus=1).remote(0, json_tiny, engine, lora, sampling, 512, "float32", "lora", 0)
+    w = ReasonRolloutWorker.options(num_cpus=1).remote(0, json_tiny, engine, lora, sampling, 512, "float32", "lora", 0,
+                                                       PREFIX)
     try:
         base = ray.get(w.generate.remote(prompts, 4, 7, [], 0))
         again = ray.get(w.generate.remote(prompts, 4, 7, [], 0))
@@ -166,7 +168,7 @@ def test_torch_and_vllm_engines_reply_in_json_and_receive_weights(local_ray, tmp
     tok = load_tokenizer(json_tiny)
     ex = training_examples(data, np.zeros(data.num_items + 1, bool), 2, 0.3, seed=11)[:6]
     prompts = [chat_prompt(tok, user_message("rating", data.texts[e.item_id],
-                                             [(data.texts[i], r) for i, r in e.history], "movie", data.scale))
+                                             [(data.texts[i], r) for i, r in e.history], "movie", data.scale)) + PREFIX
                for e in ex]
     shares = {}
     for engine in ("torch", "vllm"):
