@@ -17,7 +17,9 @@ def plot_curves(rows_by_fold: dict[int, list[dict]], path: Path) -> None:
 
     series = [("valid_share", "format-valid share"), ("accuracy_base", "accuracy exp(-e^2), 0 if unanswered"),
               ("accuracy_mean", "accuracy reward (batch min-max)"), ("abs_error", "|prediction - truth| (answered)"),
-              ("reward_mean", "total reward"), ("kl_behaviour", "KL to the behaviour policy / token")]
+              ("reward_mean", "total reward"), ("kl_ref", "KL to the base model / token")]
+    if not any(r.get("kl_ref") is not None for rows in rows_by_fold.values() for r in rows):
+        series[-1] = ("kl_behaviour", "KL to the behaviour policy / token")  # reason.kl_beta = 0
     fig, axes = plt.subplots(2, 3, figsize=(15, 6.5))
     for ax, (key, title) in zip(axes.flat, series):
         for fold, rows in sorted(rows_by_fold.items()):
