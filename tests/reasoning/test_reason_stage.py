@@ -81,11 +81,11 @@ def test_reason_end_to_end_resume_and_metrics(local_ray, tmp_path, json_tiny):
             assert version.startswith(f"fold{k}-v3-")
             for row in pq.read_table(shard).to_pylist():
                 folds[row["item_id"]] = row["fold"]
-    assert sorted(folds) == list(range(1, 33)) and set(folds.values()) == {0, 1}
+    assert sorted(folds) == list(range(1, 17)) and set(folds.values()) == {0, 1}
     table = pq.read_table(tmp_path / "embeddings" / "reason" / "embeddings.parquet")
-    assert table.column("item_id").to_pylist() == list(range(1, 33))
+    assert table.column("item_id").to_pylist() == list(range(1, 17))
     vecs = np.asarray(table.column("vector").to_pylist())
-    assert vecs.shape == (32, 384) and np.isfinite(vecs).all()
+    assert vecs.shape == (16, 384) and np.isfinite(vecs).all()
     samples = json.loads((out / "samples.json").read_text())["samples"]
     assert len(samples) == 12 and all({"think", "answer", "truth", "item_text"} <= set(s) for s in samples)
     assert res["final_valid_share"] > 0.6 and (out / "reason_curves.png").exists()
