@@ -85,7 +85,8 @@ def retrieval_top1(model: TextEmbedder, tok, texts, targets: np.ndarray, ecfg, b
     model.eval()
     z = torch.cat([model.head(model(*_encode(tok, texts[i:i + batch_size], ecfg.max_length)))
                    for i in range(0, len(texts), batch_size)])
-    sim = F.normalize(z, dim=-1) @ F.normalize(torch.as_tensor(targets, device=z.device), dim=-1).T
+    rows = torch.tensor(np.asarray(targets, dtype=np.float32), device=z.device)  # a copy: object-store arrays are read-only
+    sim = F.normalize(z, dim=-1) @ F.normalize(rows, dim=-1).T
     return float((sim.argmax(1) == torch.arange(len(texts), device=z.device)).float().mean())
 
 
