@@ -100,7 +100,10 @@ class VllmGenerator:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        from reaemb_ray.model.backbone import to_dtype
+
         self.tok, self.lora, self.path, self.weight_format = tok, lora, model_path, weight_format
+        self.dtype = to_dtype(dtype)
         self.eos = eos_ids(tok)
         self.llm = LLM(model=model_path, enforce_eager=True, dtype=dtype, max_model_len=max_model_len, seed=0,
                        enable_lora=weight_format == "lora", max_lora_rank=max(8, lora.r), max_loras=1,
@@ -123,7 +126,7 @@ class VllmGenerator:
                 self.llm.llm_engine.remove_lora(old.lora_int_id)
                 shutil.rmtree(old.lora_path, ignore_errors=True)
         else:
-            weights = policy.merged_weights(self._base, state, self.lora)
+            weights = {k: v.to(self.dtype) for k, v in policy.merged_weights(self._base, state, self.lora).items()}
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()),
                                                               "is_checkpoint_format": True})
             self.llm.reset_prefix_cache()
