@@ -9,7 +9,6 @@ LoRA's B starts at zero, so a fresh adapter is exactly the base model (every fol
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +107,3 @@ def merged_weights(base: dict[str, torch.Tensor], state: dict, lora) -> dict[str
         delta = torch.as_tensor(np.asarray(b), dtype=torch.float32) @ torch.as_tensor(np.asarray(a), dtype=torch.float32)
         out[target] = (w.float() + scale * delta).to(w.dtype)
     return out
-
-
-def adapter_meta(folder) -> dict:
-    return json.loads((Path(folder) / "adapter_config.json").read_text())
