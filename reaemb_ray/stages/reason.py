@@ -407,6 +407,7 @@ class ReasonController:
             log.info("reason embedder: up to date, reusing %s", dest)
             return json.loads(done.read_text())
         e = r.embedder
+        check_fits({"the reasoning embedder": {"CPU": e.num_cpus, "GPU": e.num_gpus}})
         t0 = time.perf_counter()
         res = ray.get(train_and_embed.options(num_cpus=e.num_cpus, num_gpus=e.num_gpus).remote(
             texts, table, e, r.seed))
@@ -440,6 +441,7 @@ class ReasonController:
         samples = pick_samples(reasons, r.samples_in_report, r.seed)
         (self.out / SAMPLES_FILE).write_text(json.dumps({"task": self.task, "samples": samples}, indent=2))
         (self.out / "samples.md").write_text(samples_markdown(samples, self.task))
+        self.shutdown()  # generation is over: the embedder task gets the rollout workers' CPUs/GPUs
         emb = self.embed(reasons)
         answered = [x for x in reasons if x["answer_value"] is not None and x["truth"] is not None]
         summary = {
@@ -458,6 +460,7 @@ class ReasonController:
     def shutdown(self) -> None:
         for a in [*self.rollout_workers, *self.reward_workers]:
             self._ray.kill(a, no_restart=True)
+        self.rollout_workers, self.reward_workers = [], []
 
 
 def run_reason(cfg, fresh: bool = False, hooks: dict | None = None) -> dict:
