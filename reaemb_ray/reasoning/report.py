@@ -39,11 +39,9 @@ def plot_curves(rows_by_fold: dict[int, list[dict]], path: Path) -> None:
 
 
 def pick_samples(reasons: list[dict], n: int, seed: int) -> list[dict]:
-    """n items with their reasoning, answer and truth (seeded; valid replies first when there are enough)."""
-    rng = np.random.default_rng(seed)
-    order = list(rng.permutation(len(reasons)))
-    order.sort(key=lambda i: not reasons[i]["valid"])  # stable: valid first, random within
-    return [reasons[i] for i in order[:n]]
+    """n items drawn at random (seeded) with their reasoning, answer and truth: what a reader sees is typical."""
+    order = np.random.default_rng(seed).permutation(len(reasons))[:n]
+    return [reasons[i] for i in sorted(order, key=lambda i: reasons[i]["item_id"])]
 
 
 def samples_markdown(samples: list[dict], task: str) -> str:
