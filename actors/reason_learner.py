@@ -12,8 +12,8 @@ from reaemb_ray.reasoning.learner import GRPOLearner
 
 @ray.remote
 class ReasonLearnerActor:
-    def __init__(self, model_path: str, rcfg, total_steps: int, port: int = 0):
-        self.core = GRPOLearner(model_path, rcfg, total_steps, rcfg.learner_dtype, port)
+    def __init__(self, model_path: str, rcfg, total_steps: int):
+        self.core = GRPOLearner(model_path, rcfg, total_steps, rcfg.learner_dtype)
 
     @ray.method(num_returns=2)
     def step(self, batch: dict, scores: dict):

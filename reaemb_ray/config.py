@@ -340,8 +340,8 @@ class EvalConfig:
     def validate(self) -> None:
         for m in self.methods:
             if m not in METHODS and not _is_variant_method(m):
-                raise ConfigError(f"eval.methods entry {m!r} is not allowed; use id, raw_llm, llmemb, lrcl, crrl, reason or "
-                                  "crrl-<objective>-<reward> (e.g. crrl-paper-srs)")
+                raise ConfigError(f"eval.methods entry {m!r} is not allowed; use id, raw_llm, llmemb, lrcl, crrl, "
+                                  "reason or crrl-<objective>-<reward> (e.g. crrl-paper-srs)")
 
 
 @dataclass

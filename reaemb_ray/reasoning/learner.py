@@ -23,13 +23,13 @@ from reaemb_ray.rl.learner import cosine_with_warmup, init_single_process_distri
 
 
 class GRPOLearner:
-    def __init__(self, model_path: str, rcfg, total_steps: int, dtype: str = "float32", port: int = 0):
+    def __init__(self, model_path: str, rcfg, total_steps: int, dtype: str = "float32"):
         import deepspeed
 
         self.cfg = rcfg
         model, self.tok = policy.build_policy(model_path, rcfg.lora, dtype, rcfg.seed)
         model.train()
-        init_single_process_distributed(port)
+        init_single_process_distributed()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=rcfg.lr, weight_decay=0.0)
         total_updates = max(1, total_steps * rcfg.updates_per_batch)
@@ -136,7 +136,9 @@ class GRPOLearner:
                                     client_state=dict(client_state, version=self.version, steps=self.steps))
 
     def load(self, ckpt_dir: str) -> dict:
-        _, client = self.engine.load_checkpoint(ckpt_dir, tag="state")
+        from reaemb_ray.checkpoint_load import load_checkpoint
+
+        _, client = load_checkpoint(self.engine, ckpt_dir, tag="state")  # weights_only: no code in a checkpoint
         self.version, self.steps = int(client["version"]), int(client["steps"])
         self.adapters = {self.version: self.state_dict()}
         return client

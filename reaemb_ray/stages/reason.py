@@ -118,7 +118,7 @@ class ReasonController:
         history = [(self.data.texts[i], r) for i, r in e.history]
         while True:
             text = chat_prompt(self.tok, user_message(self.task, self.data.texts[e.item_id], history,
-                                                      self.cfg.data.item_noun, self.data.scale)) + self.cfg.reason.reply_prefix
+                                                      self.cfg.data.noun, self.data.scale)) + self.cfg.reason.reply_prefix
             if len(self.tok(text, add_special_tokens=False)["input_ids"]) <= self.prompt_limit or not history:
                 return text
             history = history[1:]
