@@ -70,35 +70,36 @@ def alignment_loss(z: torch.Tensor, target: torch.Tensor, kind: str, tau: float 
     raise ValueError(f"unknown alignment loss {kind!r}; use infonce or triplet (reason.embedder.loss)")
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _encode(tok, texts: list[str], max_length: int):
+def _encode(tok, texts: list[str], max_length: int, device):
     enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return enc["input_ids"].to(_device()), enc["attention_mask"].to(_device())
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 @torch.no_grad()
 def retrieval_top1(model: TextEmbedder, tok, texts, targets: np.ndarray, ecfg, batch_size: int = 64) -> float:
     """Share of items whose projection is closest (cosine) to their own ID row among all the given rows."""
     model.eval()
-    z = torch.cat([model.head(model(*_encode(tok, texts[i:i + batch_size], ecfg.max_length)))
+    dev = model.head.weight.device
+    z = torch.cat([model.head(model(*_encode(tok, texts[i:i + batch_size], ecfg.max_length, dev)))
                    for i in range(0, len(texts), batch_size)])
     rows = torch.tensor(np.asarray(targets, dtype=np.float32), device=z.device)  # a copy: object-store arrays are read-only
     sim = F.normalize(z, dim=-1) @ F.normalize(rows, dim=-1).T
     return float((sim.argmax(1) == torch.arange(len(texts), device=z.device)).float().mean())
 
 
-def train_embedder(texts: list[str], targets: np.ndarray, ecfg, seed: int = 0, progress: bool = True):
-    """Fit LoRA + head so that texts[i] aligns with targets[i]; returns (model, tokenizer, per-epoch history)."""
+def train_embedder(texts: list[str], targets: np.ndarray, ecfg, seed: int = 0, progress: bool = True,
+                   device: torch.device | None = None):
+    """Fit LoRA + head so that texts[i] aligns with targets[i]; returns (model, tokenizer, per-epoch history).
+
+    `device`: where to train (the caller's placement, reaemb_ray.device); CPU by default."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
     path = resolve_encoder(ecfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     targets = np.asarray(targets, dtype=np.float32)
-    model = TextEmbedder(path, ecfg.lora, targets.shape[1], seed).to(_device())
+    device = device or torch.device("cpu")
+    model = TextEmbedder(path, ecfg.lora, targets.shape[1], seed).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=ecfg.lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
@@ -113,7 +114,7 @@ def train_embedder(texts: list[str], targets: np.ndarray, ecfg, seed: int = 0, p
             rows = order[i:i + ecfg.batch_size]
             if len(rows) < 2:
                 continue  # a batch of one has no negative
-            z = model.head(model(*_encode(tok, [texts[r] for r in rows], ecfg.max_length)))
+            z = model.head(model(*_encode(tok, [texts[r] for r in rows], ecfg.max_length, device)))
             loss = alignment_loss(z, torch.as_tensor(targets[rows], device=z.device), ecfg.loss, ecfg.tau, ecfg.margin)
             opt.zero_grad()
             loss.backward()
@@ -130,5 +131,6 @@ def train_embedder(texts: list[str], targets: np.ndarray, ecfg, seed: int = 0, p
 @torch.no_grad()
 def embed_texts(model: TextEmbedder, tok, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
     model.eval()
-    return torch.cat([model(*_encode(tok, texts[i:i + batch_size], max_length))
+    dev = model.head.weight.device
+    return torch.cat([model(*_encode(tok, texts[i:i + batch_size], max_length, dev))
                       for i in range(0, len(texts), batch_size)]).cpu().numpy().astype(np.float32)

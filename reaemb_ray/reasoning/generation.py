@@ -58,10 +58,8 @@ def eos_ids(tok, model_config=None) -> set[int]:
 class TorchGenerator:
     name = "torch"
 
-    def __init__(self, model, tok):
-        if torch.cuda.is_available():  # a rollout actor that holds a GPU
-            model = model.to("cuda")
-        self.model, self.tok = model, tok
+    def __init__(self, model, tok, device: torch.device | None = None):
+        self.model, self.tok = model.to(device or torch.device("cpu")), tok
         self.eos = eos_ids(tok, model)
         self.version = 0
 
@@ -161,8 +159,10 @@ def make_generator(name: str, model_path: str, lora, max_model_len: int, dtype: 
                    weight_format: str = "lora", seed: int = 0):
     """(engine, tokenizer). The torch engine holds a peft model; vLLM its own copy of the base weights."""
     if name == "torch":
+        from reaemb_ray.device import placement
+
         model, tok = policy.build_policy(model_path, lora, dtype, seed)
-        return TorchGenerator(model, tok), tok
+        return TorchGenerator(model, tok, placement(dtype).device), tok  # the GPU Ray gave the actor, if any
     if name == "vllm":
         tok = policy.load_tokenizer(model_path)
         return VllmGenerator(model_path, tok, lora, max_model_len, dtype, weight_format), tok

@@ -26,10 +26,13 @@ class GRPOLearner:
     def __init__(self, model_path: str, rcfg, total_steps: int, dtype: str = "float32"):
         import deepspeed
 
+        from reaemb_ray.device import placement
+
         self.cfg = rcfg
+        where = placement(dtype)  # the GPU Ray gave the learner, if any (reaemb_ray.device)
         model, self.tok = policy.build_policy(model_path, rcfg.lora, dtype, rcfg.seed)
-        model.train()
-        init_single_process_distributed()
+        model.to(where.device).train()
+        init_single_process_distributed(where.backend)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=rcfg.lr, weight_decay=0.0)
         total_updates = max(1, total_steps * rcfg.updates_per_batch)
