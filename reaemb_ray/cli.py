@@ -19,6 +19,7 @@ STAGES = {
     "prepare": ("prepare", "read a raw dataset, write canonical Parquet (items, splits, co-occurrence)"),
     "lrcl": ("lrcl", "stage 1: latent-reasoning contrastive learning as a Ray Train job"),
     "crrl": ("crrl", "stage 2: collaborative-reward RL with rollout, reward and learner actors"),
+    "reason": ("reason", "explicit-reasoning mode: GRPO-trained JSON reasons (vLLM rollouts), embedded by a small LM"),
     "export": ("export", "compute every item's embedding with Ray Data batch inference"),
     "evaluate": ("evaluate", "train SASRec/GRU4Rec/Bert4Rec on each embedding table and report metrics"),
     "run": ("run", "the whole pipeline, resuming from whatever stage outputs already exist"),

@@ -27,6 +27,7 @@ PRODUCED_BY = {
     "llmemb": "`reaemb lrcl model.use_thought=false` then `reaemb export export.method=llmemb`",
     "lrcl": "`reaemb lrcl` then `reaemb export export.method=lrcl`",
     "crrl": "`reaemb crrl` then `reaemb export export.method=crrl`",
+    "reason": "`reaemb reason` (explicit reasoning + the small-LM embedder)",
 }
 
 
@@ -133,6 +134,8 @@ def main(cfg, args=None) -> Path:
         raise FileNotFoundError("evaluate found nothing to evaluate: " + "; ".join(skipped))
     write_json(records, out / "report.json")
     write_markdown(records, out / "report.md", skipped)
+    from reaemb_ray.reasoning.report import append_samples
+    append_samples(cfg.out, out / "report.md")  # the explicit-reasoning mode's generated reasons, when it ran
     plot_curves(curves, out / "val_curves.png")
     plot_popularity(buckets, out / "ndcg_by_popularity.png")
     log.info("wrote %s", out / "report.md")

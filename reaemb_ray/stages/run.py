@@ -130,8 +130,12 @@ def plan(cfg: Config, fields: Callable = storage.changed_fields) -> list[Stage]:
             stages.append(Stage(variant_method(v), ["lrcl"] + uses_srs(v.split("/")[1]), lambda c, v=v: {"crrl": crrl_sections, "variant": v},
                                 lambda c, f, v=v: _run_variant(c, f, v), [f"variants/{variant_method(v)}"]))
     export = fields(cfg.export, drop=("method",))
+    if "reason" in methods:  # the explicit-reasoning mode writes its own table (embeddings/reason)
+        stages.append(Stage("reason", ["prepare"], lambda c: {"reason": fields(c.reason), "seed": c.seed,
+                                                              "srs": fields(c.srs, drop=("backbones", "seeds"))},
+                            lambda c, f: _call("reason", c, f), ["reason", "embeddings/reason"]))
     upstream = {"raw_llm": ["prepare"], "llmemb": ["llmemb"], "lrcl": ["lrcl"], "crrl": ["crrl"]}
-    for m in [m for m in methods if m != "id"]:
+    for m in [m for m in methods if m not in ("id", "reason")]:
         stages.append(Stage(f"export_{m}", upstream[m],
                             lambda c, m=m: {"export": export, "method": m,
                                             "backbone": cfg.model.backbone if m == "raw_llm" else None},
@@ -142,7 +146,8 @@ def plan(cfg: Config, fields: Callable = storage.changed_fields) -> list[Stage]:
         stages.append(Stage(f"export_{m}", [m], lambda c: {"export": export, "method": "crrl"},
                             lambda c, f, v=v: _export_variant(c, f, v), [f"embeddings/{m}"]))
     all_methods = evaluated_methods(cfg)
-    deps = ["prepare"] + [f"export_{m}" for m in all_methods if m != "id"] + (["srs_pretrain"] if needs_pretrain else [])
+    deps = ["prepare"] + [f"export_{m}" if m != "reason" else "reason" for m in all_methods if m != "id"] + (
+        ["srs_pretrain"] if needs_pretrain else [])
     # evaluate keeps each (method, backbone, seed) result keyed by its inputs, so it is never started "fresh":
     # a changed embedding table re-trains only the recommenders that read it
     stages.append(Stage("evaluate", deps, lambda c: {"srs": fields(c.srs), "eval": fields(c.eval)},

@@ -30,6 +30,9 @@ def test_plan_follows_the_methods():
     # the srs reward needs the pretrained ID-SASRec; the co-occurrence reward does not
     assert "srs_pretrain" not in _names(["eval.methods=[crrl]", "crrl.reward=cooccurrence"])
     assert "srs_pretrain" in _names(["eval.methods=[crrl]", "crrl.reward=srs"])
+    # the explicit-reasoning mode writes its own table: no export stage, evaluate waits for it
+    assert _names(["eval.methods=[id,reason]"]) == ["prepare", "reason", "evaluate"]
+    assert "reason" in plan(load_config(None, ["eval.methods=[id,reason]"]))[-1].deps
 
 
 def test_every_stage_depends_only_on_earlier_stages():
