@@ -36,6 +36,9 @@ class LearnerActor:
 
     # crrl.weight_sync=collective: this actor is rank 0 of the broadcast group and hosts its store
     def open_weight_group(self, world: int, generation: int, timeout_s: float) -> tuple[str, int]:
+        if getattr(self, "group", None) is not None:
+            self.group.close()  # the previous generation (a member died)
+            self.group = None
         self.store, host, port = host_store(world, timeout_s)
         self.group_args = (world, generation, timeout_s)
         return host, port

@@ -16,13 +16,14 @@ from reaemb_ray.rl.rollout import Rollout
 @ray.remote
 class RolloutWorker:
     def __init__(self, worker_id: int, store, base_rel: str, texts: dict, engine: str, group_size: int,
-                 sigma: float, anchor: bool, item_noun: str, max_length: int, dtype: str = "float32"):
+                 sigma: float, anchor: bool, item_noun: str, max_length: int, dtype: str = "float32",
+                 vllm_gpu_memory: float = 0.9):
         import torch
 
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
         self.tags = {"worker": str(worker_id), "engine": engine}
         self.core = Rollout(str(store.fetch(base_rel)), texts, engine, group_size, sigma, anchor, item_noun,
-                            max_length, dtype)
+                            max_length, dtype, vllm_gpu_memory=vllm_gpu_memory)
 
     def _sync(self, weights_box: list, version: int) -> float:
         """Load newer weights from the object store (if any); the seconds count as weight sync."""
@@ -46,6 +47,8 @@ class RolloutWorker:
     # crrl.weight_sync=collective: ranks 1..N of the learner's broadcast group
     def join_weight_group(self, host: str, port: int, rank: int, world: int, generation: int, timeout_s: float,
                           use_gpu: bool = False) -> None:
+        if getattr(self, "group", None) is not None:
+            self.group.close()  # the previous generation (a member died)
         self.group = WeightGroup(rank, world, generation, timeout_s, host=host, port=port, use_gpu=use_gpu)
 
     def receive_weights(self, version: int) -> float:

@@ -3,17 +3,29 @@
 - `object_store`: the learner returns its state dict as a task result (one copy in Ray's object store);
   rollout workers `ray.get` it only when their version is older. Pull-based, fully asynchronous.
 - `collective`: after every learner step the learner (rank 0) broadcasts one flat fp32 buffer of the weights
-  to every rollout worker (ranks 1..N) over a process group of their own (Gloo on CPU, NCCL when the actors
-  hold GPUs), created from a TCPStore that the learner hosts -- separate from DeepSpeed's default process
-  group. Push-based: a broadcast waits until every worker has finished the rollout it is running. A worker
-  that dies is replaced and the group is formed again under a new generation number.
+  to every rollout worker (ranks 1..N) over a process group of their own, created from a TCPStore that the
+  learner hosts -- separate from DeepSpeed's default process group. Push-based: a broadcast waits until every
+  worker has finished the rollout it is running. A worker that dies is replaced and the group is formed again
+  under a new generation number; the old group is shut down first.
+
+Backend: NCCL when every member holds a GPU of its own, else Gloo. Members publish their GPU (its UUID) in the
+store when they join, so all of them pick the same backend: NCCL refuses two ranks on one GPU ("Duplicate GPU
+detected"), which is what Ray's fractional GPUs produce when a learner and a rollout worker share a GPU, and
+then Gloo carries the (small: 3 d x d matrices) weights over the host instead. Either way the group gets
+`crrl.sync_timeout_s`: a join, and every broadcast, fail with an exception after that long without a peer
+(NCCL in blocking-wait mode, so its watchdog does not kill the process instead).
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 from datetime import timedelta
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
 
 def fetch(weights_box: list, version: int, current_version: int, load) -> float:
     """Load the weights in `weights_box` ([ObjectRef], boxed so Ray does not resolve it eagerly) if newer.
@@ -42,11 +54,45 @@ def host_store(world: int, timeout_s: float):
     return store, host, store.port
 
 
+def backend_for(devices: list[str]) -> str:
+    """`nccl` when every member has a GPU of its own (`devices`: a GPU UUID, or "cpu"), else `gloo`."""
+    if "cpu" in devices or len(set(devices)) < len(devices):
+        return "gloo"
+    return "nccl"
+
+
+def process_group(backend: str, store, rank: int, world: int, timeout_s: float):
+    """A process group of `backend` whose every operation gives up after `timeout_s`."""
+    import torch.distributed as dist
+
+    timeout = timedelta(seconds=timeout_s)
+    if backend == "nccl":
+        # wait() then blocks and raises on timeout; without it NCCL's watchdog aborts the whole process
+        os.environ["TORCH_NCCL_BLOCKING_WAIT"] = "1"
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world, opts)
+    return dist.ProcessGroupGloo(store, rank, world, timeout)
+
+
+def local_device(use_gpu: bool) -> str:
+    """This member's GPU UUID when it may use one (the device rule: one Ray gave it), else "cpu"."""
+    from reaemb_ray.device import placement
+
+    where = placement()
+    if not (use_gpu and where.is_cuda):
+        return "cpu"
+    import torch
+
+    return str(torch.cuda.get_device_properties(where.device).uuid)
+
+
 class WeightGroup:
-    """One member of a broadcast group. Construction blocks until all `world` members have joined."""
+    """One member of a broadcast group. Construction blocks until all `world` members have joined (or
+    `timeout_s` passes: then it raises, naming the members that did not come)."""
 
     def __init__(self, rank: int, world: int, generation: int, timeout_s: float, store=None, host: str = "",
-                 port: int = 0, use_gpu: bool = False):
+                 port: int = 0, use_gpu: bool = False, device: str | None = None):
         import torch
         import torch.distributed as dist
 
@@ -54,11 +100,31 @@ class WeightGroup:
             store = dist.TCPStore(host, port, world, False, timedelta(seconds=timeout_s))
         store = dist.PrefixStore(f"reaemb-weights-{generation}", store)
         self.rank, self.world, self.generation = rank, world, generation
-        self.device = torch.device("cuda") if use_gpu else torch.device("cpu")
-        if use_gpu:
-            self.pg = dist.ProcessGroupNCCL(store, rank, world)
-        else:
-            self.pg = dist.ProcessGroupGloo(store, rank, world, timedelta(seconds=timeout_s))
+        store.set(f"device/{rank}", device or local_device(use_gpu))
+        keys = [f"device/{r}" for r in range(world)]
+        try:
+            store.wait(keys, timedelta(seconds=timeout_s))
+        except Exception as e:  # the store's own timeout error
+            missing = [r for r in range(world) if not store.check([f"device/{r}"])]
+            raise TimeoutError(f"weight group {generation}: ranks {missing} did not join within crrl.sync_timeout_s="
+                               f"{timeout_s} s ({type(e).__name__})") from None
+        devices = [store.get(k).decode() for k in keys]
+        self.backend = backend_for(devices)
+        if use_gpu and self.backend == "gloo" and rank == 0:
+            log.warning("weight group %d: members share a GPU or lack one (%s); broadcasting over gloo (host memory) "
+                        "instead of NCCL", generation, devices)
+        self.device = torch.device("cuda", 0) if self.backend == "nccl" else torch.device("cpu")
+        self.pg = process_group(self.backend, store, rank, world, timeout_s)
+
+    def close(self) -> None:
+        """Tear the group down before a new generation replaces it. abort, not shutdown: a group is replaced
+        because a member died, and an orderly NCCL shutdown can wait forever on the dead peer."""
+        for how in ("abort", "shutdown"):
+            try:
+                getattr(self.pg, how)()
+                return
+            except Exception as e:  # not supported by this backend, or the dead peer: it is dropped anyway
+                log.info("weight group %d: %s: %s", self.generation, how, e)
 
     def broadcast(self, state: dict | None, like: dict) -> dict:
         """Rank 0 sends `state`; every rank returns it as numpy arrays shaped like `like` (same keys)."""

@@ -23,6 +23,8 @@ STAGE_COMMANDS = {
     "lrcl": ("stage 1: latent-reasoning contrastive learning as a Ray Train job (model.use_thought=false: llmemb)",
              lambda cfg: "lrcl" if cfg.model.use_thought else "llmemb"),
     "crrl": ("stage 2: collaborative-reward RL with rollout, reward and learner actors", lambda cfg: "crrl"),
+    "reason": ("explicit-reasoning mode: GRPO-trained JSON reasons (vLLM rollouts), embedded by a small LM",
+               lambda cfg: "reason"),
     "export": ("compute every item's embedding with Ray Data batch inference (export.method)",
                lambda cfg: f"export_{cfg.export.method}"),
     "evaluate": ("train SASRec/GRU4Rec/Bert4Rec on each embedding table and report metrics", lambda cfg: "evaluate"),

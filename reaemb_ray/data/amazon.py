@@ -60,9 +60,11 @@ def read_amazon_json(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDatase
                 ts = int(r["timestamp"]) // 1000  # 2023 dumps: milliseconds
             if not user or not item:
                 raise KeyError("reviewerID/user_id or asin")
+            stars = r.get("overall", r.get("rating"))  # 2014/2018: overall, 2023: rating
+            rating = None if stars is None else float(stars)
         except (ValueError, SyntaxError, KeyError, TypeError, AttributeError, OverflowError) as e:
             bad("malformed_line", where, f"review row unreadable or missing a field ({e})",
                 "each review needs reviewerID/user_id, asin/parent_asin and unixReviewTime/timestamp")
             continue
-        seqs.add(str(user), str(item), ts, where)
+        seqs.add(str(user), str(item), ts, where, rating=rating)
     return seqs.build(str(folder), [meta_path, review_path])

@@ -29,6 +29,14 @@ ATOMIC_KEYS = {"movie_title": "title", "release_year": "year", "class": "genres"
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def movie_attributes(title: str, release_date: str, genres: list[str]):
     """`Toy Story (1995)` -> title `Toy Story`, year `1995`; the year falls back to the release date's."""
     m = _TITLE_YEAR.match(title or "")
@@ -57,12 +65,12 @@ def _read_parquet_100k(folder: Path, bad: BadRows) -> RawDataset:
                                                                 r.get("release_date") or "", genres),
                  bad, f"{ipath} row {row_no}")
     seqs = SequenceBuilder(items, bad, ipath.name)
-    for row_no, r in enumerate(_parquet_rows(dpath, ["user_id", "movie_id", "timestamp"]), start=1):
+    for row_no, r in enumerate(_parquet_rows(dpath, ["user_id", "movie_id", "rating", "timestamp"]), start=1):
         u, i, t = r["user_id"], r["movie_id"], r["timestamp"]
         if u is None or i is None:
             bad("malformed_line", f"{dpath} row {row_no}", "null user_id or movie_id", "repair the row")
             continue
-        seqs.add(str(u), str(i), t, f"{dpath} row {row_no}")
+        seqs.add(str(u), str(i), t, f"{dpath} row {row_no}", rating=r["rating"])
     return seqs.build(str(folder), [dpath, ipath])
 
 
@@ -99,11 +107,11 @@ def _read_grouplens_100k(folder: Path, bad: BadRows) -> RawDataset:
     seqs = SequenceBuilder(items, bad, ipath.name)
     for ln, line in tqdm(numbered_lines(dpath, bad), desc="u.data", mininterval=2.0, leave=False):
         f = line.split("\t")
-        if len(f) != 4 or not f[3].strip().isdigit():
+        if len(f) != 4 or not f[3].strip().isdigit() or not _is_number(f[2]):
             bad("malformed_line", f"{dpath}:{ln}", "expected 'user<TAB>item<TAB>rating<TAB>unix time'",
                 "repair the line")
             continue
-        seqs.add(f[0], f[1], int(f[3]), f"{dpath}:{ln}")
+        seqs.add(f[0], f[1], int(f[3]), f"{dpath}:{ln}", rating=float(f[2]))
     return seqs.build(str(folder), [dpath, ipath])
 
 
@@ -161,8 +169,8 @@ def read_movielens_1m(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDatas
     seqs = SequenceBuilder(items, bad, ipath.name)
     for ln, line in tqdm(numbered_lines(dpath, bad, "latin-1"), desc="ratings.dat", mininterval=2.0, leave=False):
         f = line.split("::")
-        if len(f) != 4 or not f[3].strip().isdigit():
+        if len(f) != 4 or not f[3].strip().isdigit() or not _is_number(f[2]):
             bad("malformed_line", f"{dpath}:{ln}", "expected 'UserID::MovieID::Rating::Timestamp'", "repair the line")
             continue
-        seqs.add(f[0], f[1], int(f[3]), f"{dpath}:{ln}")
+        seqs.add(f[0], f[1], int(f[3]), f"{dpath}:{ln}", rating=float(f[2]))
     return seqs.build(str(folder), [dpath, ipath])

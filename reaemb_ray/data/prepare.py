@@ -99,6 +99,7 @@ def prepare(cfg, out: Path | None = None) -> Path:
     flat_users = np.repeat(np.arange(1, num_users + 1, dtype=np.int64), lengths)
     positions = np.arange(len(flat_items), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
     ts = [t for u, s in kept for t in (raw.timestamps.get(u) or [None] * len(s))]
+    ratings = [r for u, s in kept for r in (raw.ratings.get(u) or [None] * len(s))]
 
     final = Path(out) if out is not None else cfg.out / layout.PREPARED
     with _partial_then_swapped(final) as out:  # prepared/ is never a half-written mix
@@ -116,7 +117,8 @@ def prepare(cfg, out: Path | None = None) -> Path:
             "text": pa.array(texts, pa.string()),
         }), out / "items.parquet")
         pq.write_table(pa.table({"user_id": flat_users, "item_id": flat_items, "position": positions,
-                                 "timestamp": pa.array(ts, pa.int64())}), out / "interactions.parquet")
+                                 "timestamp": pa.array(ts, pa.int64()), "rating": pa.array(ratings, pa.float32())}),
+                       out / "interactions.parquet")
 
         # leave-one-out: the last item is test, the second last valid, the rest train
         is_train = positions < np.repeat(lengths - 2, lengths)
@@ -145,7 +147,7 @@ def prepare(cfg, out: Path | None = None) -> Path:
             "dropped": {"users_with_fewer_than_3_interactions": dropped_users,
                         "items_without_interactions": len(raw.items) - num_items, **kstats},
             "files": raw.files,
-            "kcore": d.kcore, "timestamps_known": bool(raw.timestamps),
+            "kcore": d.kcore, "timestamps_known": bool(raw.timestamps), "ratings_known": bool(raw.ratings),
             "mean_sequence_length": round(float(lengths.mean()), 3), "max_sequence_length": int(lengths.max()),
             "max_distinct_items_per_user": max(len(set(s)) for _, s in kept),
             "density": round(len(flat_items) / (num_users * num_items), 6),

@@ -37,6 +37,7 @@ class RawDataset:
     items: dict[str, Attributes]  # raw item id -> attributes
     sequences: dict[str, list[str]]  # raw user id -> raw item ids, oldest first (insertion order = file order)
     timestamps: dict[str, list[int]] = field(default_factory=dict)  # parallel to sequences; absent = unknown
+    ratings: dict[str, list[float]] = field(default_factory=dict)  # parallel to sequences; absent = unknown
     skipped: Counter = field(default_factory=Counter)  # reason -> rows skipped
     source: str = ""
     files: list[str] = field(default_factory=list)  # the files read, recorded in summary.json
@@ -241,14 +242,14 @@ def add_item(items: dict[str, Attributes], raw_id: str, attrs: Attributes, bad: 
 
 
 class SequenceBuilder:
-    """Collects (user, item, timestamp) rows, checks them, sorts each user's rows by time."""
+    """Collects (user, item, timestamp[, rating]) rows, checks them, sorts each user's rows by time."""
 
     def __init__(self, items: dict[str, Attributes], bad: BadRows, meta_file: str):
         self.items, self.bad, self.meta_file = items, bad, meta_file
-        self.rows: dict[str, list[tuple[int | None, str]]] = {}
+        self.rows: dict[str, list[tuple[int | None, str, float | None]]] = {}
         self.seen: set[tuple[str, str, int]] = set()
 
-    def add(self, user: str, item: str, timestamp: int | None, where: str) -> None:
+    def add(self, user: str, item: str, timestamp: int | None, where: str, rating: float | None = None) -> None:
         for who, value in (("user", user), ("item", item)):
             problem = id_problem(value)
             if problem:
@@ -266,17 +267,18 @@ class SequenceBuilder:
                          "appear in an earlier row too", "remove the repeated row")
                 return
             self.seen.add(key)
-        self.rows.setdefault(user, []).append((timestamp, item))
+        self.rows.setdefault(user, []).append((timestamp, item, rating))
 
     def build(self, source: str, files: list[Path]) -> RawDataset:
-        sequences, timestamps = {}, {}
+        sequences, timestamps, ratings = {}, {}, {}
         for user, rows in self.rows.items():
-            known = all(t is not None for t, _ in rows)
-            if known:
+            if all(t is not None for t, _, _ in rows):
                 rows = sorted(rows, key=lambda r: r[0])  # stable: ties keep file order
-                timestamps[user] = [int(t) for t, _ in rows]
-            sequences[user] = [i for _, i in rows]
-        return RawDataset(items=self.items, sequences=sequences, timestamps=timestamps,
+                timestamps[user] = [int(t) for t, _, _ in rows]
+            sequences[user] = [i for _, i, _ in rows]
+            if all(r is not None for _, _, r in rows):
+                ratings[user] = [float(r) for _, _, r in rows]
+        return RawDataset(items=self.items, sequences=sequences, timestamps=timestamps, ratings=ratings,
                           skipped=self.bad.counts, source=source, files=[str(f) for f in files])
 
 
@@ -308,6 +310,7 @@ def kcore(raw: RawDataset, k: int) -> tuple[RawDataset, dict[str, int]]:
         return raw, {}
     seqs = {u: list(s) for u, s in raw.sequences.items()}
     ts = {u: list(t) for u, t in raw.timestamps.items()}
+    rt = {u: list(r) for u, r in raw.ratings.items()}
     users0, inter0 = len(seqs), sum(map(len, seqs.values()))
     items0 = len({i for s in seqs.values() for i in s})
     while True:
@@ -320,14 +323,17 @@ def kcore(raw: RawDataset, k: int) -> tuple[RawDataset, dict[str, int]]:
             if u in weak_users:
                 del seqs[u]
                 ts.pop(u, None)
+                rt.pop(u, None)
                 continue
             if weak_items:
                 keep = [j for j, i in enumerate(seqs[u]) if i not in weak_items]
                 seqs[u] = [seqs[u][j] for j in keep]
                 if u in ts:
                     ts[u] = [ts[u][j] for j in keep]
+                if u in rt:
+                    rt[u] = [rt[u][j] for j in keep]
     items1 = len({i for s in seqs.values() for i in s})
     stats = {"kcore_removed_users": users0 - len(seqs), "kcore_removed_items": items0 - items1,
              "kcore_removed_interactions": inter0 - sum(map(len, seqs.values()))}
-    return RawDataset(items=raw.items, sequences=seqs, timestamps=ts, skipped=raw.skipped, source=raw.source,
-                      files=raw.files), stats
+    return RawDataset(items=raw.items, sequences=seqs, timestamps=ts, ratings=rt, skipped=raw.skipped,
+                      source=raw.source, files=raw.files), stats

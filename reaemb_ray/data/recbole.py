@@ -88,9 +88,10 @@ def read_atomic(folder: Path, bad: BadRows, name: str, key_names: dict[str, str]
     for need in ("user_id", "item_id"):
         if need not in names:
             raise DataError(f"{inter_path}:1: no {need} column in the header {names}; .inter files need "
-                             "user_id:token and item_id:token (timestamp:float optional)")
+                             "user_id:token and item_id:token (timestamp:float and rating:float optional)")
     u_col, i_col = names.index("user_id"), names.index("item_id")
     t_col = names.index("timestamp") if "timestamp" in names else None
+    r_col = names.index("rating") if "rating" in names else None
     for ln, line in tqdm(lines, desc="atomic interactions", unit=" lines", mininterval=2.0, leave=False):
         vals = line.split("\t")
         where = f"{inter_path}:{ln}"
@@ -104,7 +105,14 @@ def read_atomic(folder: Path, bad: BadRows, name: str, key_names: dict[str, str]
             except (ValueError, OverflowError):
                 bad("malformed_line", where, f"timestamp {vals[t_col]!r} is not a number", "repair the line")
                 continue
-        seqs.add(vals[u_col], vals[i_col], ts, where)
+        rating = None
+        if r_col is not None:
+            try:
+                rating = float(vals[r_col])
+            except ValueError:
+                bad("malformed_line", where, f"rating {vals[r_col]!r} is not a number", "repair the line")
+                continue
+        seqs.add(vals[u_col], vals[i_col], ts, where, rating=rating)
     return seqs.build(str(folder), [inter_path, item_path])
 
 

@@ -44,9 +44,10 @@ def read_yelp(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDataset:
         try:
             r = json.loads(line)
             user, item, ts = r["user_id"], r["business_id"], _unix(r["date"])
+            rating = None if r.get("stars") is None else float(r["stars"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             bad("malformed_line", where, f"review needs user_id, business_id and date 'YYYY-MM-DD HH:MM:SS' ({e})",
                 "repair the line")
             continue
-        seqs.add(str(user), str(item), ts, where)
+        seqs.add(str(user), str(item), ts, where, rating=rating)
     return seqs.build(str(folder), [bpath, rpath])

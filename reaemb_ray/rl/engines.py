@@ -4,8 +4,16 @@ All engines expose `pass1(batch) -> Pass1` and `embed(p1, batch, thoughts (B, G,
 - `torch`: prefix reuse -- the prefix's hidden states and key/value cache once, then each thought runs
   only the last two positions (thought, EOS) on the cached prefix.
 - `naive`: the reference -- a full pass 1, then one full pass 2 per thought.
-- `vllm`: pass 1 = vLLM pooling runner `token_embed` (per-token last-layer states of the prefix); pass 2 =
-  vLLM `embed` with `prompt_embeds` and MEAN pooling. r itself is computed in torch from the current weights.
+- `vllm`: one vLLM pooling engine (`token_embed`: per-token last-layer states). Pass 1 = the prefix's states;
+  pass 2 = the states of the prompt with the thought written into its input embeddings (`prompt_embeds`),
+  pooled here with the batch's `pool_weights` (any `model.pooling`). vLLM 0.32's offline API serves only the
+  task an `LLM` was built for (`embed` is refused by a `token_embed` engine and vice versa), and a weighted sum
+  of `token_embed` states is the pooled embedding, so one engine serves both passes: one copy of the weights and
+  one KV cache per GPU instead of two. r itself is computed in
+  torch from the current weights.
+
+Every engine runs on the device of the LM it is given (torch/naive) or on the GPU of its actor (vLLM) and returns
+tensors on `engine.device`, the device of the rollout's attention module.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ class TorchEngine:
 
     def __init__(self, lm):
         self.lm = lm
+        self.device = next(lm.parameters()).device
 
     @torch.no_grad()
     def pass1(self, batch) -> Pass1:
@@ -56,6 +65,7 @@ class NaiveEngine:
 
     def __init__(self, lm):
         self.lm = lm
+        self.device = next(lm.parameters()).device
 
     @torch.no_grad()
     def pass1(self, batch) -> Pass1:
@@ -88,80 +98,95 @@ def _lm_only_folder(model_dir) -> str:
     return str(out)
 
 
+def vllm_memory_share(configured: float, gpu_fraction: float) -> float:
+    """vLLM's `gpu_memory_utilization` (the share of the whole GPU it may fill with weights, activations and KV
+    cache): `crrl.vllm_gpu_memory_utilization` when set, else 90% of the GPU fraction Ray gave the rollout actor,
+    so that what Ray packs beside it on the same GPU (a learner at 0.5, another rollout worker) keeps its part.
+    A CPU actor (fraction 0) gets vLLM's usual 0.9, which the CPU build ignores (it reads VLLM_CPU_KVCACHE_SPACE)."""
+    if configured:
+        return configured
+    return round(0.9 * min(gpu_fraction, 1.0), 3) if gpu_fraction > 0 else 0.9
+
+
 class VllmEngine:
-    """Two vLLM pooling engines (one LLM serves one pooling task) over the merged model folder."""
+    """One vLLM pooling engine (`token_embed`) over the merged model folder serves both passes (see the top)."""
 
     name = "vllm"
 
-    def __init__(self, lm, model_dir: str, max_length: int, kv_cache_gb: int = 1):
+    def __init__(self, lm, model_dir: str, max_length: int, dtype: str = "float32", gpu_memory: float = 0.9,
+                 device: torch.device = torch.device("cpu"), kv_cache_gb: int = 1):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
         from vllm.config import PoolerConfig
 
-        common = dict(model=str(_lm_only_folder(model_dir)), runner="pooling", convert="embed", enforce_eager=True,
-                      dtype="float32", max_model_len=max_length, seed=0)
-        self.lm = lm  # only its input embedding table is used (to build prompt_embeds)
-        self.tokens = LLM(**common, pooler_config=PoolerConfig(task="token_embed", use_activation=False))
-        self.pooled = LLM(**common, enable_prompt_embeds=True,
-                          pooler_config=PoolerConfig(task="embed", pooling_type="MEAN", use_activation=False))
+        self.lm, self.device = lm, device  # only the LM's input embedding table is used (to build prompt_embeds)
+        self.llm = LLM(model=str(_lm_only_folder(model_dir)), runner="pooling", convert="embed", enforce_eager=True,
+                       dtype=dtype, max_model_len=max_length, seed=0, gpu_memory_utilization=gpu_memory,
+                       enable_prompt_embeds=True, pooler_config=PoolerConfig(task="token_embed", use_activation=False))
+
+    def _states(self, prompts) -> list[torch.Tensor]:
+        outs = self.llm.encode(prompts, pooling_task="token_embed", use_tqdm=False)
+        return [torch.as_tensor(o.outputs.data).float() for o in outs]
 
     @torch.no_grad()
     def pass1(self, batch) -> Pass1:
-        ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+        ids, mask, pos = (batch[k].cpu() for k in ("input_ids", "attention_mask", "position_ids"))
         B, L = ids.shape
         t = L - 2
         # the prefix alone: its states do not depend on the thought/EOS after it (causal LM)
-        prompts = [{"prompt_token_ids": ids[i, :t][mask[i, :t].bool()].tolist()} for i in range(B)]
-        outs = self.tokens.encode(prompts, pooling_task="token_embed", use_tqdm=False)
-        d = self.lm.config.hidden_size
-        h = torch.zeros(B, t, d)
-        for i, o in enumerate(outs):
-            data = torch.as_tensor(o.outputs.data, dtype=torch.float32)
+        states = self._states([{"prompt_token_ids": ids[i, :t][mask[i, :t].bool()].tolist()} for i in range(B)])
+        h = torch.zeros(B, t, self.lm.config.hidden_size)
+        for i, data in enumerate(states):
             h[i, mask[i, :t].bool()] = data  # back into the batch layout (shared head, then left padding)
-        return Pass1(h, mask, pos)
+        return Pass1(h.to(self.device), mask.to(self.device), pos.to(self.device))
 
     @torch.no_grad()
     def embed(self, p1: Pass1, batch, thoughts) -> torch.Tensor:
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids, mask, w = batch["input_ids"].cpu(), batch["attention_mask"].cpu(), batch["pool_weights"].cpu()
         B, G, d = thoughts.shape
         t = ids.shape[1] - 2
-        emb = self.lm.get_input_embeddings()(ids).float()
-        reqs = []
+        emb = self.lm.get_input_embeddings()(ids.to(self.lm.device)).float().cpu()
+        thoughts = thoughts.float().cpu()
+        reqs, weights = [], []
         for i in range(B):
             keep = mask[i].bool()
             for g in range(G):
                 e = emb[i].clone()
                 e[t] = thoughts[i, g]
                 reqs.append({"prompt_embeds": e[keep]})
-        outs = self.pooled.embed(reqs, use_tqdm=False)
-        return torch.stack([torch.as_tensor(o.outputs.embedding, dtype=torch.float32) for o in outs]).view(B, G, d)
+                weights.append(w[i, keep])
+        # the model's pooling (pool_weights, see two_pass) over the prompt's token states, here (see the top)
+        pooled = torch.stack([(wi[:, None] * s).sum(0) for wi, s in zip(weights, self._states(reqs))])
+        return pooled.view(B, G, d).to(self.device)
 
     def close(self):
-        for llm in (self.tokens, self.pooled):
-            engine = getattr(llm, "llm_engine", None)
-            if engine is not None and hasattr(engine, "engine_core"):
-                try:
-                    engine.engine_core.shutdown()
-                except Exception:  # best effort: the process exits anyway
-                    pass
+        engine = getattr(self.llm, "llm_engine", None)
+        if engine is not None and hasattr(engine, "engine_core"):
+            try:
+                engine.engine_core.shutdown()
+            except Exception:  # best effort: the process exits anyway
+                pass
 
 
-def _vllm(lm, model_dir: str | None, max_length: int) -> VllmEngine:
+def _vllm(lm, model_dir, max_length, dtype, gpu_memory, device) -> VllmEngine:
     if model_dir is None:
         raise ValueError("the vllm engine needs model_dir, the merged HF model folder (crrl/base)")
-    return VllmEngine(lm, model_dir, max_length)
+    return VllmEngine(lm, model_dir, max_length, dtype, gpu_memory, device or next(lm.parameters()).device)
 
 
+# name -> (lm, model_dir, max_length, dtype, gpu_memory, device) -> engine
 ENGINES = {
-    "torch": lambda lm, model_dir, max_length: TorchEngine(lm),
-    "naive": lambda lm, model_dir, max_length: NaiveEngine(lm),
+    "torch": lambda lm, *_: TorchEngine(lm),
+    "naive": lambda lm, *_: NaiveEngine(lm),
     "vllm": _vllm,
 }
 
 
-def make_engine(name: str, lm, model_dir: str | None = None, max_length: int = 1024):
-    """The rollout engine `name` over the frozen `lm` (vllm also needs the merged model folder)."""
+def make_engine(name: str, lm, model_dir: str | None = None, max_length: int = 1024, dtype: str = "float32",
+                gpu_memory: float = 0.9, device: torch.device | None = None):
+    """The rollout engine `name` over the frozen `lm` (vllm also needs the merged model folder). torch/naive run
+    where `lm` is; vllm runs on its actor's GPU (or the CPU build) and hands results to `device`."""
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; use one of {sorted(ENGINES)} (crrl.engine)")
-    return ENGINES[name](lm, model_dir, max_length)
+    return ENGINES[name](lm, model_dir, max_length, dtype, gpu_memory, device)

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from reaemb_ray.device import Placement, placement
 from reaemb_ray.rl import advantages as adv_lib
 from reaemb_ray.rl import objectives
 from reaemb_ray.rl.objectives import gaussian_kl
@@ -36,41 +37,67 @@ def cosine_with_warmup(warmup: int, total: int):
     return f
 
 
-def init_single_process_distributed() -> None:
-    """DeepSpeed wants a process group; one process is a world of one (gloo). Its rendezvous store is in memory:
-    a TCPStore would listen on every interface, unauthenticated, for a group that has no one else to meet."""
+def init_single_process_distributed(backend: str = "gloo") -> None:
+    """DeepSpeed wants a process group; one process is a world of one (nccl on a GPU, gloo on CPU). Its rendezvous
+    store is in memory: a TCPStore would listen on every interface, unauthenticated, for a group that has no one
+    else to meet."""
     import deepspeed
     import torch.distributed as dist
 
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
         os.environ[k] = v
     if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    deepspeed.init_distributed(dist_backend="gloo")  # adopts the group above
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=backend)  # adopts the group above
+
+
+def deepspeed_config(zero_stage: int, dtype: torch.dtype) -> dict:
+    """The learner's DeepSpeed config. The attention module's weights are in `dtype`; a bf16/fp16 section keeps
+    fp32 master weights in the optimizer (without it DeepSpeed would step the half-precision weights)."""
+    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": zero_stage}, "gradient_clipping": 1.0,
+            "bf16": {"enabled": dtype == torch.bfloat16}, "fp16": {"enabled": dtype == torch.float16},
+            "zero_allow_untested_optimizer": True, "steps_per_print": 10**9}
+
+
+def learner_inputs(batch: dict, rewards: np.ndarray, advantage: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor a learner step reads, on `device` (rollout batches arrive as numpy arrays)."""
+    # object-store arrays are read-only; a few MB copied beats torch's non-writable-array warning
+    tensor = lambda a: torch.from_numpy(np.require(a, requirements="W")).to(device)  # noqa: E731
+    out = {k: tensor(batch[k]) for k in ("hidden", "attention_mask", "position_ids", "actions", "mu")}
+    out["advantages"] = torch.as_tensor(adv_lib.compute(advantage, rewards)).to(device)
+    for k in ("input_ids", "sigma"):  # the paper objective's tokens; sigma when it is relative to |mu|
+        if k in batch:
+            out[k] = tensor(batch[k])
+    return out
 
 
 class Learner:
-    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32"):
+    def __init__(self, base_dir: str, crrl, total_steps: int, dtype: str = "float32", where: Placement | None = None):
+        where = where or placement(dtype)  # the GPU Ray gave this actor, if any
+        # DeepSpeed picks its accelerator itself (CUDA whenever torch sees one): make it agree with the rule
+        os.environ["DS_ACCELERATOR"] = "cuda" if where.is_cuda else "cpu"
         import deepspeed
 
-        self.cfg = crrl
+        self.cfg, self.device = crrl, where.device
         lm, attn, _ = load_base(base_dir, dtype)
         self.objective = objectives.get(crrl.objective)
-        self.lm = lm if self.objective.needs_lm else None  # the paper surrogate scores tokens with the LM
+        # the paper surrogate scores tokens with the (frozen) LM
+        self.lm = lm.to(self.device) if self.objective.needs_lm else None
+        attn.to(self.device)
         self.ref = None
         if crrl.kl_beta:
             import copy
             self.ref = copy.deepcopy(attn).eval().requires_grad_(False)
         attn.train().requires_grad_(True)
-        init_single_process_distributed()
+        init_single_process_distributed(where.backend)
         opt = torch.optim.AdamW(attn.parameters(), lr=crrl.lr, weight_decay=0.0)
         total_updates = max(1, total_steps * crrl.updates_per_batch)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(crrl.warmup_steps, total_updates))
-        ds_cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-                  "zero_optimization": {"stage": crrl.zero_stage}, "gradient_clipping": 1.0,
-                  "zero_allow_untested_optimizer": True}
         self.engine, _, _, self.sched = deepspeed.initialize(model=attn, optimizer=opt, lr_scheduler=sched,
-                                                             config=ds_cfg)
+                                                             config=deepspeed_config(crrl.zero_stage, where.dtype))
+        if self.engine.device != self.device:
+            raise RuntimeError(f"DeepSpeed put the learner on {self.engine.device}, the device rule on {self.device}")
         self.version = 0
         self.steps = 0
 
@@ -94,17 +121,15 @@ class Learner:
     def step(self, batch: dict, rewards: np.ndarray) -> dict:
         t0 = time.perf_counter()
         c = self.cfg
-        # object-store arrays are read-only; a few MB copied beats torch's non-writable-array warning
-        tensor = lambda a: torch.from_numpy(np.require(a, requirements="W"))
-        hidden, mask, pos = tensor(batch["hidden"]), tensor(batch["attention_mask"]), tensor(batch["position_ids"])
-        actions, mu_b = tensor(batch["actions"]), tensor(batch["mu"])
-        sigma = tensor(batch["sigma"]) if "sigma" in batch else c.sigma  # per item when relative to |mu|
         rewards = np.asarray(rewards, dtype=np.float32)
         if c.shuffle_rewards:  # control: each sample gets some other sample's reward
             rewards = np.random.default_rng([c.seed, self.steps]).permutation(rewards.ravel()).reshape(rewards.shape)
-        adv = torch.as_tensor(adv_lib.compute(c.advantage, rewards))
+        x = learner_inputs(batch, rewards, c.advantage, self.device)
+        hidden, mask, pos, actions, mu_b, adv = (x[k] for k in ("hidden", "attention_mask", "position_ids", "actions",
+                                                               "mu", "advantages"))
+        sigma = x.get("sigma", c.sigma)  # per item when relative to |mu|
         inputs = {"actions": actions, "mu": mu_b, "sigma": sigma, "attention_mask": mask,
-                  "input_ids": torch.as_tensor(batch["input_ids"])}
+                  "input_ids": x.get("input_ids")}
         with torch.no_grad():
             mu_start = self._mu(hidden, mask, pos)
             mu_ref = None if self.ref is None else self.ref(hidden, mask[:, :-2], mask.shape[1] - 2, pos[:, :-2]).float()

@@ -41,7 +41,7 @@ def exploration_sigma(mu: torch.Tensor, sigma: float, relative: bool) -> torch.T
     sigma * ||mu_i|| / sqrt(d), so the noise vector's norm is about sigma * ||mu_i|| whatever the LM's scale
     (the published absolute 0.1 barely moves a SmolLM2 thought of norm ~30)."""
     if not relative:
-        return torch.full((mu.shape[0],), float(sigma), dtype=torch.float32)
+        return torch.full((mu.shape[0],), float(sigma), dtype=torch.float32, device=mu.device)
     return (sigma * mu.float().norm(dim=-1) / mu.shape[-1] ** 0.5).clamp(min=1e-6)
 
 

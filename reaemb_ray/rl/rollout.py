@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from reaemb_ray.data.prompts import item_prompt
+from reaemb_ray.device import Placement, placement, to_device
 from reaemb_ray.model.two_pass import tokenize_prompts
 from reaemb_ray.rl.engines import make_engine
 from reaemb_ray.rl.objectives import exploration_sigma
@@ -17,13 +18,16 @@ from reaemb_ray.rl.policy import load_base
 class Rollout:
     def __init__(self, base_dir: str, texts: dict[int, str], engine: str, group_size: int, sigma: float,
                  anchor: bool, item_noun: str, max_length: int, dtype: str = "float32", chunk: int = 16,
-                 sigma_relative: bool = False):
+                 sigma_relative: bool = False, vllm_gpu_memory: float = 0.9, where: Placement | None = None):
         from reaemb_ray.model.generator import read_meta
 
+        self.device = (where or placement(dtype)).device  # the GPU Ray gave this actor, if any
         self.lm, self.attn, self.tok = load_base(base_dir, dtype)
         self.pooling = read_meta(base_dir).get("pooling", "all")  # as the generator was trained
-        self.attn.eval()
-        self.engine = make_engine(engine, self.lm, base_dir, max_length)
+        self.attn.eval().to(self.device)
+        if engine != "vllm":  # vLLM holds its own copy; this LM only lends it the input embedding table
+            self.lm.to(self.device)
+        self.engine = make_engine(engine, self.lm, base_dir, max_length, dtype, vllm_gpu_memory, self.device)
         self.texts, self.noun, self.max_length = texts, item_noun, max_length
         self.group_size, self.sigma, self.anchor, self.chunk = group_size, sigma, anchor, chunk
         self.sigma_relative = sigma_relative
@@ -43,7 +47,7 @@ class Rollout:
             prompts = [item_prompt(self.tok, self.texts[int(v)], self.noun) for v in item_ids]
         except KeyError as e:
             raise KeyError(f"item {e.args[0]} is not in prepared/items.parquet") from None
-        return tokenize_prompts(self.tok, prompts, self.max_length, self.pooling, self.noun)
+        return to_device(tokenize_prompts(self.tok, prompts, self.max_length, self.pooling, self.noun), self.device)
 
     @torch.no_grad()
     def noise_free(self, item_ids) -> np.ndarray:
@@ -54,7 +58,7 @@ class Rollout:
             batch = self.tokenize(ids)
             p1 = self.engine.pass1(batch)
             mu = p1.latent_thought(self.attn).float()
-            emb = self.engine.embed(p1, batch, mu[:, None]).numpy()[:, 0]
+            emb = self.engine.embed(p1, batch, mu[:, None]).float().cpu().numpy()[:, 0]
             self._cache.update(zip(ids, emb))
         return np.stack([self._cache[int(v)] for v in item_ids])
 
@@ -65,21 +69,23 @@ class Rollout:
         batch = self.tokenize(item_ids)
         p1 = self.engine.pass1(batch)
         mu = p1.latent_thought(self.attn).float()  # behaviour policy mean (M, d)
-        gen = torch.Generator().manual_seed(int(seed))  # same batch -> same noise, also when re-issued
+        # same batch -> same noise, also when re-issued, and on any device (drawn on the CPU)
+        gen = torch.Generator().manual_seed(int(seed))
         sigma = exploration_sigma(mu, self.sigma, self.sigma_relative)  # (M,)
-        eps = torch.randn(mu.shape[0], self.group_size, mu.shape[1], generator=gen) * sigma[:, None, None]
+        eps = torch.randn(mu.shape[0], self.group_size, mu.shape[1], generator=gen).to(self.device) * sigma[:, None, None]
         if self.anchor:
             eps[:, 0] = 0.0
         actions = mu[:, None] + eps
         emb = self.engine.embed(p1, batch, actions)
         t_items = time.perf_counter() - t0
         cand = {s: self.noise_free(c.reshape(-1)).reshape(*c.shape, -1) for s, c in cand_ids.items()}
+        host = lambda x: x.cpu().numpy()  # noqa: E731
         return {
             "item_ids": np.asarray(item_ids, dtype=np.int64), "version": self.version,
-            "actions": actions.numpy(), "mu": mu.numpy(), "sigma": sigma.numpy(), "emb": emb.float().numpy(),
+            "actions": host(actions), "mu": host(mu), "sigma": host(sigma), "emb": host(emb.float()),
             "cand_emb": cand,
             # what the learner needs to recompute mu_theta (and the paper objective's LM log-probs)
-            "hidden": p1.hidden.float().numpy(), "attention_mask": batch["attention_mask"].numpy(),
-            "position_ids": batch["position_ids"].numpy(), "input_ids": batch["input_ids"].numpy(),
+            "hidden": host(p1.hidden.float()), "attention_mask": host(batch["attention_mask"]),
+            "position_ids": host(batch["position_ids"]), "input_ids": host(batch["input_ids"]),
             "seconds": time.perf_counter() - t0, "item_seconds": t_items,
         }

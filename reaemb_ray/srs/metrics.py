@@ -35,12 +35,12 @@ def full_ranks(scores: torch.Tensor, targets: torch.Tensor, history: list[np.nda
     if history is not None:
         rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(history)]).astype(np.int64)
         cols = np.concatenate(history).astype(np.int64)
-        tgt = targets.numpy()
+        tgt = targets.cpu().numpy()
         # each excluded item once (a user may repeat items); a repeated target still competes
         pairs = np.unique(rows * scores.size(1) + cols)
         rows, cols = pairs // scores.size(1), pairs % scores.size(1)
         keep = (cols != 0) & (cols != tgt[rows])
-        rows, cols = torch.from_numpy(rows[keep]), torch.from_numpy(cols[keep])
+        rows, cols = torch.from_numpy(rows[keep]).to(scores.device), torch.from_numpy(cols[keep]).to(scores.device)
         beats = scores[rows, cols] >= t[rows]
         rank -= torch.bincount(rows[beats], minlength=len(rank))
     return rank
@@ -48,8 +48,8 @@ def full_ranks(scores: torch.Tensor, targets: torch.Tensor, history: list[np.nda
 
 def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """Rank of the target among itself + its sampled negatives (B, n): column 0 of the candidate block."""
-    cand = torch.cat([targets[:, None], negatives], 1)
-    return pessimistic_rank(scores.gather(1, cand), torch.zeros(len(cand), dtype=torch.long))
+    cand = torch.cat([targets[:, None], negatives.to(targets.device)], 1)
+    return pessimistic_rank(scores.gather(1, cand), torch.zeros(len(cand), dtype=torch.long, device=cand.device))
 
 
 def hit_ndcg(ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

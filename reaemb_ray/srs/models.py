@@ -140,7 +140,7 @@ class NextItemModel(SequentialRecommender):
         seq = keep_last(right_align(seq), self.max_len)
         out = self.sequence_output(seq)
         last = ((seq != 0).sum(1) - 1).clamp(min=0)
-        return out[torch.arange(len(seq)), last]
+        return out[torch.arange(len(seq), device=seq.device), last]
 
     def make_train_batch(self, seqs, rng):
         # input = train[:-1], target = train[1:]; users with a single training item have no target
@@ -281,8 +281,9 @@ class Bert4Rec(SequentialRecommender):
         seq = keep_last(right_align(seq), self.max_len - 1)
         lengths = (seq != 0).sum(1)
         seq = F.pad(seq, (0, 1))
-        seq[torch.arange(len(seq)), lengths] = self.mask_id
-        return self.sequence_output(seq)[torch.arange(len(seq)), lengths]
+        rows = torch.arange(len(seq), device=seq.device)
+        seq[rows, lengths] = self.mask_id
+        return self.sequence_output(seq)[rows, lengths]
 
     def make_train_batch(self, seqs, rng):
         seqs = [s[-self.max_len:] for s in seqs]

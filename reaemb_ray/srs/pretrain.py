@@ -16,17 +16,18 @@ import torch
 
 from reaemb_ray.srs.data import load_seq_data
 from reaemb_ray.srs.metrics import summarize
-from reaemb_ray.srs.trainer import fit_and_test
+from reaemb_ray.srs.remote import fit_one
 
 log = logging.getLogger(__name__)
 ITEM_TABLE = "item_table.npy"
 
 
 def pretrain_id_sasrec(cfg, prepared_dir: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train the ID-SASRec on `prepared_dir`, write it into `out_dir`; returns its test metrics."""
+    """Train the ID-SASRec on `prepared_dir` (in this process, or a Ray task with srs.task_resources), write it
+    into `out_dir`; returns its test metrics."""
     data = load_seq_data(prepared_dir)
-    model, result, full, sampled = fit_and_test(
-        data, "sasrec", cfg.srs, cfg.seed, cfg.eval.num_sampled_negatives,
+    model, result, full, sampled = fit_one(
+        cfg, data, backbone="sasrec", srs=cfg.srs, seed=cfg.seed, num_negatives=cfg.eval.num_sampled_negatives,
         exclude_history=cfg.eval.exclude_history, progress=progress, desc="pretrain ID-SASRec",
     )
     out = Path(out_dir)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from reaemb_ray.device import to_device
 from reaemb_ray.srs.data import SeqData, chunk_by_tokens, pad_right, random_batches
 from reaemb_ray.srs.encoders import build_encoder
 from reaemb_ray.srs.metrics import full_ranks, hit_ndcg, sample_negatives_per_user, sampled_ranks
@@ -68,12 +69,13 @@ def batch_chunks(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[s
 def train_step(model: SequentialRecommender, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                max_tokens: int) -> float:
     """One optimiser step on the batch's mean loss; chunks accumulate gradients weighted by their targets."""
+    device = next(model.parameters()).device
     chunks = batch_chunks(batch, model.max_chunk_tokens(max_tokens))
     counts = [model.num_targets(c) for c in chunks]
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for chunk, n in zip(chunks, counts):
-        loss = model.training_loss(chunk) * (n / sum(counts))
+        loss = model.training_loss(to_device(chunk, device)) * (n / sum(counts))
         loss.backward()
         total += loss.item()
     densify_grads(model)
@@ -86,6 +88,7 @@ def rank_targets(model: SequentialRecommender, inputs: list[np.ndarray], targets
                  exclude_history: bool, max_tokens: int, negatives: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Full-ranking ranks (and sampled ranks when `negatives` (U, n) is given) of `targets` per user."""
     model.eval()
+    device = next(model.parameters()).device
     full = np.empty(len(inputs), np.int64)
     samp = np.empty(len(inputs), np.int64) if negatives is not None else None
     table = model.item_embeddings()
@@ -94,11 +97,11 @@ def rank_targets(model: SequentialRecommender, inputs: list[np.ndarray], targets
     # Beauty's 12k items than 1024 rows)
     for idx in chunk_by_tokens(lengths, max_tokens, min(batch_size, 256)):
         seqs = [inputs[i] for i in idx]
-        tgt = torch.from_numpy(targets[idx])
-        scores = model(torch.from_numpy(pad_right(seqs, model.max_len))) @ table.T
-        full[idx] = full_ranks(scores, tgt, seqs if exclude_history else None).numpy()
+        tgt = torch.from_numpy(targets[idx]).to(device)
+        scores = model(torch.from_numpy(pad_right(seqs, model.max_len)).to(device)) @ table.T
+        full[idx] = full_ranks(scores, tgt, seqs if exclude_history else None).cpu().numpy()
         if negatives is not None:
-            samp[idx] = sampled_ranks(scores, tgt, torch.from_numpy(negatives[idx])).numpy()
+            samp[idx] = sampled_ranks(scores, tgt, torch.from_numpy(negatives[idx])).cpu().numpy()
     return full, samp
 
 
@@ -167,10 +170,10 @@ def test_inputs(data: SeqData) -> list[np.ndarray]:
 
 def fit_and_test(data: SeqData, backbone: str, srs, seed: int, num_negatives: int = 100,
                  table: np.ndarray | None = None, align_table: np.ndarray | None = None,
-                 exclude_history: bool = True, progress: bool = True, desc: str = "train"):
-    """Seed, build `backbone` over ID or external item vectors, train, and rank every user's test item.
-
-    Returns (model, TrainResult, full_ranks (U,), sampled_ranks (U,)); the test always ranks all users.
+                 exclude_history: bool = True, progress: bool = True, desc: str = "train",
+                 device: torch.device | str = "cpu"):
+    """Seed, build `backbone` over ID or external item vectors, train on `device`, and rank every user's test
+    item. Returns (model, TrainResult, full_ranks (U,), sampled_ranks (U,)); the test always ranks all users.
     """
     seed_everything(seed)
     encoder = build_encoder(data.num_items, srs.hidden, table, srs.adapter_hidden, srs.item_encoder, srs.llm_init_std)
@@ -179,6 +182,7 @@ def fit_and_test(data: SeqData, backbone: str, srs, seed: int, num_negatives: in
         if table is None:
             raise ValueError("srs.align_alpha > 0 needs an external embedding table; the 'id' method has none")
         model.set_alignment(align_table, srs.align_alpha, srs.align_tau, srs.align_form)
+    model.to(device)  # after set_alignment: the alignment table is a buffer and moves along
     result = train(model, data, srs, seed, exclude_history, progress, desc)
     inputs = test_inputs(data)
     interacted = [np.append(s, t) for s, t in zip(inputs, data.test)]

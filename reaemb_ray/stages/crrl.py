@@ -23,6 +23,7 @@ import numpy as np
 
 from reaemb_ray import layout, metrics
 from reaemb_ray.records import changed_fields
+from reaemb_ray.rl.engines import vllm_memory_share
 from reaemb_ray.rl.schedule import Scheduler, plan_batches
 from reaemb_ray.runtime import check_fits
 from reaemb_ray.stages.base import Stage, cfg_with
@@ -135,7 +136,8 @@ class Actors:
         c, r = self.cfg.crrl, self.cfg.crrl.rollout_resources
         return RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
             i, self.store, self.base_rel, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor,
-            self.cfg.data.noun, self.cfg.model.max_length, self.cfg.model.dtype)
+            self.cfg.data.noun, self.cfg.model.max_length, self.cfg.model.dtype,
+            vllm_gpu_memory=vllm_memory_share(c.vllm_gpu_memory_utilization, r.num_gpus))
 
     def _new_reward(self, i: int):
         from actors.reward import RewardWorker

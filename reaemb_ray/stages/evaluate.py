@@ -1,7 +1,7 @@
 """`reaemb evaluate`: train every (method, backbone, seed) recommender, write eval/report.{json,md} + plots.
 
-Methods: `id` learns item IDs; any other method reads `embeddings/<method>/embeddings.parquet` (the export
-stage's final table) through the frozen-table adapter. Each finished run leaves
+Methods: `id` learns item IDs; any other method reads `embeddings/<method>/embeddings.parquet` (the final table of
+the export stage, or of the reason stage for `reason`) through the frozen-table adapter. Each finished run leaves
 `eval/runs/<method>__<backbone>__seed<s>.json`, keyed by a fingerprint of what that run reads (SRS/eval
 settings, the prepared splits' and the table's bytes), and the stage keeps these when it starts over: adding
 a backbone or seeds, or a changed table, trains only the runs concerned (everything with --fresh).
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
 from reaemb_ray import layout
@@ -19,9 +18,10 @@ from reaemb_ray.records import changed_fields
 from reaemb_ray.srs.data import load_seq_data
 from reaemb_ray.srs.encoders import load_embedding_table
 from reaemb_ray.srs.metrics import ndcg_by_popularity, summarize, user_groups
+from reaemb_ray.reasoning.report import append_samples
 from reaemb_ray.srs.pretrain import load_item_table
 from reaemb_ray.srs.report import plot_curves, plot_popularity, run_records, write_json, write_markdown
-from reaemb_ray.srs.trainer import fit_and_test
+from reaemb_ray.srs.remote import fit_runs
 from reaemb_ray.stages.base import Stage, cfg_with
 from reaemb_ray.storage import store_for
 
@@ -37,8 +37,13 @@ def _file_digest(path: Path) -> str:
 
 
 def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str) -> str:
-    """What one (method, backbone, seed) result depends on; which runs get every seed does not change a run."""
-    srs = changed_fields(cfg.srs, drop=("backbones", "seeds", "num_threads"))
+    """What one (method, backbone, seed) result depends on; which runs get every seed, and where a run trains,
+    do not change a run."""
+    srs_drop = ("backbones", "seeds", "num_threads", "task_resources")
+    if table_digest == "id":  # an ID-only run: how an LLM table would be fed in does not change it
+        srs_drop += ("item_encoder", "llm_init_std", "adapter_hidden", "pca_dim", "align_alpha", "align_tau",
+                     "align_form")
+    srs = changed_fields(cfg.srs, drop=srs_drop)
     ev = changed_fields(cfg.eval, drop=("methods", "main_methods", "main_backbones"))
     key = {"srs": srs, "eval": ev, "backbone": backbone, "seed": seed, "data": data_digest, "table": table_digest,
            "groups": [cfg.data.tail_threshold, cfg.data.short_user_threshold]}
@@ -69,7 +74,10 @@ def run_evaluate(cfg, fresh: bool = False) -> dict:
     if cfg.srs.align_alpha > 0 and tables:
         align_table = load_item_table(store.fetch(layout.SRS_PRETRAIN))
 
-    records, curves, buckets, trained = [], {}, {}, 0
+    records, curves, buckets = [], {}, {}
+    planned: list[tuple] = []  # (name, method, backbone, finished run or None)
+    todo: dict[str, dict] = {}  # name -> fit_and_test arguments of the runs to train
+    keys: dict[str, tuple] = {}
     for method in cfg.eval.methods:
         table, table_digest = None, "id"
         if method != "id":
@@ -87,29 +95,41 @@ def run_evaluate(cfg, fresh: bool = False) -> dict:
                 if run.get("fingerprint") == fp:
                     log.info("reusing finished run %s", store.uri(rel))
                 else:
-                    t0 = time.perf_counter()
-                    _, res, full, samp = fit_and_test(
-                        data, backbone, cfg.srs, seed, cfg.eval.num_sampled_negatives, table=table,
-                        align_table=align_table if table is not None else None, exclude_history=cfg.eval.exclude_history, desc=name)
-                    ranks = {"full": full, sampled_name: samp}
-                    run = {"fingerprint": fp, "records": run_records(method, backbone, seed, ranks, groups, cfg.eval.ks),
-                           "curve": res.curve, "best_epoch": res.best_epoch, "seconds": time.perf_counter() - t0,
-                           "popularity_buckets": ndcg_by_popularity(full, data.test, data.popularity, 10)}
-                    store.write_json(rel, run)  # kept when the stage is interrupted: a rerun skips it
-                    trained += 1
-                    log.info("%s: full %s | %s %s | %.0f s", name, summarize(full, [10]), sampled_name,
-                             summarize(samp, [10]), run["seconds"])
-                records += run["records"]
-                curves[name] = run["curve"]
-                buckets.setdefault((method, backbone), []).append(run["popularity_buckets"])
+                    run = None
+                    keys[name] = (method, backbone, seed, fp)
+                    todo[name] = dict(backbone=backbone, srs=cfg.srs, seed=seed,
+                                      num_negatives=cfg.eval.num_sampled_negatives, table=table,
+                                      align_table=align_table if table is not None else None,
+                                      exclude_history=cfg.eval.exclude_history, desc=name)
+                planned.append((name, method, backbone, run))
+
+    finished = {}
+    for name, (_, res, full, samp), seconds in fit_runs(cfg, data, todo):  # several at once with srs.task_resources
+        method, backbone, seed, fp = keys[name]
+        ranks = {"full": full, sampled_name: samp}
+        run = {"fingerprint": fp, "records": run_records(method, backbone, seed, ranks, groups, cfg.eval.ks),
+               "curve": res.curve, "best_epoch": res.best_epoch, "seconds": seconds,
+               "popularity_buckets": ndcg_by_popularity(full, data.test, data.popularity, 10)}
+        # saved as soon as it finishes: kept when the stage is interrupted, a rerun skips it
+        store.write_json(layout.join(layout.EVAL, layout.EVAL_RUNS, f"{name}.json"), run)
+        log.info("%s: full %s | %s %s | %.0f s", name, summarize(full, [10]), sampled_name,
+                 summarize(samp, [10]), run["seconds"])
+        finished[name] = run
+    for name, method, backbone, run in planned:
+        run = run or finished[name]
+        records += run["records"]
+        curves[name] = run["curve"]
+        buckets.setdefault((method, backbone), []).append(run["popularity_buckets"])
 
     with store.writing(layout.EVAL) as out:
         write_json(records, out / layout.REPORT_JSON)
         write_markdown(records, out / layout.REPORT_MD)
+        if "reason" in cfg.eval.methods:  # the explicit-reasoning mode's generated reasons
+            append_samples(store.fetch(layout.reason_samples()), out / layout.REPORT_MD)
         plot_curves(curves, out / "val_curves.png")
         plot_popularity(buckets, out / "ndcg_by_popularity.png")
     log.info("wrote %s", store.uri(layout.join(layout.EVAL, layout.REPORT_MD)))
-    return {"runs": len(curves), "trained": trained, "methods": list(cfg.eval.methods)}
+    return {"runs": len(curves), "trained": len(finished), "methods": list(cfg.eval.methods)}
 
 
 def stages(cfg) -> list[Stage]:
@@ -120,7 +140,7 @@ def stages(cfg) -> list[Stage]:
     if "crrl" in methods:
         methods += [m for m in map(variant_method, cfg.crrl.variants) if m not in methods]
     c = cfg_with(cfg, **{"eval.methods": methods})
-    deps = ["prepare"] + [layout.export_stage(m) for m in methods if m != "id"]
+    deps = ["prepare"] + [layout.table_stage(m) for m in methods if m != "id"]
     deps += ["srs_pretrain"] if cfg.srs.align_alpha > 0 and any(m != "id" for m in methods) else []
     reads = {"srs": changed_fields(cfg.srs), "eval": changed_fields(c.eval),
              "groups": [cfg.data.tail_threshold, cfg.data.short_user_threshold]}

@@ -37,17 +37,19 @@ class ItemEmbedder:
     def __init__(self, cfg, store: Store, generator: str | None, threads: int = 1):
         import torch
 
+        from reaemb_ray.device import placement
         from reaemb_ray.model.backbone import load_backbone, resolve_backbone
         from reaemb_ray.model.generator import ThoughtEmbedder, load_generator
 
         torch.set_num_threads(max(1, threads))
+        self.device = placement(export_dtype(cfg)).device  # CUDA when export.use_gpu gave this actor a GPU
         if generator is None:
             lm, tok = load_backbone(resolve_backbone(cfg.model, cfg.data.cache_dir), export_dtype(cfg))
             module = ThoughtEmbedder(lm, use_thought=False, pooling=cfg.model.pooling)
         else:
             module, tok = load_generator(store.fetch(generator), merge_lora=True, dtype=export_dtype(cfg),
                                          expect_backbone=cfg.model.backbone, cache_dir=cfg.data.cache_dir)
-        self.module, self.tok = module.eval(), tok
+        self.module, self.tok = module.eval().to(self.device), tok
         self.noun, self.max_length, self.efficient = cfg.data.noun, cfg.model.max_length, cfg.export.efficient_forward
         self.pooling = module.pooling  # a trained generator pools as it was trained
 
@@ -55,13 +57,14 @@ class ItemEmbedder:
         import torch
 
         from reaemb_ray.data.prompts import item_prompt
+        from reaemb_ray.device import to_device
         from reaemb_ray.model.two_pass import tokenize_prompts
 
         prompts = [item_prompt(self.tok, str(t), self.noun) for t in batch["text"]]
-        b = tokenize_prompts(self.tok, prompts, self.max_length, self.pooling, self.noun)
+        b = to_device(tokenize_prompts(self.tok, prompts, self.max_length, self.pooling, self.noun), self.device)
         with torch.no_grad():
             emb = self.module.embed(b, efficient=self.efficient)
-        return {"item_id": np.asarray(batch["item_id"], dtype=np.int64), "vector": emb.float().numpy()}
+        return {"item_id": np.asarray(batch["item_id"], dtype=np.int64), "vector": emb.float().cpu().numpy()}
 
 
 def export_dtype(cfg) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -116,12 +117,17 @@ def latest_checkpoint(store: Store, train_rel: str) -> str | None:
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
-    import deepspeed
     import ray.train
     import torch
     from tqdm import tqdm
 
     from reaemb_ray.checkpoint_load import load_checkpoint
+    from reaemb_ray.device import placement
+
+    where = placement(config["cfg"].model.dtype)  # the GPU Ray Train gave this worker (lrcl.use_gpu), if any
+    os.environ["DS_ACCELERATOR"] = "cuda" if where.is_cuda else "cpu"  # DeepSpeed must agree with it
+    import deepspeed
+
     from reaemb_ray.data.prompts import attribute_views, item_prompt
     from reaemb_ray.losses import contrastive_loss, view_retrieval_top1
     from reaemb_ray.model.backbone import load_backbone, resolve_backbone
@@ -133,7 +139,7 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(lc.cpus_per_worker)
-    deepspeed.init_distributed(dist_backend="nccl" if lc.use_gpu else "gloo")
+    deepspeed.init_distributed(dist_backend=where.backend)
 
     # DeepSpeed casts the module for bf16/fp16; it keeps fp32 master weights in the optimizer. The backbone is
     # resolved on this node, into its own cache: the node's first rank builds or downloads it while the others

@@ -20,10 +20,11 @@ log = logging.getLogger("reaemb.run")
 
 
 def stage_builders():
-    from reaemb_ray.stages import crrl, evaluate, export, lrcl, prepare, srs_pretrain
+    from reaemb_ray.stages import crrl, evaluate, export, lrcl, prepare, reason, srs_pretrain
 
     # each returns its stages for a config; together they are in dependency order
-    return [prepare.stages, srs_pretrain.stages, lrcl.stages, crrl.stages, export.stages, evaluate.stages]
+    return [prepare.stages, srs_pretrain.stages, lrcl.stages, crrl.stages, reason.stages, export.stages,
+            evaluate.stages]
 
 
 def catalogue(cfg: Config) -> dict[str, Stage]:

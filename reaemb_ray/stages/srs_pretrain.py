@@ -19,7 +19,8 @@ def run_srs_pretrain(cfg) -> dict:
 
 def stages(cfg) -> list[Stage]:
     # which recommenders/seeds are evaluated, and the alignment settings, do not change this model
-    srs = changed_fields(cfg.srs, drop=("backbones", "seeds", "num_threads", "align_alpha", "align_tau"))
+    srs = changed_fields(cfg.srs, drop=("backbones", "seeds", "num_threads", "align_alpha", "align_tau",
+                                       "task_resources"))
     ev = changed_fields(cfg.eval)
     reads = {"srs": srs, "seed": cfg.seed,
              "eval": {k: ev[k] for k in ("exclude_history", "num_sampled_negatives", "ks") if k in ev}}

@@ -47,3 +47,17 @@ def test_vllm_engine_matches_naive(base):
     m = ref_p1.attention_mask[:, :-2].bool()
     torch.testing.assert_close(p1.hidden[m], ref_p1.hidden[m], atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
+
+
+def test_vllm_memory_share_fits_the_actors_on_its_gpu():
+    from reaemb_ray.config import ConfigError
+    from reaemb_ray.rl.engines import vllm_memory_share
+
+    assert vllm_memory_share(0.0, 1.0) == 0.9  # a GPU of its own: vLLM's usual share
+    assert vllm_memory_share(0.0, 0.5) == 0.45  # beside a learner at 0.5: its half, less a margin
+    assert vllm_memory_share(0.3, 1.0) == 0.3  # configured
+    assert vllm_memory_share(0.0, 0.0) == 0.9  # CPU build: ignored
+    with pytest.raises(ConfigError, match="more than the GPU share Ray gives each rollout worker"):
+        load_config(None, ["crrl.vllm_gpu_memory_utilization=0.8", "crrl.rollout_resources.num_gpus=0.5"])
+    with pytest.raises(ConfigError, match=r"crrl.vllm_gpu_memory_utilization must be >= 0 and <= 1"):
+        load_config(None, ["crrl.vllm_gpu_memory_utilization=1.5"])

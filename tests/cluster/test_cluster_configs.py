@@ -165,10 +165,17 @@ def test_autoscaler_yaml_node_types(path):
         assert t["min_workers"] == 0 <= t["max_workers"], f"{name}: scale from zero"
         assert t["max_workers"] >= 1
     assert cfg["max_workers"] >= types["gpu_worker"]["max_workers"], "the global cap must not hide GPU nodes"
-    # the package is installed from the mounted working tree on every node, vLLM only on GPU nodes
+    # the package is installed from the mounted working tree on every node, vLLM only on GPU nodes, by the
+    # install script (the pinned torch first), in a venv of the image's Python 3.12
     assert cfg["file_mounts"].get("~/reaemb-ray") == "."
-    assert any("pip install -e ." == c.split("&& ")[-1].replace("python -m ", "") for c in cfg["setup_commands"])
-    assert any('.[gpu]' in c for c in types["gpu_worker"]["worker_setup_commands"])
+    assert "bash ~/reaemb-ray/scripts/install.sh --base" in cfg["setup_commands"]
+    assert any("scripts/install.sh --gpu" in c for c in types["gpu_worker"]["worker_setup_commands"])
+    assert any("/usr/bin/python3 -m venv" in c for c in cfg["setup_commands"])
+    # images with a driver for the CUDA 13.0 torch wheels (>= 580) on GPU nodes, Ubuntu 24.04 everywhere
+    images = {name: t["node_config"].get("ImageId") or t["node_config"]["disks"][0]["initializeParams"]["sourceImage"]
+              for name, t in types.items()}
+    assert all("24.04" in i or "2404" in i for i in images.values()), images
+    assert "nvidia-driver" in images["gpu_worker"] or "nvidia-580" in images["gpu_worker"], images
     ray_pins = [c for c in cfg["setup_commands"] if "ray[" in c]
     assert ray_pins and all(f"=={ray.__version__}" in c for c in ray_pins), "cluster Ray must equal the client's"
     for cmd in cfg["head_start_ray_commands"][1:] + cfg["worker_start_ray_commands"][1:]:
@@ -226,7 +233,8 @@ def test_kuberay_rayjob():
 
 def test_kuberay_image_is_built_by_the_dockerfile():
     dockerfile = (ROOT / "cluster" / "docker" / "Dockerfile").read_text()
-    assert f"rayproject/ray:{ray.__version__}-" in dockerfile
+    assert f"rayproject/ray:{ray.__version__}-py312-gpu" in dockerfile  # Python >= 3.11, CUDA base
+    assert "scripts/install.sh --gpu" in dockerfile and "COPY --chown=ray:users pyproject.toml README.md" in dockerfile
     for name in ("raycluster.yaml", "rayjob.yaml"):
         text = (KUBERAY / name).read_text()
         assert "reaemb-ray:latest" in text and "/home/ray/reaemb-ray" in dockerfile

@@ -66,6 +66,7 @@ def test_prepare_tables_on_fixture(dataset, tmp_path):
     inter = pq.read_table(out / "interactions.parquet").to_pydict()
     assert inter["user_id"] == [1, 1, 1, 2, 2, 2] and inter["item_id"] == [1, 2, 3, 2, 3, 1]
     assert inter["position"] == [0, 1, 2, 0, 1, 2] and inter["timestamp"] == [100, 100, 300, 50, 60, 70]
+    assert inter["rating"] == [3.0, 5.0, 4.0, 2.0, 1.0, 1.0]  # u.data's ratings, in sequence order
     splits = pq.read_table(out / "splits.parquet").to_pydict()
     assert splits == {"user_id": [1, 2], "train": [[1], [2]], "valid": [2, 3], "test": [3, 1]}
     assert pq.read_table(out / "popularity.parquet").to_pydict() == {"item_id": [1, 2, 3], "count": [1, 1, 0]}

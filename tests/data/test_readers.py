@@ -100,6 +100,7 @@ def test_movielens_sorts_by_time_stably_and_splits_title_year(dataset):
     raw = read_folder("movielens", dataset("movielens"))
     assert raw.sequences["7"] == ["2", "3", "1"] and raw.timestamps["7"] == [100, 100, 300]
     assert raw.sequences["8"] == ["3", "1", "2"]
+    assert raw.ratings == {"7": [3.0, 5.0, 4.0], "8": [2.0, 1.0, 1.0]}  # follow the time order
     assert raw.items["1"] == [("title", "Toy Story"), ("year", "1995"), ("genres", "Animation, Comedy")]
 
 
@@ -117,11 +118,13 @@ def test_movielens_parquet_is_preferred_and_agrees(dataset, tmp_path):
     from_parquet = read_folder("movielens", folder)
     assert from_parquet.items["2"][0] == ("title", "Héat")  # the parquet copy keeps non-ASCII titles
     assert from_parquet.sequences == read_folder("movielens", dataset("movielens")).sequences
+    assert from_parquet.ratings == read_folder("movielens", dataset("movielens")).ratings
 
 
 def test_movielens_1m_dat(dataset):
     raw = read_folder("movielens_1m", dataset("movielens_1m"))
     assert raw.sequences == {"1": ["1", "2", "3"], "2": ["1", "2", "3"]}
+    assert raw.ratings == {"1": [5.0, 5.0, 5.0], "2": [4.0, 4.0, 4.0]}
     assert raw.items["3"] == [("title", "Fargo"), ("year", "1996"), ("genres", "Crime, Drama")]
 
 
@@ -173,7 +176,7 @@ def test_yelp(dataset):
 
 def test_recbole_atomic_generic_keys(dataset):
     raw = read_folder("recbole_atomic", dataset("recbole_atomic"), name="toy")
-    assert raw.sequences == {"u1": ["i2", "i1", "i3"]}
+    assert raw.sequences == {"u1": ["i2", "i1", "i3"]} and raw.ratings == {"u1": [5.0, 5.0, 5.0]}
     assert raw.items["i1"] == [("movie title", "Toy Story"), ("release year", "1995"), ("class", "Animation, Comedy")]
 
 
@@ -251,11 +254,13 @@ def test_kcore_reference():
     from reaemb_ray.data.raw import RawDataset
 
     seqs = {"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["a", "d"], "u4": ["c"]}
-    raw = RawDataset(items={}, sequences=seqs, timestamps={"u1": [1, 2, 3], "u2": [1, 2], "u3": [1, 2], "u4": [5]})
+    raw = RawDataset(items={}, sequences=seqs, timestamps={"u1": [1, 2, 3], "u2": [1, 2], "u3": [1, 2], "u4": [5]},
+                     ratings={"u1": [5, 4, 3], "u2": [2, 1], "u3": [1, 1], "u4": [5]})
     out, stats = kcore(raw, 2)
     # d (1 interaction) and u4 go; then c has 1 -> goes; u3 = [a] -> goes; a now 2, b 2; u1 [a, b], u2 [a, b]
     assert out.sequences == {"u1": ["a", "b"], "u2": ["a", "b"]}
     assert out.timestamps == {"u1": [1, 2], "u2": [1, 2]}
+    assert out.ratings == {"u1": [5, 4], "u2": [2, 1]}
     assert stats == {"kcore_removed_users": 2, "kcore_removed_items": 2, "kcore_removed_interactions": 4}  # 8 -> 4
     assert kcore(raw, 0)[0] is raw
 

@@ -37,6 +37,10 @@ def test_plan_follows_the_methods():
     # CRRL from the raw backbone does not read LRCL; its variants are stages of their own
     assert "lrcl" not in _names(["eval.methods=[crrl]", "crrl.init_from=backbone"])
     assert "crrl-paper-srs" in _names(["eval.methods=[crrl]", "crrl.variants=[paper/srs]"])
+    # the explicit-reasoning mode writes its own table (no export stage; evaluate waits for it) and aligns its
+    # embedder with the pretrained ID-SASRec
+    assert _names(["eval.methods=[id,reason]"]) == ["prepare", "srs_pretrain", "reason", "evaluate"]
+    assert "reason" in plan(load_config(None, ["eval.methods=[id,reason]"]))[-1].deps
 
 
 def test_every_stage_depends_only_on_earlier_stages_and_has_its_folder():
