@@ -46,6 +46,9 @@ def _file_digest(path: Path) -> str:
 def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_digest: str, format: int = 2) -> str:
     """What one (method, backbone, seed) result depends on (`format=1`: how runs were keyed before format 2)."""
     srs_drop = ("backbones", "seeds", "num_threads", "task_resources")  # where a run trains does not change it
+    if not table_digest:  # an ID-only run: how an LLM table would be fed in does not change it
+        srs_drop += ("item_encoder", "llm_init_std", "adapter_hidden", "pca_dim", "align_alpha", "align_tau",
+                     "align_form")
     if format == 2:  # which runs get every seed does not change a run
         srs = storage.changed_fields(cfg.srs, drop=srs_drop)
         ev = storage.changed_fields(cfg.eval, drop=("methods", "main_methods", "main_backbones"))
