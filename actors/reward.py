@@ -7,13 +7,15 @@ import numpy as np
 import ray
 
 from reaemb_ray import metrics
-from reaemb_ray.rl.rewards import combine, score_and_reward
+from reaemb_ray.rl.rewards import batch_center, combine, score_and_reward
 
 
 @ray.remote
 class RewardWorker:
-    def __init__(self, worker_id: int, candidates: dict, reward: str, reward_weights: dict):
+    def __init__(self, worker_id: int, candidates: dict, reward: str, reward_weights: dict, scoring: str = "dot",
+                 form: str = "rank", tau: float = 0.1):
         self.cands, self.reward, self.weights = candidates, reward, reward_weights
+        self.scoring = dict(scoring=scoring, form=form, tau=tau)
         self.tags = {"worker": str(worker_id), "reward": reward}
 
     def score(self, rollout: dict) -> np.ndarray:
@@ -29,8 +31,8 @@ class RewardWorker:
         return self._score(item_ids, np.asarray(item_emb)[:, None], cand_emb)[:, 0]
 
     def _score(self, item_ids, emb, cand_emb) -> np.ndarray:
-        parts = {}
+        parts, center = {}, batch_center(cand_emb)
         for source, c_emb in cand_emb.items():
             _, w = self.cands[source].lookup(item_ids)
-            parts[source] = score_and_reward(emb, c_emb, w)
+            parts[source] = score_and_reward(emb, c_emb, w, center=center, **self.scoring)
         return combine(parts, self.reward, self.weights)

@@ -195,6 +195,13 @@ class CRRLConfig:
     num_negatives: int = setting(9, ge=1)
     reward: Literal["cooccurrence", "srs", "mix"] = "cooccurrence"
     reward_weights: dict[str, float] = setting({"cooccurrence": 0.5, "srs": 0.5}, ge=0)
+    # How a reward worker scores candidates and turns scores into a reward (rl/rewards.py): dot + rank are the
+    # published ones; centered_cosine (around the batch's mean candidate embedding) + infonce give a signal
+    scoring: Literal["dot", "centered_cosine"] = "dot"
+    reward_form: Literal["rank", "infonce"] = "rank"
+    reward_tau: float = setting(0.1, gt=0, note="infonce temperature over the candidates' scores")
+    hard_negatives: int = setting(0, ge=0, note="negatives per item drawn from its nearest non-co-occurring "
+                                  "neighbours in the starting model's table (the rest uniform), re-drawn each epoch")
     objective: Literal["gaussian", "paper"] = "gaussian"
     advantage: Literal["grpo", "anchor"] = "grpo"
     clip_low: float = setting(0.2, ge=0, lt=1, note="the ratio is clipped below at 1 - clip_low")
@@ -243,6 +250,9 @@ class CRRLConfig:
         if self.advantage == "anchor" and not self.anchor:
             raise ConfigError("crrl.advantage=anchor needs crrl.anchor=true (sample 0 of each group is the baseline); set "
                               "crrl.anchor=true or use crrl.advantage=grpo")
+        if self.hard_negatives > self.num_negatives:
+            raise ConfigError(f"crrl.hard_negatives ({self.hard_negatives}) cannot exceed crrl.num_negatives "
+                              f"({self.num_negatives}); lower it or raise crrl.num_negatives")
         unknown = set(self.reward_weights) - {"cooccurrence", "srs"}
         if unknown:
             raise ConfigError(f"crrl.reward_weights has unknown reward(s) {sorted(unknown)}; use cooccurrence and/or srs")

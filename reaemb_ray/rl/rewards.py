@@ -4,8 +4,8 @@ Scores s_c between the item's embedding e (one per noisy sample) and each candid
 by `crrl.scoring`:
 - `dot` (published): s_c = <e, x_c>. On un-centred LM embeddings this mostly ranks the candidates' norms: the
   same ordering for every query item.
-- `centered_cosine`: s_c = cos(e - m, x_c - m), m the catalogue mean of the noise-free embeddings: the ordering
-  depends on the query item.
+- `centered_cosine`: s_c = cos(e - m, x_c - m), m the catalogue mean of the noise-free embeddings (estimated
+  by `batch_center`): the ordering depends on the query item.
 
 Reward forms, by `crrl.reward_form`:
 - `rank` (published): R = sum_j w_j / (1 + log2(rank_j + 2)) over the positives j, rank 0-based among the
@@ -77,6 +77,12 @@ def score_and_reward(item_emb, cand_emb, weights, form: str = "rank", scoring: s
     if tau <= 0:
         raise ValueError(f"the reward temperature must be > 0, got {tau}")
     return REWARD_FORMS[form](scores(item_emb, cand_emb, scoring, center), weights, tau).astype(np.float32)
+
+
+def batch_center(cand_emb: dict[str, np.ndarray]) -> np.ndarray:
+    """The catalogue mean m for centred cosine, estimated by the mean noise-free embedding of every candidate in
+    the batch (positives and uniform negatives of every source: M x C items of the current weight version)."""
+    return np.concatenate([np.asarray(c, dtype=np.float64).reshape(-1, c.shape[-1]) for c in cand_emb.values()]).mean(0)
 
 
 def group_spread_share(rewards: np.ndarray, tol: float = 1e-9) -> float:

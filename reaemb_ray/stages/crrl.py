@@ -144,7 +144,7 @@ class Actors:
 
         c, r = self.cfg.crrl, self.cfg.crrl.reward_resources
         return RewardWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
-            i, self.cands_ref, c.reward, c.reward_weights)
+            i, self.cands_ref, c.reward, c.reward_weights, c.scoring, c.reward_form, c.reward_tau)
 
     def replace(self, role: str, i: int, regroup: bool = True) -> None:
         import ray

@@ -26,6 +26,7 @@ from reaemb_ray.stages.base import Stage, cfg_with
 from reaemb_ray.storage import store_for
 
 log = logging.getLogger(__name__)
+ID_TABLE = "id"  # the table digest of an ID-only run (no table)
 
 
 def _file_digest(path: Path) -> str:
@@ -40,7 +41,7 @@ def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_diges
     """What one (method, backbone, seed) result depends on; which runs get every seed, and where a run trains,
     do not change a run."""
     srs_drop = ("backbones", "seeds", "num_threads", "task_resources")
-    if table_digest == "id":  # an ID-only run: how an LLM table would be fed in does not change it
+    if table_digest == ID_TABLE:  # an ID-only run: how an LLM table would be fed in does not change it
         srs_drop += ("item_encoder", "llm_init_std", "adapter_hidden", "pca_dim", "align_alpha", "align_tau",
                      "align_form")
     srs = changed_fields(cfg.srs, drop=srs_drop)
@@ -79,7 +80,7 @@ def run_evaluate(cfg, fresh: bool = False) -> dict:
     todo: dict[str, dict] = {}  # name -> fit_and_test arguments of the runs to train
     keys: dict[str, tuple] = {}
     for method in cfg.eval.methods:
-        table, table_digest = None, "id"
+        table, table_digest = None, ID_TABLE
         if method != "id":
             path = store.fetch(tables[method])
             table = load_embedding_table(path, data.num_items, cfg.srs.pca_dim)

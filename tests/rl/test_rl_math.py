@@ -215,3 +215,16 @@ def test_hard_negatives_come_from_unrelated_neighbours():
     assert len(set(ids[0])) == 5 and not set(ids[0, 1:]) & {1, 2}
     with pytest.raises(ValueError, match="hard"):
         cooccurrence_candidates([1, 2], [2, 1], [4, 4], 10, 1, 4, hard_negatives=2)
+
+
+def test_batch_center_is_the_mean_candidate_over_every_source():
+    rng = np.random.default_rng(0)
+    co, srs = rng.normal(size=(3, 4, 5)), rng.normal(size=(3, 2, 5))
+    center = rewards.batch_center({"cooccurrence": co, "srs": srs})
+    np.testing.assert_allclose(center, np.concatenate([co.reshape(-1, 5), srs.reshape(-1, 5)]).mean(0))
+    # shifting every embedding by a common offset leaves centred-cosine rewards unchanged; dot rewards change
+    emb, w = rng.normal(size=(3, 2, 5)), np.eye(4)[[0, 1, 2]]
+    shift = 10 * rng.normal(size=5)
+    r = lambda e, c, s: rewards.score_and_reward(e, c, w, "infonce", s, rewards.batch_center({"co": c}))
+    np.testing.assert_allclose(r(emb, co, "centered_cosine"), r(emb + shift, co + shift, "centered_cosine"), atol=1e-5)
+    assert not np.allclose(r(emb, co, "dot"), r(emb + shift, co + shift, "dot"), atol=1e-3)

@@ -121,3 +121,12 @@ def test_main_backbones_limit_the_extra_seeds(prepared_dir):
                                   "eval.methods=[id]"))
     after = {p.name: p.stat().st_mtime for p in (out / "eval" / "runs").iterdir()}
     assert {n: after[n] for n in runs} == mtimes and set(after) - set(runs) == {"id__gru4rec__seed1.json"}
+
+
+def test_id_runs_do_not_depend_on_how_a_table_is_fed_in():
+    base, fused = load_config(None, []), load_config(None, ["srs.item_encoder=fusion", "srs.llm_init_std=0.05"])
+    fp = lambda cfg, table: evaluate.run_fingerprint(cfg, "sasrec", 42, "data", table)
+    no_table = evaluate.ID_TABLE  # what run_evaluate passes for an ID-only run
+    assert fp(base, no_table) == fp(fused, no_table)  # the ID-only run is reused across item encoders
+    assert fp(base, "table") != fp(fused, "table")  # an LLM run is not
+    assert fp(base, no_table) != fp(load_config(None, ["srs.hidden=32"]), no_table)
