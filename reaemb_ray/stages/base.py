@@ -6,7 +6,7 @@ pipeline) a function listing those files; `work(cfg)` does the job, reading its 
 outputs to `layout.folder(name)` of the store, and returns metadata for the record. `check` compares the
 stage's record with today's inputs; `execute` runs it so that a failure leaves no record.
 
-Adding a stage (e.g. `reason`): a module with the work function and `stages(cfg) -> [Stage(...)]`, one line
+Adding a stage (as `reason` was): a module with the work function and `stages(cfg) -> [Stage(...)]`, one line
 in `reaemb_ray.stages.run.stage_builders`, one subcommand in `reaemb_ray.cli`; its folder is its name unless
 `reaemb_ray.layout` says otherwise. See docs/ARCHITECTURE.md.
 """
