@@ -15,13 +15,14 @@ from reaemb_ray.rl.rollout import Rollout
 @ray.remote
 class RolloutWorker:
     def __init__(self, worker_id: int, base_dir: str, texts: dict, engine: str, group_size: int, sigma: float,
-                 anchor: bool, item_noun: str, max_length: int, dtype: str = "float32", vllm_gpu_memory: float = 0.9):
+                 anchor: bool, item_noun: str, max_length: int, dtype: str = "float32", vllm_gpu_memory: float = 0.9,
+                 sigma_relative: bool = False):
         import torch
 
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
         self.tags = {"worker": str(worker_id), "engine": engine}
         self.core = Rollout(base_dir, texts, engine, group_size, sigma, anchor, item_noun, max_length, dtype,
-                            vllm_gpu_memory=vllm_gpu_memory)
+                            vllm_gpu_memory=vllm_gpu_memory, sigma_relative=sigma_relative)
 
     def rollout(self, item_ids, cand_ids: dict, seed: int, weights_box: list, version: int) -> dict:
         sync = fetch(weights_box, version, self.core.version, self.core.set_weights)

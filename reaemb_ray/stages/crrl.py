@@ -64,7 +64,9 @@ class Controller:
             if source == "cooccurrence":
                 self.cands[source] = cooccurrence_candidates(*load_cooccurrence(prepared), num_items=n,
                                                              num_positives=c.num_positives,
-                                                             num_negatives=c.num_negatives, seed=c.seed)
+                                                             num_negatives=c.num_negatives, seed=c.seed,
+                                                             neighbours=self._neighbours(n),
+                                                             hard_negatives=c.hard_negatives)
                 log.info("co-occurrence candidates for %d items (%d skipped: no co-occurring item)",
                          len(self.cands[source]), self.cands[source].skipped)
             else:
@@ -123,6 +125,21 @@ class Controller:
         else:
             self.weights_box = [self.learner.weights.remote()]  # boxed: workers fetch only when older
 
+    def _neighbours(self, num_items: int) -> np.ndarray | None:
+        """Hard-negative pools: each item's nearest items (centred cosine) in the LRCL model's exported table."""
+        if not self.cfg.crrl.hard_negatives:
+            return None
+        from reaemb_ray.rl.candidates import nearest_neighbours
+        from reaemb_ray.srs.encoders import load_embedding_table
+        from reaemb_ray.stages.evaluate import table_path
+
+        path = table_path(self.cfg.out, "lrcl")
+        if not path.exists():
+            raise FileNotFoundError(f"crrl.hard_negatives needs the LRCL table {path}; run `reaemb export "
+                                    "export.method=lrcl` first, or set crrl.hard_negatives=0")
+        table = load_embedding_table(path, num_items)
+        return nearest_neighbours(table, 4 * self.cfg.crrl.num_negatives + 10)  # a pool: co-occurring ones drop out
+
     # ------------------------------------------------------------------------------------ actors
 
     def _new_rollout(self, i: int):
@@ -130,12 +147,12 @@ class Controller:
         return self.RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
             i, self.base, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor, self.cfg.data.noun,
             self.cfg.model.max_length, self.cfg.model.dtype,
-            vllm_gpu_memory=vllm_memory_share(c.vllm_gpu_memory_utilization, r.num_gpus))
+            vllm_gpu_memory=vllm_memory_share(c.vllm_gpu_memory_utilization, r.num_gpus), sigma_relative=c.sigma_relative)
 
     def _new_reward(self, i: int):
         c, r = self.cfg.crrl, self.cfg.crrl.reward_resources
         return self.RewardWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
-            i, self.cands_ref, c.reward, c.reward_weights)
+            i, self.cands_ref, c.reward, c.reward_weights, c.scoring, c.reward_form, c.reward_tau)
 
     def _replace(self, role: str, i: int, regroup: bool = True) -> None:
         self.restarts[role] += 1
@@ -313,8 +330,10 @@ class Controller:
         metrics.get("reaemb_clip_fraction").set(m["clip_fraction"])
         metrics.get("reaemb_staleness").set(m["staleness"])
         metrics.get("reaemb_weight_version").set(m["version"])
+        # kl / delta_mu: how far one batch moved the thought; reward_spread: the share of groups whose samples got
+        # different rewards (only those carry a learning signal); updates < updates_per_batch: target_kl stopped it
         row = {k: m[k] for k in ("step", "version", "loss", "clip_fraction", "reward_mean", "reward_std",
-                                 "staleness", "lr", "seconds")}
+                                 "reward_spread", "kl", "delta_mu", "updates", "staleness", "lr", "seconds")}
         if m["step"] % self.cfg.crrl.eval_every == 0 or m["step"] == self.total:
             row["eval_reward"] = self.evaluate()
             metrics.get("reaemb_eval_reward").set(row["eval_reward"])
