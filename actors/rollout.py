@@ -17,13 +17,13 @@ from reaemb_ray.rl.rollout import Rollout
 class RolloutWorker:
     def __init__(self, worker_id: int, store, base_rel: str, texts: dict, engine: str, group_size: int,
                  sigma: float, anchor: bool, item_noun: str, max_length: int, dtype: str = "float32",
-                 vllm_gpu_memory: float = 0.9):
+                 vllm_gpu_memory: float = 0.9, sigma_relative: bool = False):
         import torch
 
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
         self.tags = {"worker": str(worker_id), "engine": engine}
         self.core = Rollout(str(store.fetch(base_rel)), texts, engine, group_size, sigma, anchor, item_noun,
-                            max_length, dtype, vllm_gpu_memory=vllm_gpu_memory)
+                            max_length, dtype, vllm_gpu_memory=vllm_gpu_memory, sigma_relative=sigma_relative)
 
     def _sync(self, weights_box: list, version: int) -> float:
         """Load newer weights from the object store (if any); the seconds count as weight sync."""

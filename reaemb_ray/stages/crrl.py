@@ -49,8 +49,9 @@ class Inputs:
     batches: list[list[int]]
 
 
-def load_inputs(cfg, prepared: Path, srs_dir: Path | None) -> Inputs:
-    """Texts, candidates per reward source, the fixed evaluation items and the batches (data order)."""
+def load_inputs(cfg, prepared: Path, srs_dir: Path | None, neighbours=lambda num_items: None) -> Inputs:
+    """Texts, candidates per reward source, the fixed evaluation items and the batches (data order);
+    `neighbours(num_items)`: each item's nearest items, the pool of crrl.hard_negatives (None without them)."""
     from reaemb_ray.rl.candidates import cooccurrence_candidates, srs_candidates
     from reaemb_ray.rl.policy import load_cooccurrence, load_item_texts
     from reaemb_ray.rl.rewards import sources_for
@@ -63,7 +64,8 @@ def load_inputs(cfg, prepared: Path, srs_dir: Path | None) -> Inputs:
         if source == "cooccurrence":
             cands[source] = cooccurrence_candidates(*load_cooccurrence(prepared), num_items=max(texts),
                                                     num_positives=c.num_positives, num_negatives=c.num_negatives,
-                                                    seed=c.seed)
+                                                    seed=c.seed, neighbours=neighbours(max(texts)),
+                                                    hard_negatives=c.hard_negatives)
             log.info("co-occurrence candidates for %d items (%d skipped: no co-occurring item)",
                      len(cands[source]), cands[source].skipped)
         else:
@@ -76,6 +78,22 @@ def load_inputs(cfg, prepared: Path, srs_dir: Path | None) -> Inputs:
         items = items[: c.max_items]
     eval_ids = np.asarray(sorted(items[: c.eval_items]), dtype=np.int64)
     return Inputs(texts, cands, eval_ids, plan_batches(items, c.items_per_batch, c.epochs, c.seed, c.max_steps))
+
+
+def hard_negative_pool(cfg, store: Store, num_items: int) -> np.ndarray | None:
+    """Hard-negative pools (crrl.hard_negatives): each item's nearest items (centred cosine) in the LRCL model's
+    exported table."""
+    if not cfg.crrl.hard_negatives:
+        return None
+    from reaemb_ray.rl.candidates import nearest_neighbours
+    from reaemb_ray.srs.encoders import load_embedding_table
+
+    rel = layout.embeddings_table("lrcl")
+    if not store.exists(rel):
+        raise FileNotFoundError(f"crrl.hard_negatives needs the LRCL table {store.uri(rel)}; run `reaemb export "
+                                "export.method=lrcl` first, or set crrl.hard_negatives=0")
+    table = load_embedding_table(store.fetch(rel), num_items)
+    return nearest_neighbours(table, 4 * cfg.crrl.num_negatives + 10)  # a pool: co-occurring ones drop out
 
 
 def base_source(cfg, store: Store) -> Path | None:
@@ -137,7 +155,8 @@ class Actors:
         return RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
             i, self.store, self.base_rel, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor,
             self.cfg.data.noun, self.cfg.model.max_length, self.cfg.model.dtype,
-            vllm_gpu_memory=vllm_memory_share(c.vllm_gpu_memory_utilization, r.num_gpus))
+            vllm_gpu_memory=vllm_memory_share(c.vllm_gpu_memory_utilization, r.num_gpus),
+            sigma_relative=c.sigma_relative)
 
     def _new_reward(self, i: int):
         from actors.reward import RewardWorker
@@ -221,7 +240,8 @@ class Controller:
             self.store.delete(self.folder)
         uses_srs = any(s != "cooccurrence" for s in _sources(cfg))
         self.inputs = load_inputs(cfg, self.store.fetch(layout.PREPARED),
-                                  self.store.fetch(layout.SRS_PRETRAIN) if uses_srs else None)
+                                  self.store.fetch(layout.SRS_PRETRAIN) if uses_srs else None,
+                                  lambda n: hard_negative_pool(cfg, self.store, n))
         self.total = len(self.inputs.batches)
         self.base_rel = ensure_base(cfg, self.store, stage)
         self.actors = Actors(cfg, self.store, self.base_rel, self.inputs, self.total)
@@ -372,8 +392,10 @@ class Controller:
             metrics.get(f"reaemb_{name}").set(m[name])
         metrics.get("reaemb_loss").set(m["loss"], tags={"stage": "crrl"})
         metrics.get("reaemb_weight_version").set(m["version"])
+        # kl / delta_mu: how far one batch moved the thought; reward_spread: the share of groups whose samples got
+        # different rewards (only those carry a learning signal); updates < updates_per_batch: target_kl stopped it
         row = {k: m[k] for k in ("step", "version", "loss", "clip_fraction", "reward_mean", "reward_std",
-                                 "staleness", "lr", "seconds")}
+                                 "reward_spread", "kl", "delta_mu", "updates", "staleness", "lr", "seconds")}
         if m["step"] % self.cfg.crrl.eval_every == 0 or m["step"] == self.total:
             row["eval_reward"] = self.evaluate()
             metrics.get("reaemb_eval_reward").set(row["eval_reward"])

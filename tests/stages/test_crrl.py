@@ -239,3 +239,34 @@ def test_crrl_export_reads_the_generator_crrl_wrote(local_ray, tmp_path):
     assert table.column("item_id").to_pylist() == probe.tolist() and summary["items"] == 32
     got = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(got, seen["emb"], atol=1e-4, rtol=1e-4)
+
+
+def test_centred_infonce_relative_sigma_and_hard_negatives(local_ray, tmp_path, compact_backbone):
+    """The settings that make CRRL learn, wired end to end: centred-cosine scores, the InfoNCE reward (every group
+    gets a spread), sigma relative to the thought, a target KL, and hard negatives from the LRCL table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reaemb_ray import layout
+    from reaemb_ray.rl.candidates import nearest_neighbours
+
+    base = ["crrl.max_steps=2", "crrl.eval_items=8", "crrl.eval_every=2", "crrl.num_negatives=6",
+            "crrl.scoring=centered_cosine", "crrl.reward_form=infonce", "crrl.reward_tau=0.1",
+            "crrl.sigma_relative=true", "crrl.sigma=0.5", "crrl.target_kl=0.5", "crrl.lr=0.001",
+            "crrl.max_staleness=0"]  # at lr 0.05 one update moves the thought ~4x its norm: target_kl stops it
+    cfg = _compact_cfg(tmp_path, compact_backbone, *base, "crrl.hard_negatives=3")
+    with pytest.raises(FileNotFoundError, match="crrl.hard_negatives needs the LRCL table"):
+        run_crrl(cfg, fresh=True)
+    table = np.random.default_rng(0).normal(size=(33, 8)).astype(np.float32)  # any table: it only picks neighbours
+    path = tmp_path / layout.embeddings_table("lrcl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"item_id": np.arange(1, 33), "vector": list(table[1:])}), path)
+    seen = {}
+    res = run_crrl(cfg, fresh=True, hooks={"after_step": lambda step, ctl: seen.setdefault("c", ctl.inputs.cands)})
+    rows = [r for r in _rows(tmp_path) if "loss" in r]
+    assert res["steps"] == 2 and [r["step"] for r in rows] == [1, 2]
+    assert all(r["reward_spread"] == 1.0 and r["reward_mean"] < 0 for r in rows)  # log-probabilities: < 0
+    assert all(np.isfinite(r["kl"]) and r["delta_mu"] > 0 and 1 <= r["updates"] <= 2 for r in rows)
+    cands, near = seen["c"]["cooccurrence"], nearest_neighbours(table, 4 * 6 + 10)
+    hard = [len(set(c[1:]) & set(near[i])) for i, c in zip(cands.item_ids, cands.cand_ids)]
+    assert min(hard) >= 3  # at least the hard share of each item's negatives are its neighbours
