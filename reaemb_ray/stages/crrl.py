@@ -489,6 +489,7 @@ def stages(cfg) -> list[Stage]:
             c = cfg_with(c, **{"crrl.objective": objective, "crrl.reward": reward})
         deps = ["prepare"] + (["lrcl"] if not c.crrl.init_from else [])
         deps += ["srs_pretrain"] if c.crrl.reward in ("srs", "mix") else []
+        deps += [layout.export_stage("lrcl")] if c.crrl.hard_negatives else []  # neighbours in the LRCL table
         reads = {"crrl": changed_fields(c.crrl), "model": changed_fields(c.model)}
         init = c.crrl.init_from
         raw = None if init in ("", "backbone") else (lambda i=init: {k: list(v) for k, v in Store(i).files().items()})

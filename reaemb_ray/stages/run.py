@@ -28,14 +28,21 @@ def stage_builders():
 
 
 def catalogue(cfg: Config) -> dict[str, Stage]:
-    """Every stage this config can run, by name, in dependency order."""
-    out: dict[str, Stage] = {}
+    """Every stage this config can run, by name, in dependency order (builders' order where deps allow: e.g.
+    CRRL with hard negatives reads the LRCL export, which its builder lists after CRRL)."""
+    built: dict[str, Stage] = {}
     for build in stage_builders():
         for st in build(cfg):
-            unknown = [d for d in st.deps if d not in out]
-            if unknown:
-                raise RuntimeError(f"stage {st.name} depends on {unknown}, which come later or do not exist")
-            out[st.name] = st
+            built[st.name] = st
+    out: dict[str, Stage] = {}
+    while len(out) < len(built):
+        ready = [st for n, st in built.items() if n not in out and all(d in out for d in st.deps)]
+        if not ready:
+            waiting = {n: [d for d in st.deps if d not in out] for n, st in built.items() if n not in out}
+            unknown = {n: [d for d in ds if d not in built] for n, ds in waiting.items()}
+            raise RuntimeError("stages with dependencies that do not exist or form a cycle: "
+                               + str({n: ds for n, ds in (unknown if any(unknown.values()) else waiting).items() if ds}))
+        out[ready[0].name] = ready[0]
     return out
 
 

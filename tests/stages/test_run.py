@@ -41,6 +41,9 @@ def test_plan_follows_the_methods():
     # embedder with the pretrained ID-SASRec
     assert _names(["eval.methods=[id,reason]"]) == ["prepare", "srs_pretrain", "reason", "evaluate"]
     assert "reason" in plan(load_config(None, ["eval.methods=[id,reason]"]))[-1].deps
+    # hard negatives come from the LRCL export, which its builder lists after CRRL: the plan exports LRCL first
+    hard = _names(["eval.methods=[lrcl,crrl]", "crrl.hard_negatives=3"])
+    assert hard.index("export_lrcl") < hard.index("crrl") and hard[-1] == "evaluate"
 
 
 def test_every_stage_depends_only_on_earlier_stages_and_has_its_folder():
