@@ -211,7 +211,7 @@ class CRRLConfig:
                                "exceeds it")
     shuffle_rewards: bool = False  # control: rewards permuted across the batch (a gain must not survive it)
     updates_per_batch: int = setting(2, ge=1)
-    lr: float = setting(1e-4, gt=0)
+    lr: float = setting(1e-4, ge=0, note="0 = the control run: rollouts and rewards as usual, no update")
     warmup_steps: int = setting(200, ge=0)
     epochs: int = setting(1, ge=1)
     items_per_batch: int = setting(32, ge=1)

@@ -159,7 +159,7 @@ def test_config_print_shows_the_effective_config(base, capsys):
 # override(s), ";"-separated -> names the message must contain. Every case runs `reaemb run` on the base config.
 CONFIG_VALUES = {
     # from the issue
-    "crrl.lr=-1": ["crrl.lr must be > 0"],
+    "crrl.lr=-1": ["crrl.lr must be >= 0"],
     "srs.lr=0": ["srs.lr must be > 0"],
     "lrcl.lr=.nan": ["lrcl.lr", "not a finite number"],
     "lrcl.lr=.inf": ["lrcl.lr", "not a finite number"],

@@ -270,3 +270,15 @@ def test_centred_infonce_relative_sigma_and_hard_negatives(local_ray, tmp_path, 
     cands, near = seen["c"]["cooccurrence"], nearest_neighbours(table, 4 * 6 + 10)
     hard = [len(set(c[1:]) & set(near[i])) for i, c in zip(cands.item_ids, cands.cand_ids)]
     assert min(hard) >= 3  # at least the hard share of each item's negatives are its neighbours
+
+
+def test_lr_zero_control_leaves_the_policy_where_it_started(local_ray, tmp_path, compact_backbone):
+    from safetensors.numpy import load_file
+
+    cfg = _compact_cfg(tmp_path, compact_backbone, "crrl.max_steps=2", "crrl.eval_items=8", "crrl.eval_every=2",
+                       "crrl.lr=0", "crrl.reward_form=infonce", "crrl.scoring=centered_cosine")
+    res = run_crrl(cfg, fresh=True)
+    assert res["steps"] == 2 and all(r["reward_spread"] == 1.0 for r in _rows(tmp_path) if "loss" in r)
+    trained = load_file(str(tmp_path / "crrl" / "final" / "thought_attention.safetensors"))
+    start = load_file(str(tmp_path / "crrl" / "base" / "thought_attention.safetensors"))
+    assert all(np.array_equal(trained[k], start[k]) for k in start)  # a signal, and no step: the control
