@@ -71,7 +71,8 @@ def _verdict_lines(records: list[dict], k: int) -> list[str]:
                 continue
             mark = "" if r["seeds"] < 2 or r["id_seeds"] < 2 else (" (beyond both stds)" if r["beyond_spread"]
                                                                   else " (within the spread)")
-            cells += [f"{r['mean']:.4f} ± {r['std']:.4f}", f"{100 * r['relative']:+.1f}%{mark}"]
+            rel = "n/a (ID scores 0)" if r["relative"] != r["relative"] else f"{100 * r['relative']:+.1f}%{mark}"
+            cells += [f"{r['mean']:.4f} ± {r['std']:.4f}", rel]
         lines.append(f"| {backbone} | {method} | " + " | ".join(cells) + " |")
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         ref = next(r for r in rows if r["backbone"] == backbone and r["group"] == "overall")

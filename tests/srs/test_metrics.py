@@ -100,3 +100,14 @@ def test_versus_id_marks_gains_beyond_both_standard_deviations():
     assert not rows[("lrcl", "tail")]["beyond_spread"]  # std 0.0125 swallows the gap
     assert not rows[("raw_llm", "overall")]["beyond_spread"]  # one seed: no claim
     assert ("id", "overall") not in rows
+
+
+def test_verdict_says_n_a_when_the_id_model_scores_zero(tmp_path):
+    from reaemb_ray.srs.report import write_markdown
+
+    records = [{"method": m, "backbone": "sasrec", "seed": 0, "protocol": "full", "group": g, "metric": "NDCG",
+                "k": 10, "value": v, "n_users": 5} for m, g, v in
+               [("id", "overall", 0.02), ("id", "tail", 0.0), ("lrcl", "overall", 0.03), ("lrcl", "tail", 0.01)]]
+    write_markdown(records, tmp_path / "r.md")
+    line = next(x for x in (tmp_path / "r.md").read_text().splitlines() if x.startswith("| sasrec | lrcl |"))
+    assert "+50.0%" in line and "n/a (ID scores 0)" in line and "nan" not in line
