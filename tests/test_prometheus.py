@@ -139,8 +139,9 @@ class DashboardWatch:
 
         dash = json.loads((ROOT / "cluster" / "grafana" / "reaemb_dashboard.json").read_text())
         self.prom_url = prom_url
+        # the explicit-reasoning panels are fed by `reaemb reason`, not by the LRCL + CRRL run watched here
         self.exprs = [(p["title"], t["expr"].replace("$SessionName", ".+").replace("$__rate_interval", "5m"))
-                      for p in dash["panels"] for t in p["targets"]]
+                      for p in dash["panels"] for t in p["targets"] if not p["title"].startswith("Reasoning:")]
         self.seen: dict[str, list[float]] = {expr: [] for _, expr in self.exprs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)

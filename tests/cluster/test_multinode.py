@@ -133,7 +133,7 @@ def ray_cli(args: list[str], env: dict, timeout: float = 120) -> subprocess.Comp
 
 def alive_nodes(url: str, env: dict) -> set[str]:
     res = ray_cli(["list", "nodes", "--address", url, "--format", "json"], env, timeout=60)
-    if res.returncode != 0:
+    if res.returncode != 0 or not res.stdout.lstrip().startswith("["):  # e.g. "No resource in the cluster"
         return set()
     return {n["node_ip"] for n in json.loads(res.stdout) if n["state"] == "ALIVE"}
 
