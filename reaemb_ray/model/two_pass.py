@@ -272,23 +272,43 @@ def prompt_states(lm, batch: dict, share: bool = True) -> PromptStates:
                         eos_embeds=lm.get_input_embeddings()(ids[:, t + 1:]))
 
 
+def tail_attention_mask(prefix_mask: torch.Tensor, group: int) -> torch.Tensor:
+    """Boolean (B, 1, 2G, t + 2G) mask (True = may attend) for G (thought, EOS) pairs folded into one sequence:
+    every tail token sees the prefix's real tokens; thought g sees itself, EOS g sees thought g and itself;
+    no token sees another sample's pair."""
+    B, t = prefix_mask.shape
+    n = 2 * group
+    pair = torch.arange(n) // 2
+    own = (pair[:, None] == pair[None, :]) & (torch.arange(n)[None, :] <= torch.arange(n)[:, None])
+    prefix = prefix_mask.bool()[:, None, None, :].expand(B, 1, n, t)
+    return torch.cat([prefix, own.to(prefix_mask.device).expand(B, 1, n, n)], dim=-1)
+
+
 def embed_with_thoughts(lm, states: PromptStates, thoughts: torch.Tensor) -> torch.Tensor:
-    """Embeddings (B, G, d) for G thoughts per prompt, reusing the prefix cache (expanded G times)."""
+    """Embeddings (B, G, d) for G thoughts per prompt on the stored prefix cache, all B x G tails in one call.
+
+    Why this equals G separate two-position passes: the G (thought, EOS) pairs of a prompt are laid out as one
+    sequence of 2G tokens after the prefix, each pair at the positions (t, t + 1) it would have alone, under
+    `tail_attention_mask`: a pair's tokens see the prefix and their own earlier tokens and nothing of the other
+    pairs. Linear layers, norms and the MLP act on each token by itself and rotary embeddings depend only on
+    the position ids, so each pair's states are those of its own pass. The prefix's keys/values are read once
+    per prompt instead of being copied G times, and the linear layers run on B x 2G rows at once.
+    """
     from transformers import DynamicCache
 
     B, G, d = thoughts.shape
     if B != states.hidden.shape[0]:
         raise ValueError(f"thoughts have batch size {B} but the prompt states have {states.hidden.shape[0]}")
     t = states.thought_index
-    cache = DynamicCache(ddp_cache_data=list(states.prefix_kv))
-    cache.batch_repeat_interleave(G)  # new tensors: the stored states stay reusable
-    eos = states.eos_embeds.repeat_interleave(G, dim=0)
-    tail = torch.cat([thoughts.reshape(B * G, 1, d).to(eos.dtype), eos], dim=1)
-    h = decoder_of(lm)(inputs_embeds=tail, attention_mask=states.attention_mask.repeat_interleave(G, dim=0),
-                       position_ids=states.position_ids[:, t:].repeat_interleave(G, dim=0),
-                       past_key_values=cache, use_cache=True).last_hidden_state
-    pooled = states.prefix_pooled.repeat_interleave(G, dim=0) + pool(h, states.tail_weights.repeat_interleave(G, dim=0))
-    return pooled.view(B, G, d)
+    cache = DynamicCache(ddp_cache_data=list(states.prefix_kv))  # its updates make new tensors: reusable
+    eos = states.eos_embeds.to(thoughts.device)
+    tail = torch.stack([thoughts.to(eos.dtype), eos.expand(B, G, d)], dim=2).reshape(B, 2 * G, d)
+    pos = states.position_ids[:, t:].repeat(1, G)  # (t, t+1) for every pair
+    h = decoder_of(lm)(inputs_embeds=tail, attention_mask=tail_attention_mask(states.prefix_mask, G),
+                       position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+    h = h.view(B, G, 2, d).float()
+    w = states.tail_weights  # (B, 2): the pooling weights of the thought and EOS
+    return states.prefix_pooled[:, None] + w[:, None, 0, None] * h[:, :, 0] + w[:, None, 1, None] * h[:, :, 1]
 
 
 def naive_embed_with_thoughts(lm, batch: dict, thoughts: torch.Tensor) -> torch.Tensor:
