@@ -264,6 +264,14 @@ class Prepared:
         return sp.csr_matrix((self.cooc_data, self.cooc_indices, self.cooc_indptr), shape=(n, n))
 
 
+def load_items(prepared_dir: str | Path, columns: list[str]) -> pa.Table:
+    """Only `columns` of prepared/items.parquet, sorted by item_id (what export needs, without the rest)."""
+    path = Path(prepared_dir).expanduser() / "items.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `reaemb prepare --config ...` first")
+    return pq.read_table(path, columns=columns).sort_by("item_id")
+
+
 def load_prepared(out_dir: str | Path) -> Prepared:
     """Load `{out_dir}/prepared/` (or `out_dir` itself when it is the prepared folder)."""
     p = Path(out_dir).expanduser()

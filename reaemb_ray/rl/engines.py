@@ -140,6 +140,7 @@ class VllmEngine:
                        enable_prompt_embeds=True, enable_prefix_caching=True, block_size=block_size,
                        pooler_config=PoolerConfig(task="token_embed", use_activation=False))
         self.read_cache = PoolingParams(task="token_embed", skip_reading_prefix_cache=False)
+        self.pass2_computed: list[int] = []  # tokens vLLM computed per sample in the last pass 2 (the rest was cached)
 
     def _request(self, row: list[int], thought: torch.Tensor | None = None) -> dict:
         rows = torch.zeros(len(row), self.lm.config.hidden_size)
@@ -173,7 +174,9 @@ class VllmEngine:
         thoughts = thoughts.float().cpu()
         rows = [ids[i][mask[i].bool()].tolist() for i in range(B)]
         requests = [self._request(rows[i], thoughts[i, g]) for i in range(B) for g in range(G)]
-        tails = torch.stack([s[-2:] for s in self._states(requests, self.read_cache)]).view(B, G, 2, d)
+        states = self._states(requests, self.read_cache)
+        self.pass2_computed = [len(s) for s in states]
+        tails = torch.stack([s[-2:] for s in states]).view(B, G, 2, d)
         prefix = two_pass.pool(p1.hidden.cpu(), w[:, :t])  # the prefix's part of the pooled embedding, from pass 1
         out = prefix[:, None] + w[:, None, t, None] * tails[:, :, 0] + w[:, None, t + 1, None] * tails[:, :, 1]
         return out.to(self.device)

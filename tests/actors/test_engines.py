@@ -29,24 +29,28 @@ def _outputs(base, engine_name):
     eng = make_engine(engine_name, ro.lm, path, 128)
     try:
         p1 = eng.pass1(batch)
-        return ref_p1, ref, p1, eng.embed(p1, batch, p1.latent_thought(ro.attn)[:, None] + (thoughts - mu[:, None])), ro
+        out = eng.embed(p1, batch, p1.latent_thought(ro.attn)[:, None] + (thoughts - mu[:, None]))
+        return ref_p1, ref, p1, out, ro, getattr(eng, "pass2_computed", None)
     finally:
         if hasattr(eng, "close"):
             eng.close()  # vLLM engine processes: stop them now, not in an atexit hook after pytest closed its logs
 
 
 def test_torch_prefix_reuse_matches_naive(base):
-    ref_p1, ref, p1, out, ro = _outputs(base, "torch")
+    ref_p1, ref, p1, out, ro, _ = _outputs(base, "torch")
     torch.testing.assert_close(p1.hidden, ref_p1.hidden, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.vllm
 def test_vllm_engine_matches_naive(base):
-    ref_p1, ref, p1, out, ro = _outputs(base, "vllm")
+    ref_p1, ref, p1, out, ro, computed = _outputs(base, "vllm")
     m = ref_p1.attention_mask[:, :-2].bool()
     torch.testing.assert_close(p1.hidden[m], ref_p1.hidden[m], atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
+    # pass 2 read pass 1's cached blocks: vLLM computed under one block (16) of prefix plus the two tail tokens
+    lengths = ref_p1.attention_mask.sum(1).repeat_interleave(3).tolist()
+    assert all(2 <= c < 16 + 2 and c < n for c, n in zip(computed, lengths)), (computed, lengths)
 
 
 def test_vllm_memory_share_fits_the_actors_on_its_gpu():
