@@ -19,6 +19,7 @@ export), sampled every 0.2 s, with the same measure taken just before the work s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -171,6 +172,8 @@ def growth(work: Path, sizes=SIZES, pieces=PIECES) -> dict:
     in `work/<size>/growth_<piece>.json` so an interrupted run resumes."""
     work = Path(work)
     backbone = str(tiny_export_model(work))
+    root = str(Path(__file__).resolve().parents[2])  # the pieces import this checkout, installed or not
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
     rows = []
     for n in sizes:
         write_catalogue(work / "raw" / str(n), n)
@@ -178,7 +181,7 @@ def growth(work: Path, sizes=SIZES, pieces=PIECES) -> dict:
             done = work / str(n) / f"growth_{piece}.json"
             if not done.exists():
                 res = subprocess.run([sys.executable, "-m", "reaemb_ray.bench.growth", piece, str(work), str(n), backbone],
-                                     capture_output=True, text=True)
+                                     capture_output=True, text=True, env=env)
                 if res.returncode != 0:
                     raise RuntimeError(f"growth {piece} at {n} items failed:\n{res.stderr[-3000:]}")
                 done.write_text(res.stdout.strip().splitlines()[-1])

@@ -41,15 +41,19 @@ class Pass1:
 
 
 class TorchEngine:
+    """Prefix reuse on a frozen HF model: the prefix once (its rows in `length_groups` groups of similar length,
+    so that random batches of items pad little; two_pass.grouped_prefix_pass), then all B x G tails in one call
+    on its keys/values (two_pass.embed_with_thoughts)."""
+
     name = "torch"
 
-    def __init__(self, lm):
-        self.lm = lm
+    def __init__(self, lm, length_groups: int = 4):
+        self.lm, self.length_groups = lm, length_groups
         self.device = next(lm.parameters()).device
 
     @torch.no_grad()
     def pass1(self, batch) -> Pass1:
-        s = two_pass.prompt_states(self.lm, batch)
+        s = two_pass.prompt_states(self.lm, batch, groups=self.length_groups)
         return Pass1(s.hidden, s.attention_mask, s.position_ids, s)
 
     @torch.no_grad()
