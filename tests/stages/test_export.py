@@ -104,3 +104,29 @@ def test_items_stream_in_small_blocks():
     blocks = item_blocks(table, 16)
     assert [b.num_rows for b in blocks] == [32, 32, 32, 5]
     assert pa.concat_tables(blocks).equals(table)
+
+
+def test_final_table_is_assembled_shard_by_shard_and_checked(tmp_path):
+    import numpy as np
+
+    from reaemb_ray.stages.export import _assemble, _write_table, vectors_of
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((10, 4)).astype(np.float32)
+    shards = [tmp_path / f"s{k}.parquet" for k in range(3)]
+    for k, (lo, hi) in enumerate([(0, 4), (4, 8), (8, 10)]):
+        _write_table(shards[k], np.arange(lo + 1, hi + 1), vecs[lo:hi])
+    ids = np.arange(1, 11)
+    assert _assemble(shards, ids, tmp_path / "all.parquet", "export", tmp_path) == 4
+    table = pq.read_table(tmp_path / "all.parquet")
+    assert table.column("item_id").to_pylist() == list(range(1, 11))
+    assert np.array_equal(vectors_of(table), vecs)
+    with pytest.raises(RuntimeError, match="shards hold 8 rows for 10 items"):
+        _assemble(shards[:2], ids, tmp_path / "short.parquet", "export", tmp_path)
+    with pytest.raises(RuntimeError, match="s2.parquet does not hold the items it should"):
+        _assemble([shards[0], shards[2], shards[1]], ids, tmp_path / "order.parquet", "export", tmp_path)
+    vecs[9, 1] = np.nan
+    _write_table(shards[2], np.arange(9, 11), vecs[8:10])
+    with pytest.raises(RuntimeError, match=r"non-finite values in the embeddings \(s2.parquet\)"):
+        _assemble(shards, ids, tmp_path / "nan.parquet", "export", tmp_path)
+    assert not (tmp_path / "nan.parquet").exists()
