@@ -127,6 +127,9 @@ class VllmEngine:
     passes. Pass 1 keeps vLLM's default for `token_embed` (`skip_reading_prefix_cache`, so all its states
     come back); pass 2 reads the cache. Were a block evicted before pass 2 reads it, vLLM recomputes it and the
     result is the same: only the last two states are used.
+
+    The zero rows travel with every request (a prompt's length x hidden size floats, in and out of vLLM's engine
+    process); that is the price of the mixed form.
     """
 
     name = "vllm"
@@ -180,7 +183,12 @@ class VllmEngine:
         requests = [self._request(rows[i], thoughts[i, g]) for i in range(B) for g in range(G)]
         states = self._states(requests, self.read_cache)
         self.pass2_computed = [len(s) for s in states]
-        tails = torch.stack([s[-2:] for s in states]).view(B, G, 2, d)
+        # a request identical to an earlier one (the same thought again) can find even the thought's block cached
+        # and bring back only EOS: run those once more without reading the cache
+        again = [k for k, st in enumerate(states) if len(st) < 2]
+        for k, st in zip(again, self._states([requests[k] for k in again])):
+            states[k] = st
+        tails = torch.stack([st[-2:] for st in states]).view(B, G, 2, d)
         prefix = two_pass.pool(p1.hidden.cpu(), w[:, :t])  # the prefix's part of the pooled embedding, from pass 1
         out = prefix[:, None] + w[:, None, t, None] * tails[:, :, 0] + w[:, None, t + 1, None] * tails[:, :, 1]
         return out.to(self.device)

@@ -213,6 +213,8 @@ def _ratios(result: dict) -> dict:
 
 def main(cfg: Config, quick: bool = False, fresh: bool = False, out: str | None = None,
          sections: str | None = None) -> None:
+    from reaemb_ray.bench.report import markdown, plot_growth
+
     res = run_bench(cfg, quick=quick, fresh=fresh,
                     only=[x.strip() for x in sections.split(",") if x.strip()] if sections else None)
     text = json.dumps(res, indent=2, default=float)
@@ -220,4 +222,7 @@ def main(cfg: Config, quick: bool = False, fresh: bool = False, out: str | None 
     dest = Path(out) if out else Path(cfg.output_dir).expanduser() / "bench.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
-    log.info("bench written to %s", dest)
+    dest.with_suffix(".md").write_text(markdown(res))  # the tables, beside the JSON
+    if "growth" in res:
+        plot_growth(res["growth"], dest.with_name(dest.stem + "_growth.png"))
+    log.info("bench written to %s (tables in %s)", dest, dest.with_suffix(".md"))
