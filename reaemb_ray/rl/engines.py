@@ -135,7 +135,7 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, lm, model_dir: str, max_length: int, dtype: str = "float32", gpu_memory: float = 0.9,
-                 device: torch.device = torch.device("cpu"), kv_cache_gb: int = 1, block_size: int = 16):
+                 device: torch.device = torch.device("cpu"), kv_cache_gb: int = 1, block_size: int = 32):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM, PoolingParams
@@ -147,6 +147,7 @@ class VllmEngine:
                        enable_prompt_embeds=True, enable_prefix_caching=True, block_size=block_size,
                        pooler_config=PoolerConfig(task="token_embed", use_activation=False))
         self.read_cache = PoolingParams(task="token_embed", skip_reading_prefix_cache=False)
+        self.block_size = block_size  # 32: the smallest the CPU attention backend takes (GPU backends: 16)
         self.pass2_computed: list[int] = []  # tokens vLLM computed per sample in the last pass 2 (the rest was cached)
 
     def _request(self, row: list[int], thought: torch.Tensor | None = None) -> dict:
@@ -186,8 +187,9 @@ class VllmEngine:
         # a request identical to an earlier one (the same thought again) can find even the thought's block cached
         # and bring back only EOS: run those once more without reading the cache
         again = [k for k, st in enumerate(states) if len(st) < 2]
-        for k, st in zip(again, self._states([requests[k] for k in again])):
-            states[k] = st
+        if again:
+            for k, st in zip(again, self._states([requests[k] for k in again])):
+                states[k] = st
         tails = torch.stack([st[-2:] for st in states]).view(B, G, 2, d)
         prefix = two_pass.pool(p1.hidden.cpu(), w[:, :t])  # the prefix's part of the pooled embedding, from pass 1
         out = prefix[:, None] + w[:, None, t, None] * tails[:, :, 0] + w[:, None, t + 1, None] * tails[:, :, 1]
