@@ -103,16 +103,17 @@ def test_growth_catalogue_covers_every_item_within_groups():
 
 def test_growth_prepare_and_ranking_pieces_on_a_small_catalogue(tmp_path):
     from reaemb_ray.bench.growth import growth_summary, run_piece, tiny_export_model, write_catalogue
-    from reaemb_ray.stages.export import _write_table
+    from reaemb_ray import layout
+    from reaemb_ray.stages.export import table_bytes
 
     backbone = str(tiny_export_model(tmp_path))
     write_catalogue(tmp_path / "raw" / "600", 600)
     prep = run_piece("prepare", tmp_path, 600, backbone)
     assert prep["items"] == 600 and prep["pairs"] > 0 and prep["peak_mb"] >= prep["baseline_mb"] > 0
     # the export's output, as the ranking reads it (random vectors: a cost measurement, not a quality one)
-    out = tmp_path / "600" / "embeddings" / "raw_llm"
-    out.mkdir(parents=True)
-    _write_table(out / "embeddings.parquet", np.arange(1, 601), np.random.default_rng(0).standard_normal((600, 16)))
+    out = tmp_path / "600" / layout.embeddings_table("raw_llm")
+    out.parent.mkdir(parents=True)
+    out.write_bytes(table_bytes(np.arange(1, 601), np.random.default_rng(0).standard_normal((600, 16))))
     ev = run_piece("evaluate", tmp_path, 600, backbone)
     assert ev["users"] == 600 and 0 <= ev["mean_full_rank"] < 600 and 0 <= ev["mean_sampled_rank"] <= 100
     rows = [dict(prep, items=n, us_per_item=u, peak_mb=m, added_mb=m / 2) for n, u, m in
