@@ -78,7 +78,7 @@ def test_raw_export_to_a_uri_store_assembles_the_shards(tmp_path, local_ray):
 
     root = tmp_path / "bucket"
     cfg = load_config(None, [f"output_dir=file://{root}", "data.reader=movielens", f"data.path={ML100K}",
-                             f"data.cache_dir={tmp_path / 'c'}", "model.backbone=tiny", "model.max_length=64",
+                             f"data.cache_dir={tmp_path / 'c'}", "model.backbone=tiny", "model.max_length=128",
                              "export.method=raw_llm", "export.batch_size=256", "export.shard_size=500",
                              "ray.num_cpus=2"])
     run_prepare(cfg)
