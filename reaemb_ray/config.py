@@ -481,9 +481,6 @@ class Config:
         self._check_across_sections()
 
     def _check_across_sections(self) -> None:
-        if self.crrl.engine == "vllm" and self.model.pooling != "all":
-            raise ConfigError(f"crrl.engine=vllm pools the mean over every token (model.pooling=all); with "
-                              f"model.pooling={self.model.pooling} use crrl.engine=torch")
         methods = self.eval.methods
         if self.crrl.variants and "crrl" not in methods:
             raise ConfigError("crrl.variants is set but eval.methods has no crrl, so the variants would not run; add "

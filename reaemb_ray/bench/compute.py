@@ -1,54 +1,85 @@
 """Single-process measurements: the machine's matmul peak and the efficient vs naive two-pass forward.
 
-Every comparison runs both sides on the same items, interleaved, in one process, so the ratio is
-meaningful on a noisy machine even when the absolute numbers are not.
+Every comparison runs all its sides on the same items in one process, interleaved: each round times every side
+once, in an order that rotates from round to round, and a ratio is the median of its per-round ratios (two
+timings at most a few seconds apart), so load that comes and goes hits every side about equally.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from statistics import median
 
-import numpy as np
 import torch
 
 
-def _best_of(fn, repeats: int) -> float:
-    """Median wall seconds of `fn()` over `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def interleaved(sides: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Wall seconds of every side in each of `rounds` rounds, after one untimed warm-up call of each."""
+    names = list(sides)
+    for name in names:
+        sides[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            sides[name]()
+            seconds[name].append(time.perf_counter() - t0)
+    return seconds
+
+
+def paired(numerators: list[float], denominators: list[float]) -> dict:
+    """Median, min and max of the per-round ratios numerator / denominator."""
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    return {"median": median(ratios), "min": min(ratios), "max": max(ratios), "rounds": [round(r, 4) for r in ratios]}
+
+
+class MatmulPeak:
+    """An n x n x n fp32 (or `dtype`) matmul, run `repeats` times per call; `gflops(seconds)` = the best call's
+    rate. Timed as one side of `interleaved`, it gives the practical peak of each round."""
+
+    def __init__(self, dtype: str = "float32", n: int = 2048, repeats: int = 3):
+        dt = getattr(torch, dtype)
+        self.a, self.b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+        self.n, self.repeats, self.best = n, repeats, []
+
+    def __call__(self) -> None:
+        best = float("inf")
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            self.a @ self.b
+            best = min(best, time.perf_counter() - t0)
+        self.best.append(best)
+
+    def gflops_per_round(self, rounds: int) -> list[float]:
+        return [2 * self.n**3 / s / 1e9 for s in self.best[-rounds:]]
 
 
 def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> dict:
-    """Achieved GFLOP/s of an n x n x n matmul: the practical peak the model FLOP/s is compared to."""
-    dt = getattr(torch, dtype)
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    sec = _best_of(lambda: a @ b, repeats)
-    return {"dtype": dtype, "n": n, "seconds": sec, "gflops": 2 * n**3 / sec / 1e9}
-
-
-def count_params(lm) -> int:
-    return sum(p.numel() for p in lm.parameters())
-
-
-def forward_flops(n_params: int, tokens: int) -> float:
-    """Forward FLOPs of a decoder over `tokens` tokens (2 x params per token; attention is small at these
-    lengths and left out, so the achieved FLOP/s is a slight underestimate)."""
-    return 2.0 * n_params * tokens
+    """Achieved GFLOP/s of the best of `repeats` n x n x n matmuls (after one warm-up)."""
+    peak = MatmulPeak(dtype, n, repeats)
+    peak()
+    peak()
+    return {"dtype": dtype, "n": n, "seconds": peak.best[-1], "gflops": 2 * n**3 / peak.best[-1] / 1e9}
 
 
 def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: list[str], max_length: int,
-                       micro_batch: int, repeats: int = 2) -> dict:
-    """LRCL training step (two views, contrastive loss, backward) and export (no grad), both paths."""
+                       micro_batch: int, export_prompts: list[str] | None = None, export_batch: int | None = None,
+                       rounds: int = 1, dtype: str = "float32", item_noun: str = "item") -> dict:
+    """LRCL training step (two views, contrastive loss, backward) and export (no grad), every path, interleaved
+    with a matmul peak; the export's useful FLOP/s (bench/flops.py) against each round's peak."""
+    from reaemb_ray.bench.flops import batch_flops, decoder_shape
     from reaemb_ray.losses import soft_contrastive_loss
     from reaemb_ray.model.two_pass import shared_head_length, tokenize_prompts
 
-    va = tokenize_prompts(tokenizer, prompts_a, max_length)
-    vb = tokenize_prompts(tokenizer, prompts_b, max_length)
-    n = len(prompts_a)
+    pooling, noun = embedder.pooling, item_noun
+    va = tokenize_prompts(tokenizer, prompts_a, max_length, pooling, noun)
+    vb = tokenize_prompts(tokenizer, prompts_b, max_length, pooling, noun)
+    export_prompts = export_prompts or prompts_a
+    export_batch = export_batch or micro_batch
+    ex = [tokenize_prompts(tokenizer, export_prompts[i:i + export_batch], max_length, pooling, noun)
+          for i in range(0, len(export_prompts), export_batch)]
+    n, n_export = len(prompts_a), len(export_prompts)
     params = [p for p in embedder.parameters() if p.requires_grad]
 
     # "naive": two full passes; "prefix": prefix reuse with every row's full prefix; "shared": prefix reuse with
@@ -58,6 +89,7 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
 
     def train_step(kw: dict):
         def run():
+            embedder.train()
             for i in range(0, n, micro_batch):
                 x = embedder.embed({k: v[i:i + micro_batch] for k, v in va.items()}, **kw)
                 y = embedder.embed({k: v[i:i + micro_batch] for k, v in vb.items()}, **kw)
@@ -68,22 +100,34 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
 
     def export(kw: dict):
         def run():
+            embedder.eval()
             with torch.no_grad():
-                for i in range(0, n, micro_batch):
-                    embedder.embed({k: v[i:i + micro_batch] for k, v in va.items()}, **kw)
+                for b in ex:
+                    embedder.embed(b, **kw)
         return run
 
-    def side_by_side(make) -> dict:
-        t = {name: _best_of(make(kw), repeats) for name, kw in variants.items()}
-        return {"naive_items_per_s": n / t["naive"], "prefix_reuse_items_per_s": n / t["prefix"],
-                "efficient_items_per_s": n / t["shared"], "speedup": t["naive"] / t["shared"],
-                "shared_head_speedup": t["prefix"] / t["shared"]}
+    peak = MatmulPeak(dtype)
+    sides = {f"train_{v}": train_step(kw) for v, kw in variants.items()}
+    sides.update({f"export_{v}": export(kw) for v, kw in variants.items()})
+    sides["matmul_peak"] = peak
+    t = interleaved(sides, rounds)
+    peaks = peak.gflops_per_round(rounds)
 
-    embedder.train()
-    train = side_by_side(train_step)
+    def summary(prefix: str, items: int) -> dict:
+        s = {name: t[f"{prefix}_{name}"] for name in variants}
+        return {"naive_items_per_s": items / median(s["naive"]), "prefix_reuse_items_per_s": items / median(s["prefix"]),
+                "efficient_items_per_s": items / median(s["shared"]),
+                "speedup": paired(s["naive"], s["shared"])["median"], "speedup_rounds": paired(s["naive"], s["shared"]),
+                "shared_head_speedup": paired(s["prefix"], s["shared"])["median"], "seconds": s}
+
     embedder.eval()
-    exp = side_by_side(export)
+    shape = decoder_shape(embedder.lm)
+    flops = sum(batch_flops(shape, b, 1, share_head=True) for b in ex)
+    gflops = [flops / s / 1e9 for s in t["export_shared"]]
+    exp = summary("export", n_export)
+    exp.update(useful_gflops=median(gflops), peak_gflops=median(peaks),
+               fraction_of_peak=paired(gflops, peaks), batch=export_batch)
     L = va["input_ids"].shape[1]
-    return {"items": n, "seq_len": int(L),
+    return {"items": n, "export_items": n_export, "seq_len": int(L), "rounds": rounds,
             "shared_head_tokens": shared_head_length(va["input_ids"], va["attention_mask"], L - 2),
-            "lrcl_train_step": train, "export": exp}
+            "lrcl_train_step": summary("train", n), "export": exp, "matmul_peak_gflops": peaks}

@@ -1,55 +1,74 @@
 """Rollout engine throughput: prefix-reuse torch vs naive two-pass vs vLLM, on the same items and noise.
 
-Each engine runs in its own Ray task (a fresh process, as a rollout worker would), one after another, so
-they do not compete for the cores and none inherits another's warm caches.
+All engines live in one Ray task (a fresh process, as a rollout worker would be) with torch using every core
+it was given, and are timed interleaved with a matmul peak (bench/compute.py): each round runs every engine
+over the same items with the same noise. The torch engine's useful FLOPs (bench/flops.py: the batch's shared
+head once, each item's own prefix once, the thought and EOS per sample; padding not counted) are the work every
+engine has to deliver, so useful FLOP/s ratios are throughput ratios.
 """
 from __future__ import annotations
 
-import time
+from statistics import median
 
 import numpy as np
 import ray
 
 
 @ray.remote
-def engine_throughput(base_dir: str, texts: dict, engine: str, item_ids: list[int], group_size: int,
-                      sigma: float, item_noun: str, max_length: int, dtype: str, batch: int) -> dict:
+def engine_comparison(base_dir: str, texts: dict, engines: list[str], item_ids: list[int], group_size: int,
+                      sigma: float, item_noun: str, max_length: int, dtype: str, batch: int, rounds: int,
+                      threads: int) -> dict:
+    import time
+
     import torch
 
-    from reaemb_ray.bench.compute import count_params, forward_flops
+    from reaemb_ray.bench.compute import MatmulPeak, interleaved, paired
+    from reaemb_ray.bench.flops import batch_flops, decoder_shape
     from reaemb_ray.rl.rollout import Rollout
 
-    t_load = time.perf_counter()
-    core = Rollout(base_dir, texts, engine, group_size, sigma, True, item_noun, max_length, dtype)
-    load_s = time.perf_counter() - t_load
-    n_params = count_params(core.lm)
+    torch.set_num_threads(threads)
+    cores, load_s = {}, {}
+    for e in engines:
+        t0 = time.perf_counter()
+        cores[e] = Rollout(base_dir, texts, e, group_size, sigma, True, item_noun, max_length, dtype)
+        load_s[e] = time.perf_counter() - t0
     ids = np.asarray(item_ids, dtype=np.int64)
-    core.rollout(ids[:batch], {}, seed=0)  # warm-up (allocators, vLLM graph capture, caches)
-    tokens = 0
-    t0 = time.perf_counter()
-    for i in range(0, len(ids), batch):
-        chunk = ids[i:i + batch]
-        core.rollout(chunk, {}, seed=i)
-        mask = core.tokenize(chunk)["attention_mask"]
-        prefix = int(mask[:, :-2].sum())
-        # work actually needed: the prefix once per item, then (thought, EOS) once per sample
-        tokens += prefix + 2 * group_size * len(chunk)
-    sec = time.perf_counter() - t0
-    if hasattr(core.engine, "close"):
-        core.engine.close()
+    chunks = [ids[i:i + batch] for i in range(0, len(ids), batch)]
+
+    def side(core):
+        def run():
+            for k, chunk in enumerate(chunks):
+                core.rollout(chunk, {}, seed=k)
+        return run
+
+    peak = MatmulPeak(dtype)
+    sides = {e: side(c) for e, c in cores.items()}
+    sides["matmul_peak"] = peak
+    t = interleaved(sides, rounds)
+    peaks = peak.gflops_per_round(rounds)
+    some = next(iter(cores.values()))
+    shape = decoder_shape(some.lm)
+    flops = sum(batch_flops(shape, some.tokenize(c), group_size) for c in chunks)
+    reference = {e: c.rollout(chunks[0], {}, seed=0)["emb"] for e, c in cores.items()}
     n = len(ids) * group_size
-    return {"engine": engine, "embeddings": n, "seconds": sec, "embeddings_per_s": n / sec,
-            "load_seconds": load_s, "threads": torch.get_num_threads(),
-            "useful_gflops": forward_flops(n_params, tokens) / sec / 1e9}
+    out = {}
+    for e in engines:
+        gflops = [flops / s / 1e9 for s in t[e]]
+        out[e] = {"engine": e, "embeddings": n, "seconds": t[e], "embeddings_per_s": n / median(t[e]),
+                  "load_seconds": load_s[e], "threads": torch.get_num_threads(), "useful_gflops": median(gflops),
+                  "fraction_of_peak": paired(gflops, peaks)}
+        if "naive" in cores:
+            out[e]["vs_naive"] = paired(t["naive"], t[e])
+            out[e]["max_abs_diff_vs_naive"] = float(np.abs(reference[e] - reference["naive"]).max())
+        if hasattr(cores[e].engine, "close"):
+            cores[e].engine.close()
+    return {"engines": out, "peak_gflops": peaks, "useful_gflops_per_round_of_work": flops / 1e9,
+            "items": len(ids), "batch": batch, "group_size": group_size, "rounds": rounds}
 
 
 def compare_engines(base_dir: str, texts: dict, item_ids: list[int], engines: list[str], group_size: int,
-                    sigma: float, item_noun: str, max_length: int, dtype: str, batch: int, num_cpus: float) -> dict:
-    out = {}
-    for e in engines:
-        out[e] = ray.get(engine_throughput.options(num_cpus=num_cpus).remote(
-            base_dir, texts, e, item_ids, group_size, sigma, item_noun, max_length, dtype, batch))
-    if "naive" in out:
-        for e in out:
-            out[e]["vs_naive"] = out[e]["embeddings_per_s"] / out["naive"]["embeddings_per_s"]
-    return out
+                    sigma: float, item_noun: str, max_length: int, dtype: str, batch: int, num_cpus: float,
+                    rounds: int) -> dict:
+    threads = max(1, int(num_cpus))
+    return ray.get(engine_comparison.options(num_cpus=num_cpus).remote(
+        base_dir, texts, engines, item_ids, group_size, sigma, item_noun, max_length, dtype, batch, rounds, threads))

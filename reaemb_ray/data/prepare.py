@@ -44,30 +44,63 @@ def cooccurrence(items: np.ndarray, users: np.ndarray, num_items: int, window: i
 
     Returns (item_a, item_b, count) int64 arrays, both directions, a != b, sorted by (a, b).
     """
-    items, users = np.asarray(items, np.int64), np.asarray(users, np.int64)
-    if window == 0:
-        import scipy.sparse as sp
+    blocks = list(cooccurrence_blocks(items, users, num_items, window))
+    if not blocks:
+        return tuple(np.zeros(0, np.int64) for _ in range(3))
+    return tuple(np.concatenate(parts) for parts in zip(*blocks))
 
-        # X[u, i] = occurrences of i in u's sequence; (X^T X)[a, b] = number of position pairs holding a and b
-        _, row = np.unique(users, return_inverse=True)
-        x = sp.csr_matrix((np.ones(len(items), np.int64), (row, items)), shape=(row.max(initial=-1) + 1, num_items + 1))
-        c = (x.T @ x).tocoo()
-        keep = c.row != c.col
-        a, b, n = c.row[keep].astype(np.int64), c.col[keep].astype(np.int64), c.data[keep].astype(np.int64)
-    else:
-        parts_a, parts_b = [], []
-        for d in range(1, window + 1):  # pairs (t, t + d) inside one user
-            same = users[:-d] == users[d:]
-            pa_, pb_ = items[:-d][same], items[d:][same]
-            diff = pa_ != pb_
-            parts_a += [pa_[diff], pb_[diff]]
-            parts_b += [pb_[diff], pa_[diff]]
-        code = np.concatenate(parts_a or [np.zeros(0, np.int64)]) * (num_items + 1) + np.concatenate(
-            parts_b or [np.zeros(0, np.int64)])
-        uniq, n = np.unique(code, return_counts=True)
-        a, b, n = uniq // (num_items + 1), uniq % (num_items + 1), n.astype(np.int64)
-    order = np.lexsort((b, a))
-    return a[order], b[order], n[order]
+
+COOC_BLOCK_PAIRS = 4_000_000  # candidate pairs per block: bounds the memory of one block, whatever N is
+
+
+def cooccurrence_blocks(items: np.ndarray, users: np.ndarray, num_items: int, window: int = 0,
+                        max_pairs: int = COOC_BLOCK_PAIRS):
+    """`cooccurrence` as consecutive blocks of item_a ranges, in order, each sorted by (a, b).
+
+    Window 0: rows [lo, hi) of X^T X, one block at a time (X = the user x item count matrix, kept sparse), with
+    the ranges cut so that each block holds about `max_pairs` candidate pairs (an item's candidates: the
+    distinct items of every user who has it). Memory then stays at X plus one block, and a caller can write
+    each block out before the next is computed. Window k > 0 counts pairs at most k positions apart: linear in
+    the interactions (k pairs per position), built at once.
+    """
+    items, users = np.asarray(items, np.int64), np.asarray(users, np.int64)
+    if len(items) == 0:
+        return
+    if window:
+        yield _windowed_pairs(items, users, num_items, window)
+        return
+    import scipy.sparse as sp
+
+    row = np.concatenate([[0], np.cumsum(users[1:] != users[:-1])])  # users are sorted: row index per position
+    x = sp.csr_matrix((np.ones(len(items), np.int64), (row, items)), shape=(int(row[-1]) + 1, num_items + 1))
+    xc = x.tocsc()
+    present = sp.csc_matrix((np.ones_like(xc.data), xc.indices, xc.indptr), shape=xc.shape)
+    work = np.asarray(present.T @ np.diff(x.indptr)).ravel()  # candidate pairs per item_a
+    cum = np.cumsum(work)
+    cuts = np.searchsorted(cum, np.arange(max_pairs, cum[-1], max_pairs), side="right")
+    bounds = np.unique(np.concatenate([[1], cuts, [num_items + 1]]))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        block = (xc[:, lo:hi].T @ x).tocsr()
+        block.sort_indices()
+        c = block.tocoo()
+        a, b = c.row.astype(np.int64) + lo, c.col.astype(np.int64)
+        keep = a != b
+        if keep.any():
+            yield a[keep], b[keep], c.data[keep].astype(np.int64)
+
+
+def _windowed_pairs(items: np.ndarray, users: np.ndarray, num_items: int, window: int):
+    parts_a, parts_b = [], []
+    for d in range(1, window + 1):  # pairs (t, t + d) inside one user
+        same = users[:-d] == users[d:]
+        pa_, pb_ = items[:-d][same], items[d:][same]
+        diff = pa_ != pb_
+        parts_a += [pa_[diff], pb_[diff]]
+        parts_b += [pb_[diff], pa_[diff]]
+    code = np.concatenate(parts_a or [np.zeros(0, np.int64)]) * (num_items + 1) + np.concatenate(
+        parts_b or [np.zeros(0, np.int64)])
+    uniq, n = np.unique(code, return_counts=True)  # sorted codes: sorted by (a, b)
+    return uniq // (num_items + 1), uniq % (num_items + 1), n.astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -135,9 +168,9 @@ def prepare(cfg, out: Path | None = None) -> Path:
                        out / "popularity.parquet")
 
         t1 = time.time()
-        a, b, n = cooccurrence(train_items, train_users, num_items, d.cooc_window)
+        pairs, with_pairs = _write_cooccurrence(out / "cooccurrence.parquet", train_items, train_users, num_items,
+                                                d.cooc_window)
         t_cooc = time.time() - t1
-        pq.write_table(pa.table({"item_a": a, "item_b": b, "count": n}), out / "cooccurrence.parquet")
 
         summary = {
             "name": d.name, "reader": d.reader, "source": raw.source, "path": d.path,
@@ -153,14 +186,26 @@ def prepare(cfg, out: Path | None = None) -> Path:
             "density": round(len(flat_items) / (num_users * num_items), 6),
             "tail_items": int((popularity < d.tail_threshold).sum()), "tail_threshold": d.tail_threshold,
             "short_users": int((lengths < d.short_user_threshold).sum()), "short_user_threshold": d.short_user_threshold,
-            "cooccurrence": {"window": d.cooc_window, "pairs": int(len(a)), "split": "train",
-                             "items_with_a_cooccurring_item": int(len(np.unique(a)))},
+            "cooccurrence": {"window": d.cooc_window, "pairs": pairs, "split": "train",
+                             "items_with_a_cooccurring_item": with_pairs},
             "seconds": {"read": round(t_read, 2), "cooccurrence": round(t_cooc, 2), "total": round(time.time() - t0, 2)},
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("prepared %s: %d users, %d items, %d interactions in %.1fs -> %s", d.name, num_users, num_items,
              len(flat_items), time.time() - t0, final)
     return final
+
+
+def _write_cooccurrence(path: Path, items: np.ndarray, users: np.ndarray, num_items: int, window: int):
+    """Stream the co-occurrence blocks into one Parquet file; returns (pairs, items with a co-occurring item)."""
+    schema = pa.schema([("item_a", pa.int64()), ("item_b", pa.int64()), ("count", pa.int64())])
+    pairs = with_pairs = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for a, b, n in cooccurrence_blocks(items, users, num_items, window):
+            writer.write_table(pa.table({"item_a": a, "item_b": b, "count": n}, schema=schema))
+            pairs += len(a)
+            with_pairs += int(np.count_nonzero(np.diff(a, prepend=-1)))  # blocks never share an item_a
+    return pairs, with_pairs
 
 
 @contextlib.contextmanager
@@ -217,6 +262,14 @@ class Prepared:
 
         n = self.num_items + 1
         return sp.csr_matrix((self.cooc_data, self.cooc_indices, self.cooc_indptr), shape=(n, n))
+
+
+def load_items(prepared_dir: str | Path, columns: list[str]) -> pa.Table:
+    """Only `columns` of prepared/items.parquet, sorted by item_id (what export needs, without the rest)."""
+    path = Path(prepared_dir).expanduser() / "items.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `reaemb prepare --config ...` first")
+    return pq.read_table(path, columns=columns).sort_by("item_id")
 
 
 def load_prepared(out_dir: str | Path) -> Prepared:

@@ -258,37 +258,107 @@ class PromptStates:
         return attn(self.hidden, self.prefix_mask, self.thought_index, self.prefix_positions)
 
 
+def length_groups(rest: torch.Tensor, groups: int) -> list[torch.Tensor]:
+    """Row indices in `groups` runs of about equal size, in order of `rest` (each row's unpadded length)."""
+    order = torch.argsort(rest, stable=True)
+    return [g for g in torch.tensor_split(order, min(groups, len(order))) if len(g)]
+
+
 @torch.no_grad()
-def prompt_states(lm, batch: dict, share: bool = True) -> PromptStates:
-    """Pass 1 over the prefix of a frozen LM (no gradients)."""
+def grouped_prefix_pass(dec, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, t: int, groups: int):
+    """`prefix_pass` (no gradients) with the rows run in `groups` groups of similar length, so that little of the
+    work is padding, and put back into the batch layout: states (B, t, d) and per layer (keys, values).
+
+    Why it is the same: a row's states and keys/values depend only on its own real tokens and positions (padding
+    is masked out and positions come from the mask), so which other rows share its pass and how much padding
+    they add change nothing. The shared head still runs once for the whole batch: each group continues from its
+    keys/values. Columns that are padding in every row of a group are simply not run; in the batch layout they
+    stay zero and masked, as padding.
+    """
+    from transformers import DynamicCache
+
+    B = ids.shape[0]
+    S = shared_head_length(ids, mask, t)
+    head = dec(input_ids=ids[:1, :S], attention_mask=mask[:1, :S], position_ids=pos[:1, :S], use_cache=True) if S else None
+    own = mask[:, S:t].bool()
+    rest = torch.where(own.any(1), (t - S) - own.to(torch.long).argmax(1), 0)  # from a row's first own token to t
+    hidden, kv = None, None
+    for idx in length_groups(rest, groups):
+        lo = t - int(rest[idx].max())  # the group's columns: [lo, t) after the head
+        cache = None if head is None else DynamicCache(ddp_cache_data=[
+            (la.keys.expand(len(idx), -1, -1, -1), la.values.expand(len(idx), -1, -1, -1))
+            for la in head.past_key_values.layers])
+        out = dec(input_ids=ids[idx, lo:t], attention_mask=torch.cat([mask[idx, :S], mask[idx, lo:t]], dim=1),
+                  position_ids=pos[idx, lo:t], past_key_values=cache, use_cache=True)
+        if hidden is None:
+            hidden = out.last_hidden_state.new_zeros(B, t, out.last_hidden_state.shape[-1])
+            kv = [tuple(x.new_zeros(B, x.shape[1], t, x.shape[3]) for x in (la.keys, la.values))
+                  for la in out.past_key_values.layers]
+        hidden[idx, lo:t] = out.last_hidden_state
+        for (k, v), la in zip(kv, out.past_key_values.layers):
+            k[idx, :, lo:t], v[idx, :, lo:t] = la.keys[:, :, S:], la.values[:, :, S:]
+    if head is not None:
+        hidden[:, :S] = head.last_hidden_state
+        for (k, v), la in zip(kv, head.past_key_values.layers):
+            k[:, :, :S], v[:, :, :S] = la.keys, la.values
+    return hidden, kv
+
+
+@torch.no_grad()
+def prompt_states(lm, batch: dict, share: bool = True, groups: int = 1) -> PromptStates:
+    """Pass 1 over the prefix of a frozen LM (no gradients); `groups` > 1 runs the rows in that many groups of
+    similar length (grouped_prefix_pass), which pays when a batch's prompt lengths vary."""
     dec = decoder_of(lm)
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
     t = ids.shape[1] - 2
-    h, cache = prefix_pass(dec, ids, mask, pos, t, share)
-    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    if groups > 1 and share:
+        h, kv = grouped_prefix_pass(dec, ids, mask, pos, t, groups)
+    else:
+        h, cache = prefix_pass(dec, ids, mask, pos, t, share)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
     w = batch["pool_weights"]
     return PromptStates(hidden=h, attention_mask=mask, position_ids=pos, prefix_kv=kv,
                         prefix_pooled=pool(h, w[:, :t]), tail_weights=w[:, t:].to(torch.float32),
                         eos_embeds=lm.get_input_embeddings()(ids[:, t + 1:]))
 
 
+def tail_attention_mask(prefix_mask: torch.Tensor, group: int) -> torch.Tensor:
+    """Boolean (B, 1, 2G, t + 2G) mask (True = may attend) for G (thought, EOS) pairs folded into one sequence:
+    every tail token sees the prefix's real tokens; thought g sees itself, EOS g sees thought g and itself;
+    no token sees another sample's pair."""
+    B, t = prefix_mask.shape
+    n = 2 * group
+    pair = torch.arange(n) // 2
+    own = (pair[:, None] == pair[None, :]) & (torch.arange(n)[None, :] <= torch.arange(n)[:, None])
+    prefix = prefix_mask.bool()[:, None, None, :].expand(B, 1, n, t)
+    return torch.cat([prefix, own.to(prefix_mask.device).expand(B, 1, n, n)], dim=-1)
+
+
 def embed_with_thoughts(lm, states: PromptStates, thoughts: torch.Tensor) -> torch.Tensor:
-    """Embeddings (B, G, d) for G thoughts per prompt, reusing the prefix cache (expanded G times)."""
+    """Embeddings (B, G, d) for G thoughts per prompt on the stored prefix cache, all B x G tails in one call.
+
+    Why this equals G separate two-position passes: the G (thought, EOS) pairs of a prompt are laid out as one
+    sequence of 2G tokens after the prefix, each pair at the positions (t, t + 1) it would have alone, under
+    `tail_attention_mask`: a pair's tokens see the prefix and their own earlier tokens and nothing of the other
+    pairs. Linear layers, norms and the MLP act on each token by itself and rotary embeddings depend only on
+    the position ids, so each pair's states are those of its own pass. The prefix's keys/values are read once
+    per prompt instead of being copied G times, and the linear layers run on B x 2G rows at once.
+    """
     from transformers import DynamicCache
 
     B, G, d = thoughts.shape
     if B != states.hidden.shape[0]:
         raise ValueError(f"thoughts have batch size {B} but the prompt states have {states.hidden.shape[0]}")
     t = states.thought_index
-    cache = DynamicCache(ddp_cache_data=list(states.prefix_kv))
-    cache.batch_repeat_interleave(G)  # new tensors: the stored states stay reusable
-    eos = states.eos_embeds.repeat_interleave(G, dim=0)
-    tail = torch.cat([thoughts.reshape(B * G, 1, d).to(eos.dtype), eos], dim=1)
-    h = decoder_of(lm)(inputs_embeds=tail, attention_mask=states.attention_mask.repeat_interleave(G, dim=0),
-                       position_ids=states.position_ids[:, t:].repeat_interleave(G, dim=0),
-                       past_key_values=cache, use_cache=True).last_hidden_state
-    pooled = states.prefix_pooled.repeat_interleave(G, dim=0) + pool(h, states.tail_weights.repeat_interleave(G, dim=0))
-    return pooled.view(B, G, d)
+    cache = DynamicCache(ddp_cache_data=list(states.prefix_kv))  # its updates make new tensors: reusable
+    eos = states.eos_embeds.to(thoughts.device)
+    tail = torch.stack([thoughts.to(eos.dtype), eos.expand(B, G, d)], dim=2).reshape(B, 2 * G, d)
+    pos = states.position_ids[:, t:].repeat(1, G)  # (t, t+1) for every pair
+    h = decoder_of(lm)(inputs_embeds=tail, attention_mask=tail_attention_mask(states.prefix_mask, G),
+                       position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+    h = h.view(B, G, 2, d).float()
+    w = states.tail_weights  # (B, 2): the pooling weights of the thought and EOS
+    return states.prefix_pooled[:, None] + w[:, None, 0, None] * h[:, :, 0] + w[:, None, 1, None] * h[:, :, 1]
 
 
 def naive_embed_with_thoughts(lm, batch: dict, thoughts: torch.Tensor) -> torch.Tensor:

@@ -4,13 +4,10 @@ All engines expose `pass1(batch) -> Pass1` and `embed(p1, batch, thoughts (B, G,
 - `torch`: prefix reuse -- the prefix's hidden states and key/value cache once, then each thought runs
   only the last two positions (thought, EOS) on the cached prefix.
 - `naive`: the reference -- a full pass 1, then one full pass 2 per thought.
-- `vllm`: one vLLM pooling engine (`token_embed`: per-token last-layer states). Pass 1 = the prefix's states;
-  pass 2 = the states of the prompt with the thought written into its input embeddings (`prompt_embeds`),
-  pooled here with the batch's `pool_weights` (any `model.pooling`). vLLM 0.32's offline API serves only the
-  task an `LLM` was built for (`embed` is refused by a `token_embed` engine and vice versa), and a weighted sum
-  of `token_embed` states is the pooled embedding, so one engine serves both passes: one copy of the weights and
-  one KV cache per GPU instead of two. r itself is computed in
-  torch from the current weights.
+- `vllm`: one vLLM pooling engine (`token_embed`: per-token last-layer states) with prefix caching: pass 1 = the
+  prefix's states; pass 2 = each sample's prompt with the thought in its input embeddings, reading the prefix
+  from pass 1's cached KV blocks and pooled here with the batch's `pool_weights` (any `model.pooling`; see
+  VllmEngine). r itself is computed in torch from the current weights.
 
 Every engine runs on the device of the LM it is given (torch/naive) or on the GPU of its actor (vLLM) and returns
 tensors on `engine.device`, the device of the rollout's attention module.
@@ -44,15 +41,19 @@ class Pass1:
 
 
 class TorchEngine:
+    """Prefix reuse on a frozen HF model: the prefix once (its rows in `length_groups` groups of similar length,
+    so that random batches of items pad little; two_pass.grouped_prefix_pass), then all B x G tails in one call
+    on its keys/values (two_pass.embed_with_thoughts)."""
+
     name = "torch"
 
-    def __init__(self, lm):
-        self.lm = lm
+    def __init__(self, lm, length_groups: int = 4):
+        self.lm, self.length_groups = lm, length_groups
         self.device = next(lm.parameters()).device
 
     @torch.no_grad()
     def pass1(self, batch) -> Pass1:
-        s = two_pass.prompt_states(self.lm, batch)
+        s = two_pass.prompt_states(self.lm, batch, groups=self.length_groups)
         return Pass1(s.hidden, s.attention_mask, s.position_ids, s)
 
     @torch.no_grad()
@@ -109,24 +110,55 @@ def vllm_memory_share(configured: float, gpu_fraction: float) -> float:
 
 
 class VllmEngine:
-    """One vLLM pooling engine (`token_embed`) over the merged model folder serves both passes (see the top)."""
+    """One vLLM pooling engine (`token_embed`: per-token last-layer states) with prefix caching serves both
+    passes over the merged model folder (vLLM 0.32's offline API serves only the task an `LLM` was built for, and
+    a weighted sum of `token_embed` states is the pooled embedding: one copy of the weights and one KV cache).
+
+    Pass 1 sends each prompt's prefix [0, t) and gets all its states back. Pass 2 sends each sample as the whole
+    prompt with its thought written into the input embeddings, and reads the prefix from pass 1's cached KV
+    blocks: vLLM recomputes only what lies past the last full cached block (under `block_size` prefix tokens)
+    plus the thought and EOS, whose two states (the last two returned) complete the pooled embedding with the
+    prefix part from pass 1.
+
+    How the cache is made to match (vLLM 0.32): a block's hash covers its token ids and, for requests with
+    `prompt_embeds`, the embedding rows of the block. Both passes therefore go in vLLM's mixed form (token ids,
+    a per-position "is a token id" flag, and embedding rows): every position is a token id except the thought,
+    and the rows at token-id positions are zeros, which vLLM ignores for the forward and hashes alike in both
+    passes. Pass 1 keeps vLLM's default for `token_embed` (`skip_reading_prefix_cache`, so all its states
+    come back); pass 2 reads the cache. Were a block evicted before pass 2 reads it, vLLM recomputes it and the
+    result is the same: only the last two states are used.
+
+    The zero rows travel with every request (a prompt's length x hidden size floats, in and out of vLLM's engine
+    process); that is the price of the mixed form.
+    """
 
     name = "vllm"
 
     def __init__(self, lm, model_dir: str, max_length: int, dtype: str = "float32", gpu_memory: float = 0.9,
-                 device: torch.device = torch.device("cpu"), kv_cache_gb: int = 1):
+                 device: torch.device = torch.device("cpu"), kv_cache_gb: int = 1, block_size: int = 32):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        from vllm import LLM
+        from vllm import LLM, PoolingParams
         from vllm.config import PoolerConfig
 
-        self.lm, self.device = lm, device  # only the LM's input embedding table is used (to build prompt_embeds)
+        self.lm, self.device = lm, device  # only the LM's input embedding width is read (the thought's rows)
         self.llm = LLM(model=str(_lm_only_folder(model_dir)), runner="pooling", convert="embed", enforce_eager=True,
                        dtype=dtype, max_model_len=max_length, seed=0, gpu_memory_utilization=gpu_memory,
-                       enable_prompt_embeds=True, pooler_config=PoolerConfig(task="token_embed", use_activation=False))
+                       enable_prompt_embeds=True, enable_prefix_caching=True, block_size=block_size,
+                       pooler_config=PoolerConfig(task="token_embed", use_activation=False))
+        self.read_cache = PoolingParams(task="token_embed", skip_reading_prefix_cache=False)
+        self.block_size = block_size  # 32: the smallest the CPU attention backend takes (GPU backends: 16)
+        self.pass2_computed: list[int] = []  # tokens vLLM computed per sample in the last pass 2 (the rest was cached)
 
-    def _states(self, prompts) -> list[torch.Tensor]:
-        outs = self.llm.encode(prompts, pooling_task="token_embed", use_tqdm=False)
+    def _request(self, row: list[int], thought: torch.Tensor | None = None) -> dict:
+        rows = torch.zeros(len(row), self.lm.config.hidden_size)
+        is_token = [True] * len(row)
+        if thought is not None:
+            rows[-2], is_token[-2] = thought, False  # <|Thought|> sits second to last
+        return {"prompt_token_ids": row, "prompt_is_token_ids": is_token, "prompt_embeds": rows}
+
+    def _states(self, requests, params=None) -> list[torch.Tensor]:
+        outs = self.llm.encode(requests, pooling_params=params, pooling_task="token_embed", use_tqdm=False)
         return [torch.as_tensor(o.outputs.data).float() for o in outs]
 
     @torch.no_grad()
@@ -135,30 +167,33 @@ class VllmEngine:
         B, L = ids.shape
         t = L - 2
         # the prefix alone: its states do not depend on the thought/EOS after it (causal LM)
-        states = self._states([{"prompt_token_ids": ids[i, :t][mask[i, :t].bool()].tolist()} for i in range(B)])
+        keep = mask[:, :t].bool()
+        states = self._states([self._request(ids[i, :t][keep[i]].tolist()) for i in range(B)])
         h = torch.zeros(B, t, self.lm.config.hidden_size)
         for i, data in enumerate(states):
-            h[i, mask[i, :t].bool()] = data  # back into the batch layout (shared head, then left padding)
+            h[i, keep[i]] = data  # back into the batch layout (shared head, then left padding)
         return Pass1(h.to(self.device), mask.to(self.device), pos.to(self.device))
 
     @torch.no_grad()
     def embed(self, p1: Pass1, batch, thoughts) -> torch.Tensor:
-        ids, mask, w = batch["input_ids"].cpu(), batch["attention_mask"].cpu(), batch["pool_weights"].cpu()
+        ids, mask, w = batch["input_ids"].cpu(), batch["attention_mask"].cpu(), batch["pool_weights"].float().cpu()
         B, G, d = thoughts.shape
         t = ids.shape[1] - 2
-        emb = self.lm.get_input_embeddings()(ids.to(self.lm.device)).float().cpu()
         thoughts = thoughts.float().cpu()
-        reqs, weights = [], []
-        for i in range(B):
-            keep = mask[i].bool()
-            for g in range(G):
-                e = emb[i].clone()
-                e[t] = thoughts[i, g]
-                reqs.append({"prompt_embeds": e[keep]})
-                weights.append(w[i, keep])
-        # the model's pooling (pool_weights, see two_pass) over the prompt's token states, here (see the top)
-        pooled = torch.stack([(wi[:, None] * s).sum(0) for wi, s in zip(weights, self._states(reqs))])
-        return pooled.view(B, G, d).to(self.device)
+        rows = [ids[i][mask[i].bool()].tolist() for i in range(B)]
+        requests = [self._request(rows[i], thoughts[i, g]) for i in range(B) for g in range(G)]
+        states = self._states(requests, self.read_cache)
+        self.pass2_computed = [len(s) for s in states]
+        # a request identical to an earlier one (the same thought again) can find even the thought's block cached
+        # and bring back only EOS: run those once more without reading the cache
+        again = [k for k, st in enumerate(states) if len(st) < 2]
+        if again:
+            for k, st in zip(again, self._states([requests[k] for k in again])):
+                states[k] = st
+        tails = torch.stack([st[-2:] for st in states]).view(B, G, 2, d)
+        prefix = two_pass.pool(p1.hidden.cpu(), w[:, :t])  # the prefix's part of the pooled embedding, from pass 1
+        out = prefix[:, None] + w[:, None, t, None] * tails[:, :, 0] + w[:, None, t + 1, None] * tails[:, :, 1]
+        return out.to(self.device)
 
     def close(self):
         engine = getattr(self.llm, "llm_engine", None)

@@ -52,6 +52,57 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
     return pessimistic_rank(scores.gather(1, cand), torch.zeros(len(cand), dtype=torch.long, device=cand.device))
 
 
+SCORE_BLOCK = 1 << 22  # scores held at once (16 MB in fp32): the (users x items) matrix is never built whole
+
+
+def ranks_in_blocks(users: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                    history: list[np.ndarray] | None = None, negatives: torch.Tensor | None = None,
+                    block_scores: int = SCORE_BLOCK) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`full_ranks` (and `sampled_ranks` when `negatives` is given) of `targets` from user vectors (B, d) and the
+    item table (N+1, d), scoring one block of items at a time, so memory is B x block instead of B x (N+1).
+
+    Same counts as the reference functions: for each block, the items other than the target and the padding
+    column that score >= the target; excluded history items (each once) are subtracted when they do. Every
+    score, the target's included, comes out of a matrix product of `users` with rows of `table`, as in the
+    reference's `users @ table.T`.
+    """
+    B, N1 = users.shape[0], table.shape[0]
+    block = max(1, min(N1, block_scores // max(B, 1)))
+    t = (users @ table[targets].T).diagonal()  # the target's score, (B,)
+    if torch.isnan(t).any():
+        raise ValueError("NaN scores for the target item; the model diverged (try a lower srs.lr)")
+    rank = torch.zeros(B, dtype=torch.long, device=users.device)
+    rows_ex = cols_ex = None
+    if history is not None:
+        rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(history)]).astype(np.int64)
+        cols = np.concatenate(history).astype(np.int64)
+        pairs = np.unique(rows * N1 + cols)  # each excluded item once; sorted by row
+        rows, cols = pairs // N1, pairs % N1
+        keep = (cols != 0) & (cols != targets.cpu().numpy()[rows])
+        rows_ex, cols_ex = rows[keep], cols[keep]
+    arange = torch.arange(B, device=users.device)
+    for lo in range(0, N1, block):
+        hi = min(lo + block, N1)
+        s = users @ table[lo:hi].T
+        beats = s >= t[:, None]
+        if lo == 0:
+            beats[:, 0] = False  # padding never competes
+        inside = (targets >= lo) & (targets < hi)
+        beats[arange[inside], targets[inside] - lo] = False  # the target does not count against itself
+        rank += beats.sum(1, dtype=torch.int32).long()
+        if rows_ex is not None:
+            sel = (cols_ex >= lo) & (cols_ex < hi)
+            r, c = (torch.from_numpy(x[sel]).to(users.device) for x in (rows_ex, cols_ex))
+            rank -= torch.bincount(r[beats[r, c - lo]], minlength=B)
+    sampled = None
+    if negatives is not None:
+        negatives = negatives.to(users.device)
+        cand, inverse = torch.unique(negatives, return_inverse=True)
+        s = (users @ table[cand].T).gather(1, inverse)  # (B, n)
+        sampled = (s >= t[:, None]).sum(1, dtype=torch.int32).long()
+    return rank, sampled
+
+
 def hit_ndcg(ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user HR@k and NDCG@k (one relevant item: NDCG = 1/log2(rank + 2) when rank < k)."""
     ranks = np.asarray(ranks)

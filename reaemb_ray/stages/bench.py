@@ -1,15 +1,19 @@
 """`reaemb bench`: what the system costs, as ratios measured side by side in one run. Prints JSON.
 
-Sections (each with the throughputs behind its ratio):
-  forward        efficient vs naive two-pass forward: LRCL training step and embedding export
-  rollout        rollout engines, embeddings/s: prefix-reuse torch vs naive two-pass vs vLLM
-  flops          achieved model FLOP/s of the rollout engine vs the machine's matmul peak (same dtype)
+Sections (each with the throughputs behind its ratio and the machine's load while it ran, bench/load.py):
+  forward        efficient vs naive two-pass forward: LRCL training step and embedding export, interleaved
+                 with a matmul peak; the export's useful FLOP/s against it
+  rollout        rollout engines, embeddings/s: prefix-reuse torch vs naive two-pass vs vLLM, interleaved in
+                 one process; the torch engine's useful FLOP/s against the matmul peak
   crrl           end-to-end CRRL samples/s with 1 vs 2 rollout workers; share of wall time in weight sync,
                  learner queue waits and reward scoring
-  memory         peak resident memory (all processes) of each pipeline stage
+  memory         peak resident memory (all processes) of each pipeline stage (--quick only: the full
+                 pipeline on SmolLM2 takes about 90 minutes)
+  growth         prepare, export and full-ranking evaluation on synthetic catalogues (bench/growth.py): time
+                 per item and peak memory per size (10k, 100k, 1M items; 1k and 4k with --quick)
 
 `--quick` uses the tiny random LLM and small sizes (a few minutes; CI runs it); without it, the configured
-backbone (SmolLM2 by default) and larger sizes.
+backbone (SmolLM2 by default), larger sizes and several interleaved rounds per ratio.
 """
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ import logging
 import os
 import platform
 import random
-import time
 from pathlib import Path
 
 from reaemb_ray import layout
@@ -30,8 +33,10 @@ log = logging.getLogger("reaemb.bench")
 
 def _sizes(quick: bool) -> dict:
     if quick:
-        return dict(fwd_items=16, micro=8, engine_items=16, engine_batch=8, group=4, crrl_items=32, crrl_batch=8)
-    return dict(fwd_items=32, micro=8, engine_items=32, engine_batch=8, group=8, crrl_items=64, crrl_batch=8)
+        return dict(fwd_items=16, micro=8, export_items=16, export_batch=8, engine_items=16, engine_batch=16,
+                    group=4, rounds=2, crrl_items=32, crrl_batch=8, growth=[1000, 4000])
+    return dict(fwd_items=32, micro=8, export_items=64, export_batch=32, engine_items=32, engine_batch=32,
+                group=8, rounds=4, crrl_items=64, crrl_batch=8, growth=[10_000, 100_000, 1_000_000])
 
 
 def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
@@ -55,7 +60,10 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
     views = [attribute_views(t, cfg.lrcl.drop_ratio, rng) for t in texts[: sz["fwd_items"]]]
     a = [item_prompt(tok, v[0], cfg.data.noun) for v in views]
     b = [item_prompt(tok, v[1], cfg.data.noun) for v in views]
-    res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"])
+    # export batches as the export stage makes them: items in order of text length
+    export = [item_prompt(tok, t, cfg.data.noun) for t in sorted(texts[: sz["export_items"]], key=len)]
+    res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"], export, sz["export_batch"],
+                             sz["rounds"], cfg.model.dtype, cfg.data.noun)
     res["backbone"] = cfg.model.backbone
     res["threads"] = torch.get_num_threads()
     return res
@@ -76,7 +84,7 @@ def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str], base: 
     ids = sorted(texts)[: sz["engine_items"]]
     return compare_engines(base, {i: texts[i] for i in ids}, ids, engines, sz["group"], cfg.crrl.sigma,
                            cfg.data.noun, cfg.model.max_length, cfg.model.dtype, sz["engine_batch"],
-                           num_cpus=float(cfg.ray.num_cpus or 2))
+                           num_cpus=float(cfg.ray.num_cpus or os.cpu_count() or 2), rounds=sz["rounds"])
 
 
 def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:
@@ -122,15 +130,16 @@ def bench_memory(cfg: Config) -> dict:
     return res
 
 
-SECTIONS = ("matmul_peak", "forward", "rollout", "crrl", "memory")
+SECTIONS = ("forward", "rollout", "crrl", "memory", "growth")
 
 
 def run_bench(cfg: Config, quick: bool, fresh: bool = False, only: list[str] | None = None) -> dict:
     """Run every section (or `only` these); each finished section is saved, so an interrupted bench resumes
-    (both sides of every ratio always come from the same section run)."""
+    (both sides of every ratio always come from the same section run; growth also keeps its finished pieces)."""
     import torch
 
-    from reaemb_ray.bench.compute import matmul_peak
+    from reaemb_ray.bench.growth import growth
+    from reaemb_ray.bench.load import machine_load
     from reaemb_ray.rl.policy import load_item_texts
     from reaemb_ray.runtime import init_ray
     from reaemb_ray.stages.run import run_stage
@@ -156,41 +165,31 @@ def run_bench(cfg: Config, quick: bool, fresh: bool = False, only: list[str] | N
     base = str(prepare_base_for_bench(bcfg))
 
     sections = [
-        ("matmul_peak", lambda: matmul_peak(bcfg.model.dtype, 1024 if quick else 2048)),
         ("forward", lambda: bench_forward(bcfg, list(sample.values()), sz)),
         ("rollout", lambda: bench_rollout(bcfg, sample, sz, ["torch", "naive", "vllm"], base)),
         ("crrl", lambda: bench_crrl(bcfg, sz, base)),
         ("memory", lambda: bench_memory(cfg_with(bcfg, **{"output_dir": str(out_dir / "pipeline")}))),
+        ("growth", lambda: growth(out_dir / "growth", sz["growth"])),
     ]
     for name, fn in sections:
-        if only and name not in only:
+        if only and name not in only or name == "memory" and not quick:
             continue
         if name in result:
             log.info("bench: %s already measured (%s), kept", name, partial)
             continue
         log.info("bench: %s", name)
-        t0 = time.perf_counter()
-        result[name] = fn()
-        result.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t0, 1)
+        with machine_load() as load:
+            result[name] = fn()
+        result[name]["load"] = load
+        result.setdefault("section_seconds", {})[name] = load["wall_s"]
         partial.write_text(json.dumps(result, indent=2, default=float))
-    if flops := _flops(result):
-        result["flops"] = flops
     result["ratios"] = _ratios(result)
-    result["seconds"] = sum(result.get("section_seconds", {}).values())
+    result["seconds"] = round(sum(result.get("section_seconds", {}).values()), 1)
     return result
 
 
-def _flops(result: dict) -> dict:
-    """Achieved model FLOP/s of each rollout engine against the measured matmul peak (both sections needed)."""
-    if "rollout" not in result or "matmul_peak" not in result:
-        return {}
-    peak = result["matmul_peak"]["gflops"]
-    return {e: {"achieved_gflops": r["useful_gflops"], "peak_gflops": peak, "fraction_of_peak": r["useful_gflops"] / peak}
-            for e, r in result["rollout"].items()}
-
-
 def _ratios(result: dict) -> dict:
-    """The headline ratios of whichever sections have been measured."""
+    """The headline ratios of whichever sections have been measured (medians of the per-round ratios)."""
     ratios = {}
     if "forward" in result:
         f = result["forward"]
@@ -198,18 +197,24 @@ def _ratios(result: dict) -> dict:
             "lrcl_train_step_efficient_vs_naive": f["lrcl_train_step"]["speedup"],
             "export_efficient_vs_naive": f["export"]["speedup"],
             "lrcl_train_step_shared_head_on_vs_off": f["lrcl_train_step"]["shared_head_speedup"],
-            "export_shared_head_on_vs_off": f["export"]["shared_head_speedup"]})
+            "export_shared_head_on_vs_off": f["export"]["shared_head_speedup"],
+            "export_fraction_of_matmul_peak": f["export"]["fraction_of_peak"]["median"]})
     if "rollout" in result:
-        ratios.update({f"rollout_{e}_vs_naive": r["vs_naive"] for e, r in result["rollout"].items() if e != "naive"})
-    if flops := _flops(result):
-        ratios["rollout_torch_fraction_of_matmul_peak"] = flops["torch"]["fraction_of_peak"]
+        engines = result["rollout"]["engines"]
+        ratios.update({f"rollout_{e}_vs_naive": r["vs_naive"]["median"] for e, r in engines.items() if e != "naive"})
+        ratios["rollout_torch_fraction_of_matmul_peak"] = engines["torch"]["fraction_of_peak"]["median"]
     if "crrl" in result:
         ratios["crrl_2_vs_1_rollout_workers"] = result["crrl"]["speedup_2_vs_1"]
+    for piece, g in result.get("growth", {}).get("summary", {}).items():
+        ratios[f"growth_{piece}_time_per_item_largest_vs_smallest"] = g["us_per_item_largest_over_smallest"]
+        ratios[f"growth_{piece}_peak_memory_largest_vs_previous"] = g["peak_largest_over_previous"]
     return ratios
 
 
 def main(cfg: Config, quick: bool = False, fresh: bool = False, out: str | None = None,
          sections: str | None = None) -> None:
+    from reaemb_ray.bench.report import markdown, plot_growth
+
     res = run_bench(cfg, quick=quick, fresh=fresh,
                     only=[x.strip() for x in sections.split(",") if x.strip()] if sections else None)
     text = json.dumps(res, indent=2, default=float)
@@ -217,4 +222,7 @@ def main(cfg: Config, quick: bool = False, fresh: bool = False, out: str | None 
     dest = Path(out) if out else Path(cfg.output_dir).expanduser() / "bench.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
-    log.info("bench written to %s", dest)
+    dest.with_suffix(".md").write_text(markdown(res))  # the tables, beside the JSON
+    if "growth" in res:
+        plot_growth(res["growth"], dest.with_name(dest.stem + "_growth.png"))
+    log.info("bench written to %s (tables in %s)", dest, dest.with_suffix(".md"))

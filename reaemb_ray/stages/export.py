@@ -10,11 +10,16 @@ written as they finish; an interrupted export keeps them and embeds only the mis
 `embeddings.parquet` (item_id int64, vector list<float32>, every item once, sorted): the final table, after
 `postprocess` (export.pca_dim > 0: PCA to that many dimensions). What `postprocess` did goes into the
 stage's record with the table's shape.
+
+Memory follows one shard, not the catalogue: only items.parquet's item_id and text columns are read, a result's
+shard is found by bisection in the sorted item ids, and without PCA the final table is assembled shard by shard
+(`_assemble`); PCA needs every vector at once.
 """
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -109,7 +114,7 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
     """Embed every item (skipping finished shards); returns a summary for the stage record."""
     import ray
 
-    from reaemb_ray.data.prepare import load_prepared
+    from reaemb_ray.data.prepare import load_items
     from reaemb_ray.runtime import init_ray
 
     ec, method = cfg.export, method or cfg.export.method
@@ -118,7 +123,7 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
     shard_dir = layout.join(folder, layout.SHARDS)
     if fresh:
         store.delete(folder)
-    items = load_prepared(store.fetch(layout.PREPARED)).items.select(["item_id", "text"]).sort_by("item_id")
+    items = load_items(store.fetch(layout.join(layout.PREPARED, "items.parquet")).parent, ["item_id", "text"])
     n = items.num_rows
     generator = None if method == "raw_llm" else layout.generator(method)
     if generator is not None:
@@ -133,7 +138,7 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
     lengths = pc.utf8_length(items.column("text")).to_numpy()
     todo = todo[np.lexsort((lengths[todo], shard_of[todo]))]
     log.info("export %s: %d items in %d shards, %d already done", method, n, num_shards, len(done))
-    t0 = time.time()
+    t0, startup = time.time(), 0.0
     if len(todo):
         init_ray(cfg.ray)
         ray.data.DataContext.get_current().enable_progress_bars = False  # the tqdm bar below counts items
@@ -141,26 +146,26 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
         ds = ds.map_batches(ItemEmbedder, fn_constructor_args=(cfg, store, generator, ec.cpus_per_actor),
                             batch_size=ec.batch_size, batch_format="numpy", concurrency=ec.num_actors,
                             num_cpus=ec.cpus_per_actor, num_gpus=1 if ec.use_gpu else 0)
-        _collect_shards(ds, items, shard_of, todo, lambda k, ids, vecs: store.write_bytes(
-            layout.join(shard_dir, _shard(k)), table_bytes(ids, vecs)))
+        startup = _collect_shards(ds, items, shard_of, todo, lambda k, ids, vecs: store.write_bytes(
+            layout.join(shard_dir, _shard(k)), table_bytes(ids, vecs))) - t0
     seconds = time.time() - t0
 
-    shards = [pq.read_table(pa.BufferReader(store.read_bytes(layout.join(shard_dir, _shard(k)))))
-              for k in range(num_shards)]
-    table = pa.concat_tables(shards).sort_by("item_id")
-    ids = table.column("item_id").to_numpy()
-    if len(ids) != n or not np.array_equal(ids, items.column("item_id").to_numpy()):
-        raise RuntimeError(f"export {method}: shards hold {len(ids)} rows for {n} items; delete "
-                           f"{store.uri(shard_dir)} and rerun")
-    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-    if not np.isfinite(vectors).all():
-        raise RuntimeError(f"export {method}: non-finite values in the embeddings")
-    final, post = postprocess(vectors, cfg)
-    store.write_bytes(layout.embeddings_table(method), table_bytes(ids, final))
-    log.info("export %s: wrote %s (%d x %d)", method, store.uri(layout.embeddings_table(method)), n, final.shape[1])
-    return {"method": method, "items": n, "dim": int(final.shape[1]), "raw_dim": int(vectors.shape[1]),
+    shards = ((_shard(k), pq.read_table(pa.BufferReader(store.read_bytes(layout.join(shard_dir, _shard(k))))))
+              for k in range(num_shards))  # read one at a time
+    with store.writing(folder) as local:  # a local store writes in place; a remote one uploads the table at the end
+        dest = local / layout.EMBEDDINGS_TABLE
+        raw_dim = _assemble(shards, items.column("item_id").to_numpy(), dest, f"export {method}", store.uri(shard_dir))
+        dim, post = raw_dim, {}
+        if ec.pca_dim:  # PCA needs every vector at once
+            table = pq.read_table(dest)
+            final, post = postprocess(vectors_of(table), cfg)
+            _write_atomic(dest, table_bytes(table.column("item_id").to_numpy(), final))
+            dim = int(final.shape[1])
+    log.info("export %s: wrote %s (%d x %d)", method, store.uri(layout.embeddings_table(method)), n, dim)
+    return {"method": method, "items": n, "dim": dim, "raw_dim": raw_dim,
             "postprocess": post, "shards": num_shards, "shards_skipped": len(done), "seconds": round(seconds, 1),
             "items_per_s": round(len(todo) / seconds, 2) if len(todo) and seconds > 0 else None,
+            "startup_seconds": round(startup, 1),
             "backbone": cfg.model.backbone, "efficient_forward": ec.efficient_forward, "dtype": export_dtype(cfg)}
 
 
@@ -178,19 +183,57 @@ def _check_generator(store: Store, generator: str, method: str, cfg) -> None:
                          f"is {cfg.model.backbone!r}; set model.backbone={meta['backbone']}")
 
 
-def _collect_shards(ds, items: pa.Table, shard_of: np.ndarray, todo: np.ndarray, write_shard) -> None:
-    """Stream results, write each shard (`write_shard(k, item_ids, vectors)`) once all its items have arrived."""
+def vectors_of(table: pa.Table) -> np.ndarray:
+    """The `vector` column as one (rows, dim) float32 array (no per-row Python objects)."""
+    col = table.column("vector").combine_chunks()
+    return col.flatten().to_numpy().reshape(len(col), -1).astype(np.float32, copy=False)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _assemble(shards, item_ids: np.ndarray, dest: Path, what: str, shard_dir: str) -> int:
+    """Write the shards (`(name, table)` pairs in item order, each sorted) into the local file `dest` one at a
+    time, checking that together they hold every item once and only finite values; memory holds one shard.
+    `dest` appears only complete. Returns the vector size."""
+    tmp, at, dim = dest.with_name(f".{dest.name}.tmp"), 0, 0
+    try:
+        schema = pa.schema([("item_id", pa.int64()), ("vector", pa.list_(pa.float32()))])
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for name, table in shards:
+                ids = table.column("item_id").to_numpy()
+                if not np.array_equal(ids, item_ids[at:at + len(ids)]):
+                    raise RuntimeError(f"{what}: {name} does not hold the items it should; delete {shard_dir} and rerun")
+                vectors = vectors_of(table)
+                if not np.isfinite(vectors).all():
+                    raise RuntimeError(f"{what}: non-finite values in the embeddings ({name})")
+                writer.write_table(table.cast(schema))
+                at, dim = at + len(ids), vectors.shape[1]
+        if at != len(item_ids):
+            raise RuntimeError(f"{what}: shards hold {at} rows for {len(item_ids)} items; delete {shard_dir} and rerun")
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dim
+
+
+def _collect_shards(ds, items: pa.Table, shard_of: np.ndarray, todo: np.ndarray, write_shard) -> float:
+    """Stream results, write each shard (`write_shard(k, item_ids, vectors)`) once all its items have arrived;
+    returns when (time.time()) the first batch came back: what came before is start-up (actors, model loading)."""
     from tqdm import tqdm
 
-    pos_of = {int(i): p for p, i in enumerate(items.column("item_id").to_numpy())}
-    expected: dict[int, int] = {}
-    for p in todo:
-        expected[int(shard_of[p])] = expected.get(int(shard_of[p]), 0) + 1
+    item_ids = items.column("item_id").to_numpy()  # sorted: an item's position is found by bisection
+    expected = {int(k): int(c) for k, c in zip(*np.unique(shard_of[todo], return_counts=True))}
     pending: dict[int, list] = {k: [] for k in expected}
+    first = None
     with tqdm(total=len(todo), desc="export", unit="item") as bar:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-            for item_id, vec in zip(batch["item_id"], batch["vector"]):
-                k = int(shard_of[pos_of[int(item_id)]])
+            first = first or time.time()
+            shards = shard_of[np.searchsorted(item_ids, batch["item_id"])]
+            for item_id, vec, k in zip(batch["item_id"], batch["vector"], shards.tolist()):
                 pending[k].append((int(item_id), vec))
                 if len(pending[k]) == expected[k]:
                     rows = sorted(pending.pop(k), key=lambda r: r[0])
@@ -198,6 +241,7 @@ def _collect_shards(ds, items: pa.Table, shard_of: np.ndarray, todo: np.ndarray,
             bar.update(len(batch["item_id"]))
     if pending:
         raise RuntimeError(f"export: shards {sorted(pending)} did not receive all their items")
+    return first
 
 
 def stages(cfg) -> list[Stage]:

@@ -19,34 +19,54 @@ def base(tmp_path_factory):
 
 
 def _outputs(base, engine_name):
+    """Reference (naive) and `engine_name` outputs on the same batch and noise; also with `last` pooling (the EOS
+    state alone: the batch's pool weights swapped) and the first batch once more."""
     path, texts = base
     ro = Rollout(path, texts, "naive", 4, 0.5, True, "beauty", 128)
     batch = ro.tokenize([1, 2, 5, 6])
+    last = dict(batch, pool_weights=torch.zeros_like(batch["pool_weights"]))
+    last["pool_weights"][:, -1] = 1.0
     ref_p1 = ro.engine.pass1(batch)
     mu = ref_p1.latent_thought(ro.attn)
     thoughts = mu[:, None] + 0.5 * torch.randn(4, 3, mu.shape[1], generator=torch.Generator().manual_seed(0))
-    ref = ro.engine.embed(ref_p1, batch, thoughts)
     eng = make_engine(engine_name, ro.lm, path, 128)
     try:
         p1 = eng.pass1(batch)
-        return ref_p1, ref, p1, eng.embed(p1, batch, p1.latent_thought(ro.attn)[:, None] + (thoughts - mu[:, None])), ro
+        mine = p1.latent_thought(ro.attn)[:, None] + (thoughts - mu[:, None])
+        r = {"ref_p1": ref_p1, "ref": ro.engine.embed(ref_p1, batch, thoughts), "p1": p1,
+             "out": eng.embed(p1, batch, mine), "computed": getattr(eng, "pass2_computed", None),
+             "block": getattr(eng, "block_size", None)}
+        # the same prompts again with `last` pooling, both passes on that batch (as a rollout calls them): vLLM
+        # finds more of them cached, the states are the same
+        r.update(ref_last=ro.engine.embed(ro.engine.pass1(last), last, thoughts),
+                 out_last=eng.embed(eng.pass1(last), last, mine), again=eng.embed(p1, batch, mine))
+        return r
     finally:
         if hasattr(eng, "close"):
             eng.close()  # vLLM engine processes: stop them now, not in an atexit hook after pytest closed its logs
 
 
+def _agree(r, tol):
+    m = r["ref_p1"].attention_mask[:, :-2].bool()  # real prefix positions (padding states are never read)
+    torch.testing.assert_close(r["p1"].hidden[m], r["ref_p1"].hidden[m], atol=tol, rtol=tol)
+    torch.testing.assert_close(r["out"], r["ref"], atol=tol, rtol=tol)
+    torch.testing.assert_close(r["out_last"], r["ref_last"], atol=tol, rtol=tol)
+    torch.testing.assert_close(r["again"], r["out"], atol=1e-5, rtol=1e-5)
+    assert (r["out_last"] - r["out"]).abs().max() > 1e-3  # the pooling really changed
+
+
 def test_torch_prefix_reuse_matches_naive(base):
-    ref_p1, ref, p1, out, ro = _outputs(base, "torch")
-    torch.testing.assert_close(p1.hidden, ref_p1.hidden, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    _agree(_outputs(base, "torch"), 1e-4)
 
 
 @pytest.mark.vllm
 def test_vllm_engine_matches_naive(base):
-    ref_p1, ref, p1, out, ro = _outputs(base, "vllm")
-    m = ref_p1.attention_mask[:, :-2].bool()
-    torch.testing.assert_close(p1.hidden[m], ref_p1.hidden[m], atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
+    r = _outputs(base, "vllm")
+    _agree(r, 1e-3)
+    # pass 2 read pass 1's cached blocks: vLLM computed under one block of prefix plus the two tail tokens
+    lengths = r["ref_p1"].attention_mask.sum(1).repeat_interleave(3).tolist()
+    assert min(lengths) > r["block"] + 2  # every prompt has a full block to reuse
+    assert all(2 <= c < r["block"] + 2 and c < n for c, n in zip(r["computed"], lengths)), (r["computed"], lengths)
 
 
 def test_vllm_memory_share_fits_the_actors_on_its_gpu():

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reaemb_ray.config import ConfigError, load_config
-from reaemb_ray.data.prepare import cooccurrence, load_prepared, prepare
+from reaemb_ray.data.prepare import cooccurrence, cooccurrence_blocks, load_prepared, prepare
 from reaemb_ray.stages.base import cfg_with, check
 from reaemb_ray.stages.run import catalogue, run_stage
 from reaemb_ray.storage import store_for
@@ -48,6 +48,19 @@ def test_cooccurrence_matches_reference_on_random_sequences(window):
     users = np.repeat(np.arange(1, 41), [len(s) for s in seqs])
     got = as_counter(*cooccurrence(np.concatenate(seqs), users, 11, window))
     assert got == ref_cooc(seqs, window)
+
+
+def test_cooccurrence_blocks_cover_disjoint_item_ranges_in_order():
+    rng = np.random.default_rng(1)
+    seqs = [list(rng.integers(1, 30, size=rng.integers(1, 12))) for _ in range(60)]
+    users = np.repeat(np.arange(1, 61), [len(s) for s in seqs])
+    blocks = list(cooccurrence_blocks(np.concatenate(seqs), users, 29, max_pairs=40))
+    assert len(blocks) > 5  # the small budget really splits the work
+    assert as_counter(*(np.concatenate(p) for p in zip(*blocks))) == ref_cooc(seqs)
+    last = 0
+    for a, b, n in blocks:
+        assert a.min() > last and list(zip(a, b)) == sorted(zip(a, b))  # later blocks hold later items only
+        last = a.max()
 
 
 def _cfg(folder, out, reader="movielens", **extra):

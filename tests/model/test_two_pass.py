@@ -141,6 +141,26 @@ def test_embed_with_thoughts_matches_full_passes(tiny_cfg, tiny_cache, make_prom
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("groups", [2, 3])
+def test_prompt_states_in_length_groups_match_one_padded_pass(tiny_cfg, tiny_cache, make_prompt, prompts, groups):
+    torch.manual_seed(0)
+    module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    b = _batch(make_prompt, tok, prompts + [p + "; color is red" for p in prompts])  # 6 rows, 3+ lengths
+    with torch.no_grad():
+        one = prompt_states(module.lm, b)
+        grouped = prompt_states(module.lm, b, groups=groups)
+        thoughts = one.latent_thought(module.attn)[:, None] + 0.3 * torch.randn(6, 2, module.hidden_size)
+        fast = embed_with_thoughts(module.lm, grouped, thoughts)
+        slow = naive_embed_with_thoughts(module.lm, b, thoughts)
+    m = one.prefix_mask.bool()
+    torch.testing.assert_close(grouped.hidden[m], one.hidden[m], atol=1e-5, rtol=1e-5)
+    for (k1, v1), (k2, v2) in zip(one.prefix_kv, grouped.prefix_kv):
+        torch.testing.assert_close(k2.transpose(1, 2)[m], k1.transpose(1, 2)[m], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v2.transpose(1, 2)[m], v1.transpose(1, 2)[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grouped.latent_thought(module.attn), one.latent_thought(module.attn), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
 def tiny_cfg_hidden(module):
     return module.hidden_size
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from reaemb_ray.srs.metrics import (full_ranks, hit_ndcg, ndcg_by_popularity, pessimistic_rank,
+from reaemb_ray.srs.metrics import (full_ranks, hit_ndcg, ndcg_by_popularity, pessimistic_rank, ranks_in_blocks,
                                     sample_negatives_per_user, sampled_ranks, summarize, user_groups)
 
 
@@ -81,6 +81,29 @@ def test_full_ranks_match_the_plain_definition_on_random_ties():
                 for i in range(b)]  # repeated items, sometimes the target itself
         assert torch.equal(full_ranks(scores, targets, hist), reference_full_ranks(scores, targets, hist))
         assert torch.equal(full_ranks(scores, targets), reference_full_ranks(scores, targets, None))
+
+
+@pytest.mark.parametrize("integer_valued", [True, False])
+def test_ranks_in_blocks_match_the_whole_score_matrix(integer_valued):
+    """Blocked scoring gives the reference ranks exactly: with many exact ties (integer vectors) and on random
+    floats, whatever the block size."""
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        b, n, d = int(rng.integers(1, 20)), int(rng.integers(2, 300)), int(rng.integers(1, 24))
+        make = (lambda *s: rng.integers(-2, 3, s)) if integer_valued else (lambda *s: rng.standard_normal(s))
+        users = torch.from_numpy(make(b, d).astype(np.float32))
+        table = torch.from_numpy(make(n + 1, d).astype(np.float32))
+        targets = torch.from_numpy(rng.integers(1, n + 1, b))
+        hist = [np.append(rng.integers(1, n + 1, int(rng.integers(0, 8))), [targets[i].item()] * int(rng.integers(0, 2)))
+                for i in range(b)]
+        negatives = torch.from_numpy(np.stack([rng.choice(np.setdiff1d(np.arange(1, n + 1), [targets[i].item()]),
+                                                          min(5, n - 1), replace=False) for i in range(b)]))
+        scores = users @ table.T
+        for block in (1, 7 * b, (n + 1) * b):
+            full, sampled = ranks_in_blocks(users, table, targets, hist, negatives, block_scores=block)
+            assert torch.equal(full, full_ranks(scores, targets, hist)), (trial, block)
+            assert torch.equal(sampled, sampled_ranks(scores, targets, negatives)), (trial, block)
+            assert torch.equal(ranks_in_blocks(users, table, targets, block_scores=block)[0], full_ranks(scores, targets))
 
 
 def test_versus_id_marks_gains_beyond_both_standard_deviations():

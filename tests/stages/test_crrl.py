@@ -148,7 +148,7 @@ def test_srs_and_mix_rewards_end_to_end(local_ray, tmp_path, compact_backbone):
 
 @pytest.mark.vllm
 def test_crrl_with_vllm_engine_in_the_controller(local_ray, tmp_path, compact_backbone, monkeypatch):
-    """crrl.engine=vllm: 2 rollout workers (each holds two vLLM pooling engines), 2 reward workers, learner."""
+    """crrl.engine=vllm: 2 rollout workers (each holds one vLLM pooling engine), 2 reward workers, learner."""
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     cfg = _compact_cfg(tmp_path, compact_backbone, "crrl.engine=vllm", "crrl.num_rollout_workers=2",
                        "crrl.num_reward_workers=2", "crrl.max_steps=3", "crrl.group_size=4", "crrl.eval_items=8",

@@ -45,6 +45,7 @@ def test_export_lrcl_all_items_and_restart(tmp_path, local_ray):
     # the final table is the PCA of the raw vectors the shards hold; the record says so
     assert len(table.column("vector")[0]) == 8 and summary["dim"] == 8 and summary["raw_dim"] == 128
     assert summary["postprocess"]["pca_dim"] == 8 and 0 < summary["postprocess"]["explained_variance"] <= 1
+    assert 0 < summary["startup_seconds"] <= summary["seconds"]
     raw = _raw_vectors(dest / "shards")
     assert raw.shape == (1682, 128)
 
@@ -66,6 +67,29 @@ def test_export_lrcl_all_items_and_restart(tmp_path, local_ray):
     assert pq.read_table(dest / "embeddings.parquet").column("item_id").to_pylist() == ids
     # batch composition (and so padding) may differ on the redo: equal up to float rounding
     torch.testing.assert_close(_raw_vectors(dest / "shards"), raw, atol=1e-4, rtol=1e-4)
+
+
+def test_raw_export_to_a_uri_store_assembles_the_shards(tmp_path, local_ray):
+    """Without PCA the final table is the shards written one by one (here into a file:// store, uploaded whole)."""
+    import numpy as np
+
+    from reaemb_ray.stages.export import vectors_of
+    from reaemb_ray.stages.prepare import run_prepare
+
+    root = tmp_path / "bucket"
+    cfg = load_config(None, [f"output_dir=file://{root}", "data.reader=movielens", f"data.path={ML100K}",
+                             f"data.cache_dir={tmp_path / 'c'}", "model.backbone=tiny", "model.max_length=128",
+                             "export.method=raw_llm", "export.batch_size=256", "export.shard_size=500",
+                             "ray.num_cpus=2"])
+    run_prepare(cfg)
+    summary = run_export(cfg)
+    dest = root / "embeddings" / "raw_llm"
+    table = pq.read_table(dest / "embeddings.parquet")
+    assert table.column("item_id").to_pylist() == list(range(1, 1683))
+    assert summary["shards"] == 4 and summary["dim"] == summary["raw_dim"] == 128 and summary["postprocess"] == {}
+    assert 0 < summary["startup_seconds"] <= summary["seconds"]
+    np.testing.assert_array_equal(vectors_of(table), _raw_vectors(dest / "shards").numpy())
+    assert sorted(p.name for p in dest.iterdir()) == ["embeddings.parquet", "shards"]  # nothing half-written left
 
 
 def test_export_without_trained_generator_names_the_stage(tmp_path):
@@ -104,3 +128,29 @@ def test_items_stream_in_small_blocks():
     blocks = item_blocks(table, 16)
     assert [b.num_rows for b in blocks] == [32, 32, 32, 5]
     assert pa.concat_tables(blocks).equals(table)
+
+
+def test_final_table_is_assembled_shard_by_shard_and_checked(tmp_path):
+    import numpy as np
+
+    from reaemb_ray.stages.export import _assemble, table_bytes, vectors_of
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((10, 4)).astype(np.float32)
+    shards = {}
+    for k, (lo, hi) in enumerate([(0, 4), (4, 8), (8, 10)]):
+        shards[f"s{k}"] = pq.read_table(pa.BufferReader(table_bytes(np.arange(lo + 1, hi + 1), vecs[lo:hi])))
+    ids = np.arange(1, 11)
+    assert _assemble(shards.items(), ids, tmp_path / "all.parquet", "export", "shards/") == 4
+    table = pq.read_table(tmp_path / "all.parquet")
+    assert table.column("item_id").to_pylist() == list(range(1, 11))
+    assert np.array_equal(vectors_of(table), vecs)
+    with pytest.raises(RuntimeError, match="shards hold 8 rows for 10 items; delete shards/"):
+        _assemble(list(shards.items())[:2], ids, tmp_path / "short.parquet", "export", "shards/")
+    with pytest.raises(RuntimeError, match="s2 does not hold the items it should"):
+        _assemble([(k, shards[k]) for k in ("s0", "s2", "s1")], ids, tmp_path / "order.parquet", "export", "shards/")
+    vecs[9, 1] = np.nan
+    shards["s2"] = pq.read_table(pa.BufferReader(table_bytes(np.arange(9, 11), vecs[8:10])))
+    with pytest.raises(RuntimeError, match=r"non-finite values in the embeddings \(s2\)"):
+        _assemble(shards.items(), ids, tmp_path / "nan.parquet", "export", "shards/")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.parquet"]  # a failed assembly leaves nothing
