@@ -641,19 +641,20 @@ def test_a_crash_while_writing_leaves_the_previous_prepared_folder_whole(base, c
     cfg, out = base
     prepared = _prepared(capsys, base)
     before = {p.name: p.read_bytes() for p in prepared.iterdir() if not p.name.startswith("_")}
-    real = prep.cooccurrence
+    real = prep.cooccurrence_blocks
 
-    def crash(*a, **k):
+    def crash(*a, **k):  # the co-occurrence blocks are the last and largest file prepare writes
         raise OSError(28, "No space left on device")
+        yield
 
-    monkeypatch.setattr(prep, "cooccurrence", crash)
+    monkeypatch.setattr(prep, "cooccurrence_blocks", crash)
     rc, _, err = reaemb(capsys, "prepare", "--config", cfg, "data.cooc_window=2")
     one_line_error(rc, err, "No space left on device", fix=False)  # not the input's fault: no fix to name
     # the old complete set; its stage record is gone (a failed stage leaves none)
     assert {p.name: p.read_bytes() for p in prepared.iterdir() if not p.name.startswith("_")} == before
     assert not (prepared / "_record.json").exists()
     assert not (out / ".prepared.partial").exists()
-    monkeypatch.setattr(prep, "cooccurrence", real)
+    monkeypatch.setattr(prep, "cooccurrence_blocks", real)
     rc, stdout, err = reaemb(capsys, "prepare", "--config", cfg, "data.cooc_window=2")
     assert rc == 0 and "up to date" not in stdout
     assert json.loads((prepared / "summary.json").read_text())["cooccurrence"]["window"] == 2
