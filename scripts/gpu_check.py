@@ -20,6 +20,7 @@ Checks (CPU counterparts run everywhere, so a CPU machine exercises the same cod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -481,7 +482,8 @@ def main() -> int:
         run_one(a.check, a.result)
         return 0
     t0 = time.perf_counter()
-    report = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "checks": {}}
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout on import
+        report = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "checks": {}}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("REAEMB_GPU_CHECK_CACHE", str(Path(tmp) / "cache"))
         for name in a.only or CHECKS:
