@@ -9,13 +9,13 @@ import time
 
 import ray
 
-from actors.weight_sync import WeightGroup, host_store
+from actors.weight_sync import WeightGroupHost
 from reaemb_ray import metrics
 from reaemb_ray.rl.learner import Learner
 
 
 @ray.remote
-class LearnerActor:
+class LearnerActor(WeightGroupHost):  # collective weight sync: rank 0 (weight_sync.WeightGroupHost)
     def __init__(self, store, base_rel: str, crrl, total_steps: int, dtype: str = "float32"):
         self.core = Learner(str(store.fetch(base_rel)), crrl, total_steps, dtype)
 
@@ -33,25 +33,6 @@ class LearnerActor:
 
     def weights(self) -> dict:
         return self.core.state_dict()
-
-    # crrl.weight_sync=collective: this actor is rank 0 of the broadcast group and hosts its store
-    def open_weight_group(self, world: int, generation: int, timeout_s: float) -> tuple[str, int]:
-        if getattr(self, "group", None) is not None:
-            self.group.close()  # the previous generation (a member died)
-            self.group = None
-        self.store, host, port = host_store(world, timeout_s)
-        self.group_args = (world, generation, timeout_s)
-        return host, port
-
-    def join_weight_group(self, use_gpu: bool = False) -> None:
-        world, generation, timeout_s = self.group_args
-        self.group = WeightGroup(0, world, generation, timeout_s, store=self.store, use_gpu=use_gpu)
-
-    def broadcast_weights(self) -> float:
-        t0 = time.perf_counter()
-        state = self.core.state_dict()
-        self.group.broadcast(state, state)
-        return time.perf_counter() - t0
 
     def version(self) -> int:
         return self.core.version

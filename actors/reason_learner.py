@@ -9,13 +9,13 @@ import time
 
 import ray
 
-from actors.weight_sync import WeightGroup, host_store
+from actors.weight_sync import WeightGroupHost
 from reaemb_ray import metrics
 from reaemb_ray.reasoning.learner import GRPOLearner
 
 
 @ray.remote
-class ReasonLearnerActor:
+class ReasonLearnerActor(WeightGroupHost):  # reason.weight_sync=collective: rank 0
     def __init__(self, backbone: str, rcfg, total_steps: int, cache_dir: str = "~/.cache/reaemb_ray"):
         from reaemb_ray.model.backbone import resolve_backbone_name
 
@@ -48,19 +48,3 @@ class ReasonLearnerActor:
 
     def load(self, store, rel: str) -> dict:
         return self.core.load(str(store.fetch(rel)))
-
-    # reason.weight_sync=collective: rank 0 of the broadcast group, hosting its store
-    def open_weight_group(self, world: int, generation: int, timeout_s: float) -> tuple[str, int]:
-        self.store, host, port = host_store(world, timeout_s)
-        self.group_args = (world, generation, timeout_s)
-        return host, port
-
-    def join_weight_group(self, use_gpu: bool = False) -> None:
-        world, generation, timeout_s = self.group_args
-        self.group = WeightGroup(0, world, generation, timeout_s, store=self.store, use_gpu=use_gpu)
-
-    def broadcast_weights(self) -> float:
-        t0 = time.perf_counter()
-        state = self.core.state_dict()
-        self.group.broadcast(state, state)
-        return time.perf_counter() - t0

@@ -145,3 +145,28 @@ class WeightGroup:
         self.pg.broadcast(flat, 0).wait()
         parts = torch.split(flat.cpu(), sizes)
         return {k: p.view(tuple(like[k].shape)).numpy() for k, p in zip(keys, parts)}
+
+
+class WeightGroupHost:
+    """Learner-actor side of `collective` weight sync: rank 0 of the broadcast group hosts its store and pushes
+    `self.core.state_dict()`. Mixed into the CRRL and the reasoning learner actors."""
+
+    group: WeightGroup | None = None
+
+    def open_weight_group(self, world: int, generation: int, timeout_s: float) -> tuple[str, int]:
+        if self.group is not None:
+            self.group.close()  # the previous generation (a member died)
+            self.group = None
+        self.store, host, port = host_store(world, timeout_s)
+        self.group_args = (world, generation, timeout_s)
+        return host, port
+
+    def join_weight_group(self, use_gpu: bool = False) -> None:
+        world, generation, timeout_s = self.group_args
+        self.group = WeightGroup(0, world, generation, timeout_s, store=self.store, use_gpu=use_gpu)
+
+    def broadcast_weights(self) -> float:
+        t0 = time.perf_counter()
+        state = self.core.state_dict()
+        self.group.broadcast(state, state)
+        return time.perf_counter() - t0

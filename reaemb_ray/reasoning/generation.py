@@ -143,12 +143,9 @@ class VllmGenerator:
                 for o in outs]
 
     def close(self) -> None:
-        engine = getattr(self.llm, "llm_engine", None)
-        if engine is not None and hasattr(engine, "engine_core"):
-            try:
-                engine.engine_core.shutdown()
-            except Exception:  # best effort: the process exits anyway
-                pass
+        from reaemb_ray.rl.engines import shutdown_vllm
+
+        shutdown_vllm(self.llm)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

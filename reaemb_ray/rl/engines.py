@@ -196,12 +196,7 @@ class VllmEngine:
         return out.to(self.device)
 
     def close(self):
-        engine = getattr(self.llm, "llm_engine", None)
-        if engine is not None and hasattr(engine, "engine_core"):
-            try:
-                engine.engine_core.shutdown()
-            except Exception:  # best effort: the process exits anyway
-                pass
+        shutdown_vllm(self.llm)
 
 
 def _vllm(lm, model_dir, max_length, dtype, gpu_memory, device) -> VllmEngine:
@@ -225,3 +220,13 @@ def make_engine(name: str, lm, model_dir: str | None = None, max_length: int = 1
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; use one of {sorted(ENGINES)} (crrl.engine)")
     return ENGINES[name](lm, model_dir, max_length, dtype, gpu_memory, device)
+
+
+def shutdown_vllm(llm) -> None:
+    """Stop a vLLM `LLM`'s engine core (its worker process), best effort: the process exits anyway."""
+    engine = getattr(llm, "llm_engine", None)
+    if engine is not None and hasattr(engine, "engine_core"):
+        try:
+            engine.engine_core.shutdown()
+        except Exception:
+            pass
