@@ -450,6 +450,8 @@ class RayConfig:
     num_cpus: int = setting(0, ge=0, note="for the embedded Ray; 0 = all cores")
     include_dashboard: bool = False
     namespace: str = setting("reaemb", nonempty=True)
+    wait_for_nodes_s: float = setting(900.0, gt=0, note="on an autoscaling cluster, how long a stage waits for the "
+                                      "nodes its actors need before it fails")
 
     def validate(self) -> None:
         if self.address == "local" or self.address and self.address != "auto" and not re.fullmatch(

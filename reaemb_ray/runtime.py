@@ -8,6 +8,9 @@ import os
 import socket
 from pathlib import Path
 
+from reaemb_ray import fit
+from reaemb_ray.fit import Requests
+
 log = logging.getLogger(__name__)
 
 
@@ -104,27 +107,113 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def check_fits(requests: dict[str, dict[str, float]], embedded_only: bool = True) -> None:
-    """Fail fast, naming the actors, when the actors a stage is about to start cannot all be placed.
+def check_fits(requests: Requests, wait_s: float = 900.0, probe_s: float = 20.0) -> None:
+    """Fail fast, naming the actors, when the actors a stage is about to start cannot all be placed; on a cluster
+    whose autoscaler can add what is missing, wait for it (a visible message every 30 s, at most `wait_s`).
 
-    `requests` maps an actor group ("3 rollout workers") to its total {"CPU": x, "GPU": y}. On an
-    autoscaling cluster, missing resources are added by the autoscaler, so only an embedded local Ray (or
-    `embedded_only=False`) is checked; there, a request that does not fit would otherwise hang forever.
+    `requests` maps an actor group ("3 rollout workers") to (count, per-actor {"CPU": x, "GPU": y}); the rule is
+    `reaemb_ray.fit.decide`. Where the cluster does not publish its largest size, the autoscaler is asked for the
+    actors' bundles (`request_resources`) and given `probe_s` to start launching nodes for them.
     """
     import ray
 
-    if embedded_only and (os.environ.get("RAY_ADDRESS") or _CONNECTED[0]):
-        return
-    have = ray.cluster_resources()
-    for res in ("CPU", "GPU"):
-        need = sum(r.get(res, 0.0) for r in requests.values())
-        if need > have.get(res, 0.0) + 1e-9:
-            parts = ", ".join(f"{k}: {v.get(res, 0.0):g}" for k, v in requests.items() if v.get(res, 0.0))
-            raise ValueError(
-                f"the actors need {need:g} {res} in all ({parts}) but this Ray has {have.get(res, 0.0):g}; lower "
-                f"the *_resources.num_{res.lower()}s or the worker counts in the config (fractions such as 0.5 are "
-                "fine), or run on a cluster with more nodes"
-            )
+    embedded = not (_CONNECTED[0] or os.environ.get("RAY_ADDRESS"))
+    verdict = fit.decide(requests, ray.cluster_resources(), embedded=embedded, capacity=_cluster_capacity())
+    if verdict.action == fit.PROBE:
+        verdict = fit.decide(requests, ray.cluster_resources(), embedded=False,
+                             launched=_autoscaler_launches(fit.bundles(requests), probe_s))
+    if verdict.action == fit.FAIL:
+        _clear_resource_request()
+        raise ValueError(verdict.message)
+    if verdict.action == fit.WAIT:
+        from ray.autoscaler.sdk import request_resources
+
+        try:
+            request_resources(bundles=fit.bundles(requests))  # the demand the autoscaler scales for (no actor yet)
+            _wait_until_fits(requests, verdict.message, wait_s)
+        finally:
+            _clear_resource_request()
+
+
+def _cluster_capacity() -> dict[str, float] | None:
+    """The most of each resource the cluster's autoscaler can reach, where the cluster publishes it (Ray's
+    autoscaler v2 / KubeRay report their node types to the GCS); None otherwise."""
+    try:
+        from ray._private.state import state
+
+        cap = state.get_max_resources_from_cluster_config()
+    except Exception:  # an older or newer Ray without this call: treat as unknown, the probe decides
+        return None
+    return {k: float(v) for k, v in cap.items()} if cap else None
+
+
+def _autoscaler_launches(bundles: list[dict[str, float]], probe_s: float) -> bool:
+    """Ask the autoscaler for `bundles` and report whether it starts launching nodes within `probe_s` (a fixed
+    cluster's read-only autoscaler never does)."""
+    import time
+
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+    deadline = time.monotonic() + probe_s
+    while time.monotonic() < deadline:
+        if _pending_launches():
+            return True
+        time.sleep(1.0)
+    return False
+
+
+def _pending_launches() -> bool:
+    """Whether the autoscaler is launching nodes now: its status in the GCS (autoscaler v1, what `ray up` and the
+    shipped cluster files run) or, under autoscaler v2, its cluster status."""
+    import json
+
+    import ray
+
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2():
+            from ray.autoscaler.v2.sdk import get_cluster_status
+
+            st = get_cluster_status(ray.get_runtime_context().gcs_address)
+            return bool(st.pending_launches or st.pending_nodes)
+    except ImportError:
+        pass
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}
+    return bool(report.get("pending_launches") or report.get("pending_nodes"))
+
+
+def _wait_until_fits(requests: Requests, message: str, wait_s: float) -> None:
+    import time
+
+    import ray
+
+    log.warning("%s; waiting up to %.0f s (ray.wait_for_nodes_s)", message, wait_s)
+    t0 = last = time.monotonic()
+    while fit.decide(requests, ray.cluster_resources(), embedded=True).action != fit.OK:
+        now = time.monotonic()
+        if now - t0 > wait_s:
+            raise ValueError(f"{message}, and the cluster did not grow enough in {wait_s:.0f} s; check the "
+                             "autoscaler (`ray status`, its node types and max_workers), raise ray.wait_for_nodes_s, "
+                             "or ask for less")
+        if now - last >= 30:
+            log.warning("still %s (%.0f s)", message, now - t0)
+            last = now
+        time.sleep(2.0)
+    log.info("the cluster now fits the actors (after %.0f s)", time.monotonic() - t0)
+
+
+def _clear_resource_request() -> None:
+    """Withdraw what _autoscaler_launches asked for: a standing request would keep idle nodes alive."""
+    if _CONNECTED[0] or os.environ.get("RAY_ADDRESS"):
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
 
 
 _CONNECTED = [False]  # set when init_ray joined an existing cluster

@@ -25,6 +25,7 @@ from reaemb_ray import layout, metrics
 from reaemb_ray.records import changed_fields
 from reaemb_ray.rl.engines import vllm_memory_share
 from reaemb_ray.rl.schedule import Scheduler, plan_batches
+from reaemb_ray.fit import group
 from reaemb_ray.runtime import check_fits
 from reaemb_ray.stages.base import Stage, cfg_with
 from reaemb_ray.storage import Store, is_uri, store_for
@@ -135,10 +136,10 @@ class Actors:
 
         self.cfg, self.store, self.base_rel, c = cfg, store, base_rel, cfg.crrl
         self.texts_ref, self.cands_ref = ray.put(inputs.texts), ray.put(inputs.cands)
-        need = lambda r, n: {"CPU": r.num_cpus * n, "GPU": r.num_gpus * n}  # noqa: E731
-        check_fits({"the learner": need(c.learner_resources, 1),
-                    f"{c.num_rollout_workers} rollout workers": need(c.rollout_resources, c.num_rollout_workers),
-                    f"{c.num_reward_workers} reward workers": need(c.reward_resources, c.num_reward_workers)})
+        check_fits({"the learner": group(1, c.learner_resources),
+                    f"{c.num_rollout_workers} rollout workers": group(c.num_rollout_workers, c.rollout_resources),
+                    f"{c.num_reward_workers} reward workers": group(c.num_reward_workers, c.reward_resources)},
+                   cfg.ray.wait_for_nodes_s)
         res = c.learner_resources
         self.learner = LearnerActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
             store, base_rel, c, total, cfg.model.dtype)

@@ -141,6 +141,8 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
     t0, startup = time.time(), 0.0
     if len(todo):
         init_ray(cfg.ray)
+        check_fits({f"{ec.num_actors} export actors": (ec.num_actors, {
+            "CPU": ec.cpus_per_actor, "GPU": 1.0 if ec.use_gpu else 0.0})}, cfg.ray.wait_for_nodes_s)
         ray.data.DataContext.get_current().enable_progress_bars = False  # the tqdm bar below counts items
         ds = ray.data.from_arrow(item_blocks(items.take(pa.array(todo)), ec.batch_size))
         ds = ds.map_batches(ItemEmbedder, fn_constructor_args=(cfg, store, generator, ec.cpus_per_actor),

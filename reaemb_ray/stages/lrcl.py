@@ -353,7 +353,7 @@ def run_lrcl(cfg, stage: str | None = None, fresh: bool = False) -> dict:
     from ray.train.torch import TorchTrainer
 
     from reaemb_ray.data.prepare import load_prepared
-    from reaemb_ray.runtime import init_ray
+    from reaemb_ray.runtime import check_fits, init_ray
 
     stage = stage or stage_name(cfg)
     store = store_for(cfg)
@@ -364,6 +364,9 @@ def run_lrcl(cfg, stage: str | None = None, fresh: bool = False) -> dict:
     if cfg.lrcl.max_items:
         texts = texts[: cfg.lrcl.max_items]
     init_ray(cfg.ray)
+    # Ray Train's controller itself asks for no CPU; its workers wait for a placement group that may never come
+    check_fits({f"{cfg.lrcl.num_workers} Ray Train workers": (cfg.lrcl.num_workers, {
+        "CPU": cfg.lrcl.cpus_per_worker, "GPU": 1.0 if cfg.lrcl.use_gpu else 0.0})}, cfg.ray.wait_for_nodes_s)
 
     train_rel = layout.join(folder, layout.TRAIN_STORAGE, layout.TRAIN_RUN)
     resume = latest_checkpoint(store, train_rel)

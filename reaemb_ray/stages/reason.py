@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from reaemb_ray import layout, metrics
 from reaemb_ray.records import changed_fields
+from reaemb_ray.fit import group
 from reaemb_ray.runtime import check_fits
 from reaemb_ray.stages.base import Stage
 from reaemb_ray.storage import Store, store_for
@@ -83,10 +84,10 @@ class ReasonController:
         self.tok = load_tokenizer(self.model_path)
         self.folds = item_folds(self.data.num_items, r.folds, r.seed)
         self.prompt_limit = r.max_model_len - max(r.max_new_tokens, r.final_max_new_tokens)
-        need = lambda res, n: {"CPU": res.num_cpus * n, "GPU": res.num_gpus * n}  # noqa: E731
-        check_fits({"the reasoning learner": need(r.learner_resources, 1),
-                    f"{r.num_rollout_workers} rollout workers": need(r.rollout_resources, r.num_rollout_workers),
-                    f"{r.num_reward_workers} reward workers": need(r.reward_resources, r.num_reward_workers)})
+        check_fits({"the reasoning learner": group(1, r.learner_resources),
+                    f"{r.num_rollout_workers} rollout workers": group(r.num_rollout_workers, r.rollout_resources),
+                    f"{r.num_reward_workers} reward workers": group(r.num_reward_workers, r.reward_resources)},
+                   cfg.ray.wait_for_nodes_s)
         from actors.reason_learner import ReasonLearnerActor
         from actors.reason_reward import ReasonRewardWorker
         from actors.reason_rollout import ReasonRolloutWorker
@@ -445,7 +446,7 @@ class ReasonController:
             log.info("reason embedder: up to date, reusing %s", store.uri(dest))
             return store.read_json(done)
         e = r.embedder
-        check_fits({"the reasoning embedder": {"CPU": e.num_cpus, "GPU": e.num_gpus}})
+        check_fits({"the reasoning embedder": group(1, e)}, self.cfg.ray.wait_for_nodes_s)
         t0 = time.perf_counter()
         res = ray.get(train_and_embed.options(num_cpus=e.num_cpus, num_gpus=e.num_gpus).remote(
             texts, table, e, r.seed))
