@@ -115,7 +115,7 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
     import ray
 
     from reaemb_ray.data.prepare import load_items
-    from reaemb_ray.runtime import init_ray
+    from reaemb_ray.runtime import check_fits, init_ray
 
     ec, method = cfg.export, method or cfg.export.method
     store = store_for(cfg)
