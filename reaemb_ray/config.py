@@ -374,6 +374,9 @@ class EmbedderConfig:
     lr: float = setting(5e-4, gt=0)
     num_cpus: float = setting(1.0, ge=0)
     num_gpus: float = setting(0.0, ge=0)
+    # false: embed the item text alone (same encoder, alignment and seed): the control row that shows what the
+    # reasoning adds; changing only reason.embedder.* keeps the trained fold policies and their reasoning
+    reasoning: bool = True
 
 
 @dataclass

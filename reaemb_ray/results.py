@@ -18,11 +18,11 @@ import numpy as np
 
 from reaemb_ray import layout
 
-ROW_ORDER = ["id", "raw_llm", "llmemb", "lrcl", "crrl", "crrl-paper-cooccurrence", "crrl-gaussian-srs",
+ROW_ORDER = ["id", "raw_llm", "llmemb", "lrcl", "crrl", "reason", "crrl-paper-cooccurrence", "crrl-gaussian-srs",
              "crrl-paper-srs", "crrl-gaussian-mix", "crrl-paper-mix"]
 ROW_LABEL = {
-    "id": "ID-only SRS", "raw_llm": "raw LLM (mean-pooled)", "llmemb": "LLMEmb-style contrastive",
-    "lrcl": "LRCL", "crrl": "LRCL+CRRL (gaussian, cooccurrence)",
+    "id": "ID-only SRS", "raw_llm": "raw LLM (pooled, no training)", "llmemb": "LLMEmb-style contrastive",
+    "lrcl": "LRCL", "crrl": "LRCL+CRRL", "reason": "RecCoT (explicit reasoning, MiniLM)",
     "crrl-paper-cooccurrence": "LRCL+CRRL (paper, cooccurrence)", "crrl-gaussian-srs": "LRCL+CRRL (gaussian, srs)",
     "crrl-paper-srs": "LRCL+CRRL (paper, srs)", "crrl-gaussian-mix": "LRCL+CRRL (gaussian, mix)",
     "crrl-paper-mix": "LRCL+CRRL (paper, mix)",

@@ -22,7 +22,7 @@ def test_table_has_mean_and_std_over_seeds():
     lines = text.splitlines()
     assert lines[0] == "| method | seeds | sasrec full overall | sasrec full tail | sasrec full popular |"
     assert lines[2].startswith("| ID-only SRS | 2 | 0.1100±0.0100 |")
-    assert lines[3].startswith("| LRCL+CRRL (gaussian, cooccurrence) | 2 | 0.2100±0.0100 |")
+    assert lines[3].startswith("| LRCL+CRRL | 2 | 0.2100±0.0100 |")
     assert "short" not in text  # the table is about items: overall, tail, popular
 
 

@@ -39,7 +39,7 @@ from reaemb_ray.storage import Store, store_for
 
 log = logging.getLogger(__name__)
 KINDS = ("format", "accuracy", "analysis")
-DONE, LATEST = "done.json", "latest.json"
+DONE, LATEST, FOLD_INPUTS = "done.json", "latest.json", "inputs.json"
 
 
 def _fold(k: int, *parts: str) -> str:
@@ -54,6 +54,17 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 def _read_parquet(store: Store, rel: str) -> pa.Table:
     return pq.read_table(pa.BufferReader(store.read_bytes(rel)))
+
+
+def fold_inputs(cfg, store: Store, k: int) -> dict:
+    """What fold k's policy and its reasoning depend on: the prepared data (its record) and every reason.* setting
+    but the embedder's. The stage keeps fold folders when it starts over (`keep`), so changing only
+    reason.embedder.* re-embeds without training the policies again; anything else trains them again."""
+    settings = {key: v for key, v in changed_fields(cfg.reason).items() if key != "embedder"}
+    record = layout.record("prepare")
+    return {"fold": k, "prepared": store.read_json(record)["run_id"] if store.exists(record) else None,
+            "reason": json.loads(json.dumps(settings, default=str)),
+            "data": {"noun": cfg.data.noun, "tail_threshold": cfg.data.tail_threshold}}
 
 
 def adapter_hash(state: dict) -> str:
@@ -204,11 +215,16 @@ class ReasonController:
         from reaemb_ray.reasoning.tasks import training_examples
 
         ray, r, store = self._ray, self.cfg.reason, self.store
-        done = _fold(k, DONE)
+        done, inputs = _fold(k, DONE), fold_inputs(self.cfg, store, k)
+        known = store.read_json(_fold(k, FOLD_INPUTS)) if store.exists(_fold(k, FOLD_INPUTS)) else None
+        if known != inputs and store.listdir(_fold(k)):  # other inputs, or a fold that does not say
+            log.info("reason fold %d: trained on other inputs; training it again", k)
+            store.delete(_fold(k))
         if store.exists(done):
             rec = store.read_json(done)
             log.info("reason fold %d: trained already (%d steps), reusing it", k, rec["steps"])
             return dict(rec, state=load_file(str(store.fetch(_fold(k, "adapter", "adapter_model.safetensors")))))
+        store.write_json(_fold(k, FOLD_INPUTS), inputs)
         examples = training_examples(self.data, self.folds == k, r.history_items, r.no_history_share, r.seed + k)
         ctx = self.reward_context(examples)
         total = min(r.steps_per_fold, len(examples) // r.prompts_per_batch)
@@ -435,7 +451,9 @@ class ReasonController:
         missing = [i for i in range(1, self.data.num_items + 1) if i not in by_item]
         if missing:
             raise ValueError(f"reasoning missing for {len(missing)} items (e.g. {missing[:5]}); rerun `reaemb reason`")
-        texts = [embed_input(self.data.texts[i], by_item[i]["think"] if by_item[i]["valid"] else by_item[i]["text"])
+        # reason.embedder.reasoning=false: item text alone, the control that shows what the reasoning adds
+        texts = [embed_input(self.data.texts[i], (by_item[i]["think"] if by_item[i]["valid"] else by_item[i]["text"])
+                             if r.embedder.reasoning else "")
                  for i in range(1, self.data.num_items + 1)]
         table = load_item_table(store.fetch(layout.SRS_PRETRAIN))[1:self.data.num_items + 1]
         digest = hashlib.sha256(json.dumps([texts, r.embedder.__dict__ | {"lora": r.embedder.lora.__dict__}],
@@ -525,4 +543,5 @@ def stages(cfg) -> list[Stage]:
     """`reason`: reads the prepared data and the pretrained ID-SASRec (its embedder's alignment target)."""
     data = {k: v for k, v in changed_fields(cfg.data).items() if k in ("noun", "tail_threshold")}
     reads = {"reason": changed_fields(cfg.reason), "data": data}
-    return [Stage(layout.REASON, ("prepare", "srs_pretrain"), reads, _work, cfg, command="reason")]
+    folds = tuple(f"fold{k}" for k in range(cfg.reason.folds))  # keyed by their own inputs (fold_inputs)
+    return [Stage(layout.REASON, ("prepare", "srs_pretrain"), reads, _work, cfg, keep=folds, command="reason")]

@@ -15,7 +15,8 @@ from reaemb_ray.config import load_config
 from reaemb_ray.reasoning.prompts import parse_response
 from reaemb_ray.reasoning.synthetic import ensure_json_tiny, write_rated_prepared
 from reaemb_ray.runtime import free_port
-from reaemb_ray.stages.reason import run_reason
+from reaemb_ray.stages.reason import fold_inputs, run_reason, stages
+from reaemb_ray.storage import store_for
 from reaemb_ray.stages.srs_pretrain import run_srs_pretrain
 
 METRICS_PORT = free_port()
@@ -100,6 +101,20 @@ def test_reason_end_to_end_resume_and_metrics(local_ray, tmp_path, json_tiny):
     # a rerun finds everything done: no step, no generation
     again = run_reason(cfg)
     assert again["timings"]["generated_tokens"] == 0 and again["timings"]["final_tokens"] == 0
+    # the text-only control (reason.embedder.reasoning=false): the fold policies and their reasoning are kept (no
+    # generation), the embedder runs again on item text alone and makes another table
+    control = _cfg(tmp_path, json_tiny, "reason.embedder.reasoning=false")
+    ctrl = run_reason(control)
+    assert ctrl["timings"]["generated_tokens"] == 0 and ctrl["timings"]["final_tokens"] == 0
+    ctrl_vecs = np.asarray(pq.read_table(tmp_path / "embeddings" / "reason" / "embeddings.parquet")
+                           .column("vector").to_pylist())
+    assert ctrl_vecs.shape == vecs.shape and not np.allclose(ctrl_vecs, vecs, atol=1e-3)
+    # what the fold policies are keyed by: embedder settings are not in it, every other reason.* setting is; the
+    # stage keeps the fold folders when it starts over, and a fold of other inputs is trained again
+    store = store_for(cfg)
+    assert fold_inputs(control, store, 0) == fold_inputs(cfg, store, 0) != fold_inputs(
+        _cfg(tmp_path, json_tiny, "reason.lr=0.002"), store, 0)
+    assert stages(control)[0].keep == ("fold0", "fold1")
     body = ""
     for _ in range(30):
         body = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
