@@ -35,8 +35,10 @@ def _sizes(quick: bool) -> dict:
     if quick:
         return dict(fwd_items=16, micro=8, export_items=16, export_batch=8, engine_items=16, engine_batch=16,
                     group=4, rounds=2, crrl_items=32, crrl_batch=8, growth=[1000, 4000])
-    return dict(fwd_items=32, micro=8, export_items=64, export_batch=32, engine_items=32, engine_batch=32,
-                group=8, rounds=4, crrl_items=64, crrl_batch=8, growth=[10_000, 100_000, 1_000_000])
+    # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in about 20 minutes: one warm-up call and
+    # three timed rounds per side; see docs/BENCHMARK.md for what a second run reproduced
+    return dict(fwd_items=16, micro=8, export_items=32, export_batch=32, engine_items=16, engine_batch=16,
+                group=8, rounds=3, crrl_items=32, crrl_batch=8, growth=[10_000, 100_000, 1_000_000])
 
 
 def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
