@@ -6,6 +6,7 @@ prints the table in docs/ARCHITECTURE.md; the suite runs those that fit in a few
 import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_kill_tree_kills_what_outlives_the_killed_process(tmp_path):
     for _ in range(50):
         if len(faults.descendants(proc.pid, "sleep")) == 2:
             break
-        psutil.wait_procs([], timeout=0.1)
+        time.sleep(0.1)
     kids = faults.descendants(proc.pid, "sleep")
     assert len(kids) == 2
     assert faults.kill_tree(proc.pid, grace_s=0.5) == ["sleep 300", "sleep 300"]
@@ -97,3 +98,20 @@ def test_export_actor_killed(local_ray, tmp_path):
     row = scenarios.export_actor(tmp_path / "faulty", 0, want)
     _nothing_lost(row)  # every item exactly once in the final table
     assert row["max_abs_diff"] < 1e-4, row  # re-embedded batches pad differently: equal up to float rounding
+
+
+def test_reaper_kills_what_outlives_a_killed_driver():
+    """reaemb_ray/reaper.py (started beside an embedded Ray): once the driver dies, its noted processes go too."""
+    driver = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"])
+    for _ in range(50):
+        if len(faults.descendants(driver.pid, "sleep")) == 2:
+            break
+        time.sleep(0.1)
+    kids = faults.descendants(driver.pid, "sleep")
+    reaper = subprocess.Popen([sys.executable, "-c", f"from reaemb_ray.reaper import watch; "
+                               f"print(watch({driver.pid}, marker='sleep', interval_s=0.2))"], stdout=subprocess.PIPE)
+    time.sleep(2.0)  # it starts and notes the processes
+    driver.kill()
+    driver.wait()
+    assert reaper.communicate(timeout=30)[0].decode().strip() == "2"
+    assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids)
