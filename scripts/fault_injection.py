@@ -327,7 +327,8 @@ def main(argv=None) -> int:
 
     from reaemb_ray.runtime import init_ray
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description="kill each process of reaemb_ray.faults.FAULTS at a seeded point; "
+                                "compare with an uninterrupted run; print the table")
     p.add_argument("--seed", type=int, default=0, help="draws every kill point")
     p.add_argument("--only", default="", help="comma-separated faults (default: all): " + ", ".join(SCENARIOS))
     p.add_argument("--work", default=None, help="folder for the runs (default: a temporary one, removed)")
