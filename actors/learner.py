@@ -4,6 +4,7 @@ It fetches the policy folder from the output store into its node's cache, and wr
 store (through a node-local temporary folder), so it needs no disk shared with the driver."""
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
@@ -44,3 +45,6 @@ class LearnerActor(WeightGroupHost):  # collective weight sync: rank 0 (weight_s
 
     def load(self, store, rel: str) -> dict:
         return self.core.load(str(store.fetch(rel)))
+
+    def pid(self) -> int:
+        return os.getpid()

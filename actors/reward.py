@@ -1,6 +1,7 @@
 """RewardWorker: holds the reward candidates (co-occurrence and/or SRS) and scores rollout batches."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -36,3 +37,6 @@ class RewardWorker:
             _, w = self.cands[source].lookup(item_ids)
             parts[source] = score_and_reward(emb, c_emb, w, center=center, **self.scoring)
         return combine(parts, self.reward, self.weights)
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -48,7 +48,18 @@ def init_ray(ray_cfg) -> None:
         kwargs["num_cpus"] = ray_cfg.num_cpus
     with _loopback_only():
         ray.init(**kwargs)
+    _start_reaper(env_vars["PYTHONPATH"])
     log.info("started an embedded local Ray (%s CPUs) on 127.0.0.1", ray.cluster_resources().get("CPU"))
+
+
+def _start_reaper(pythonpath: str) -> None:
+    """A watcher process that stops this embedded Ray if the driver is killed (reaemb_ray/reaper.py)."""
+    import subprocess
+    import sys
+
+    subprocess.Popen([sys.executable, "-m", "reaemb_ray.reaper", str(os.getpid())], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     env=dict(os.environ, PYTHONPATH=pythonpath))
 
 
 @contextlib.contextmanager

@@ -405,18 +405,20 @@ class Controller:
         bar.update(1)
 
     def checkpoint(self) -> None:
-        """Learner state into `checkpoints/step_N/`, then `latest.json` naming it, then the older one goes."""
+        """Learner state into `checkpoints/step_N/` and the metrics rows so far, then `latest.json` naming the
+        checkpoint, then the older one goes. The rows go first: a run killed right after `latest.json` resumes
+        from step N and must find the rows of every step up to N (rows past N are dropped on resume)."""
         import ray
 
         root = layout.join(self.folder, layout.CRRL_CHECKPOINTS)
         rel = layout.join(root, f"step_{self.step:06d}")
         ray.get(self.actors.learner.save.remote(self.store, rel, {"step": self.step, "data_position": self.step}))
+        self._write_metrics()
         self.store.write_json(layout.join(root, LATEST), {"checkpoint": rel, "step": self.step,
                                                           "version": self.version, "total": self.total})
         for name in self.store.listdir(root):
             if name.startswith("step_") and layout.join(root, name) != rel:
                 self.store.delete(layout.join(root, name))
-        self._write_metrics()
 
     def _write_metrics(self) -> None:
         """`metrics.jsonl`: one row per learner step (the step-0 evaluation stays in the returned rows)."""
