@@ -478,12 +478,19 @@ class RayConfig:
     namespace: str = setting("reaemb", nonempty=True)
     wait_for_nodes_s: float = setting(900.0, gt=0, note="on an autoscaling cluster, how long a stage waits for the "
                                       "nodes its actors need before it fails")
+    # A custom Ray resource that stands in for GPUs: every GPU request (lrcl.use_gpu, export.use_gpu, the
+    # *_resources.num_gpus) asks for it instead, and the work computes on the CPU. For rehearsing a GPU cluster's
+    # scheduling and autoscaling on CPU machines whose "GPU" nodes advertise it (tests/cluster/test_autoscaler.py).
+    gpu_stand_in: str = ""
 
     def validate(self) -> None:
         if self.address == "local" or self.address and self.address != "auto" and not re.fullmatch(
                 r"(ray://)?[\w.\-]+(:\d+)?", self.address):
             raise ConfigError(f"ray.address={self.address!r} is not a Ray address; use '' (an embedded local Ray), "
                               "'auto', 'host:6379' or 'ray://host:10001'")
+        if self.gpu_stand_in in ("CPU", "GPU", "memory", "object_store_memory") or ":" in self.gpu_stand_in:
+            raise ConfigError(f"ray.gpu_stand_in={self.gpu_stand_in!r} is one of Ray's own resources; name a custom "
+                              "resource (e.g. gpu_slot) or leave it ''")
 
 
 @dataclass

@@ -44,6 +44,9 @@ def init_ray(ray_cfg) -> None:
         runtime_env["worker_process_setup_hook"] = "reaemb_ray.runtime.quiet_state_api_pollers"
     kwargs = dict(address="local", namespace=ray_cfg.namespace, include_dashboard=ray_cfg.include_dashboard,
                   dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+    if ray_cfg.gpu_stand_in:
+        raise ValueError(f"ray.gpu_stand_in={ray_cfg.gpu_stand_in!r} stands in for the GPUs of a cluster's nodes; "
+                         "an embedded local Ray has none: set ray.address to the cluster or ray.gpu_stand_in=''")
     if ray_cfg.num_cpus:
         kwargs["num_cpus"] = ray_cfg.num_cpus
     with _loopback_only():
@@ -81,6 +84,15 @@ def quiet_state_api_pollers() -> None:
     Train's PlacementGroupCleaner would warn every few seconds that it cannot query it. Its only job (removing
     the placement group of a controller that died) matters on long-lived clusters, which run a dashboard."""
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def gpu_options(num_gpus: float, ray_cfg) -> dict:
+    """Ray options (actor, task or Ray Data) for `num_gpus` GPUs: `num_gpus`, or with ray.gpu_stand_in set, that
+    custom resource in their place (the scheduler and autoscaler treat it as the request; Ray assigns no GPU, so
+    the device rule computes on the CPU)."""
+    if not num_gpus or not ray_cfg.gpu_stand_in:
+        return {"num_gpus": num_gpus}
+    return {"num_gpus": 0, "resources": {ray_cfg.gpu_stand_in: num_gpus}}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

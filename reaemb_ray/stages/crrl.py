@@ -26,7 +26,7 @@ from reaemb_ray.records import changed_fields
 from reaemb_ray.rl.engines import vllm_memory_share
 from reaemb_ray.rl.schedule import Scheduler, plan_batches
 from reaemb_ray.fit import group
-from reaemb_ray.runtime import check_fits
+from reaemb_ray.runtime import check_fits, gpu_options
 from reaemb_ray.stages.base import Stage, cfg_with
 from reaemb_ray.storage import Store, is_uri, store_for
 
@@ -141,7 +141,7 @@ class Actors:
                     f"{c.num_reward_workers} reward workers": group(c.num_reward_workers, c.reward_resources)},
                    cfg.ray.wait_for_nodes_s)
         res = c.learner_resources
-        self.learner = LearnerActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
+        self.learner = LearnerActor.options(num_cpus=res.num_cpus, **gpu_options(res.num_gpus, cfg.ray)).remote(
             store, base_rel, c, total, cfg.model.dtype)
         self.rollout = [self._new_rollout(i) for i in range(c.num_rollout_workers)]
         self.reward = [self._new_reward(i) for i in range(c.num_reward_workers)]
@@ -153,7 +153,7 @@ class Actors:
         from actors.rollout import RolloutWorker
 
         c, r = self.cfg.crrl, self.cfg.crrl.rollout_resources
-        return RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+        return RolloutWorker.options(num_cpus=r.num_cpus, **gpu_options(r.num_gpus, self.cfg.ray)).remote(
             i, self.store, self.base_rel, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor,
             self.cfg.data.noun, self.cfg.model.max_length, self.cfg.model.dtype,
             vllm_gpu_memory=vllm_memory_share(c.vllm_gpu_memory_utilization, r.num_gpus),
@@ -163,7 +163,7 @@ class Actors:
         from actors.reward import RewardWorker
 
         c, r = self.cfg.crrl, self.cfg.crrl.reward_resources
-        return RewardWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+        return RewardWorker.options(num_cpus=r.num_cpus, **gpu_options(r.num_gpus, self.cfg.ray)).remote(
             i, self.cands_ref, c.reward, c.reward_weights, c.scoring, c.reward_form, c.reward_tau)
 
     def replace(self, role: str, i: int, regroup: bool = True) -> None:
@@ -188,7 +188,7 @@ class Actors:
         c = self.cfg.crrl
         self.generation += 1
         world = len(self.rollout) + 1
-        gpu = c.learner_resources.num_gpus > 0 and c.rollout_resources.num_gpus > 0
+        gpu = c.learner_resources.num_gpus > 0 and c.rollout_resources.num_gpus > 0 and not self.cfg.ray.gpu_stand_in
         host, port = ray.get(self.learner.open_weight_group.remote(world, self.generation, c.sync_timeout_s))
         ray.get([self.learner.join_weight_group.remote(gpu)] +
                 [w.join_weight_group.remote(host, port, i + 1, world, self.generation, c.sync_timeout_s, gpu)
