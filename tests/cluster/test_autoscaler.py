@@ -96,6 +96,18 @@ def test_the_kuberay_groups_are_the_same_node_types():
         load_yaml(ROOT / "cluster" / "kuberay" / "raycluster.yaml")["spec"]["autoscalerOptions"]["idleTimeoutSeconds"]
 
 
+def test_the_provider_config_matches_rays_schema():
+    import jsonschema
+    import ray
+
+    cfg = provider_config("127.0.0.1:6379")
+    jsonschema.validate(cfg, json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text()))
+    assert cfg["available_node_types"]["gpu_worker"]["resources"] == {"CPU": 2, STAND_IN: 1,
+                                                                       "object_store_memory": 150 * 2**20}
+    assert cfg["available_node_types"]["cpu_worker"]["resources"] == {"CPU": 2, "object_store_memory": 150 * 2**20}
+    assert cfg["available_node_types"][HEAD_TYPE] == {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}
+
+
 def test_the_paper_config_asks_gpus_of_the_gpu_stages():
     # the mapping below is only meaningful if the paper config puts these on GPUs and the rewards on CPUs
     o = dict(x.split("=") for x in gpu_overrides())
