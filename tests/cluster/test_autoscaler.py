@@ -48,8 +48,8 @@ CPU_SCALE = 0.25  # an 8-CPU node type becomes a 2-CPU node here (this machine h
 IDLE_TIMEOUT_S = 20.0  # cluster/aws.yaml: 10 minutes, KubeRay: 600 s
 HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this type
 TAG = "REAEMB_AUTOSCALER_TEST"
-# The CI run's stages that use the cluster, once each: LRCL, CRRL, one export (the full CI plan adds two more
-# exports and evaluates four tables in the driver: 436 s instead of about half, the same node types)
+# The CI run's stages that use the cluster, once each: LRCL, CRRL, one export. The full CI plan adds two exports
+# on the same node types and evaluates four tables in the driver (one such run: 436 s, 275 s of it evaluating).
 STAGES = ["eval.methods=[crrl]"]
 
 
