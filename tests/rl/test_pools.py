@@ -2,7 +2,7 @@
 import pytest
 
 from reaemb_ray.config import ConfigError, load_config
-from reaemb_ray.rl.pools import Observation, Pool, PoolRule, decide, plan, workers_that_fit
+from reaemb_ray.rl.pools import Elastic, Observation, Pool, PoolRule, PoolView, decide, plan, workers_that_fit
 
 RULE = PoolRule(min_workers=1, max_workers=3, scale_up_after=3, scale_down_idle_s=30.0)
 BUSY = dict(queue_depth=2, idle_workers=0, longest_idle_s=0.0)  # work waits, nobody free
@@ -84,6 +84,41 @@ def test_plan_shares_the_free_resources_between_pools():
     assert {k: d.size for k, d in plan(pools, None).items()} == {"rollout": 2, "reward": 2}
 
 
+def test_a_pool_with_a_worker_starting_does_not_grow_again():
+    # the backlog goes on while the new worker starts: no second worker until it is up and the backlog persists
+    starting = Observation(size=2, queue_depth=3, idle_workers=0, longest_idle_s=0.0, starting=1)
+    d = decide(RULE, starting, streak=5)
+    assert (d.size, d.streak) == (2, 0)
+    assert decide(RULE, Observation(2, **BUSY), streak=2).size == 3
+
+
+def test_elastic_tracks_idle_time_per_worker_and_grows_then_shrinks():
+    el = Elastic({"reward": PoolRule(1, 2, 2, 5.0)}, {"reward": {"CPU": 0.5}})
+    backed_up = PoolView(workers=[0], busy={0}, waiting=2)
+    assert el.observe(0.0, {"reward": backed_up}, {"CPU": 1.0}) == {"reward": 1}
+    assert el.observe(1.0, {"reward": backed_up}, {"CPU": 1.0}) == {"reward": 2}  # 2 backed-up observations
+    # the controller asked for worker 1: while it starts, no more growth
+    assert el.observe(2.0, {"reward": PoolView([0], {0}, 2, starting=1)}, {"CPU": 0.5}) == {"reward": 2}
+    # both up; worker 1 idle from t=3, worker 0 busy: nothing queued, but not idle long enough yet
+    assert el.observe(3.0, {"reward": PoolView([0, 1], {0}, 0)}, {"CPU": 0.5}) == {"reward": 2}
+    assert el.observe(7.9, {"reward": PoolView([0, 1], {0}, 0)}, {"CPU": 0.5}) == {"reward": 2}
+    assert el.longest_idle("reward") == 1
+    assert el.observe(8.0, {"reward": PoolView([0, 1], {0}, 0)}, {"CPU": 0.5}) == {"reward": 1}  # idle 5 s
+    el.forget("reward", 1)
+    # a worker busy again restarts its idle clock
+    assert el.observe(9.0, {"reward": PoolView([0], set(), 0)}, None) == {"reward": 1}
+    assert el.longest_idle("reward") == 0 and el.idle_since["reward"] == {0: 9.0}
+    el.observe(10.0, {"reward": PoolView([0], {0}, 0)}, None)
+    assert el.longest_idle("reward") is None
+
+
+def test_elastic_on_an_embedded_ray_grows_only_into_free_resources():
+    el = Elastic({"reward": PoolRule(1, 3, 1, 5.0)}, {"reward": {"CPU": 1.0}})
+    busy = PoolView(workers=[0], busy={0}, waiting=4)
+    assert el.observe(0.0, {"reward": busy}, {"CPU": 0.5}) == {"reward": 1}  # no CPU left for another
+    assert el.observe(1.0, {"reward": busy}, None) == {"reward": 2}  # an autoscaler: ask, a node will come
+
+
 @pytest.mark.parametrize("rule, obs, streak, fits", [
     (PoolRule(0, 3, 3, 30.0), Observation(1, **CALM), 0, None),
     (PoolRule(3, 2, 3, 30.0), Observation(1, **CALM), 0, None),
@@ -91,6 +126,7 @@ def test_plan_shares_the_free_resources_between_pools():
     (PoolRule(1, 3, 3, 0.0), Observation(1, **CALM), 0, None),
     (RULE, Observation(1, queue_depth=-1, idle_workers=0, longest_idle_s=0.0), 0, None),
     (RULE, Observation(1, queue_depth=0, idle_workers=2, longest_idle_s=0.0), 0, None),
+    (RULE, Observation(2, queue_depth=0, idle_workers=1, longest_idle_s=0.0, starting=2), 0, None),
     (RULE, Observation(1, **CALM), -1, None),
     (RULE, Observation(1, **CALM), 0, -1),
 ])
