@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from reaemb_ray import fit
@@ -129,7 +130,7 @@ def check_fits(requests: Requests, wait_s: float = 900.0, probe_s: float = 20.0)
     """
     import ray
 
-    embedded = not (_CONNECTED[0] or os.environ.get("RAY_ADDRESS"))
+    embedded = not joined_cluster()
     verdict = fit.decide(requests, ray.cluster_resources(), embedded=embedded, capacity=_cluster_capacity())
     if verdict.action == fit.PROBE:
         verdict = fit.decide(requests, ray.cluster_resources(), embedded=False,
@@ -228,4 +229,25 @@ def _clear_resource_request() -> None:
         request_resources(bundles=[])
 
 
+def stop_actors(actors: list, timeout_s: float = 60.0) -> None:
+    """Kill `actors` and wait until Ray reports each dead, so their resources are free when the next stage asks:
+    on an autoscaling cluster a request made while they are still going would start a node for nothing."""
+    import ray
+
+    for a in actors:
+        ray.kill(a, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    for ref in [a.__ray_ready__.remote() for a in actors]:  # fails once the actor is dead
+        try:
+            ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+
+
 _CONNECTED = [False]  # set when init_ray joined an existing cluster
+
+
+def joined_cluster() -> bool:
+    """Whether this process joined a Ray cluster (RAY_ADDRESS, ray.address) rather than starting an embedded one:
+    there an autoscaler may add nodes for what does not fit."""
+    return bool(os.environ.get("RAY_ADDRESS") or _CONNECTED[0])

@@ -9,8 +9,8 @@ A batch is in exactly one place at a time: a rollout worker, a reward worker, th
 `queue_size` bounds how many are anywhere before the learner. A dead worker's batch is issued again with the
 same batch index (hence the same noise seed), so a death changes neither the data nor the number of steps.
 
-The pools are elastic (reaemb_ray/rl/pools.py decides their sizes): workers have ids that are never reused;
-`add_worker` adds one that is up, `retire` takes one out of the pool, and `released` says when it holds no
+The pools are elastic (reaemb_ray/rl/pools.py decides their sizes): workers have ids that are never reused
+(`reserve_id`); `add_worker` adds one that is up, `retire` takes one out of the pool, and `released` says when it holds no
 batch any more and may be stopped. A batch waits for a free reward worker in `to_score` rather than in a busy
 worker's mailbox, so a new reward worker takes the next batch and an idle one is visibly idle.
 """
@@ -139,12 +139,14 @@ class Scheduler:
                    self.version + self.max_staleness + 1 - self.next_batch)
         return max(0, room) if not self.free("rollout") else 0
 
-    def add_worker(self, pool: str) -> int:
-        """A new worker (up and at the current weights) joins `pool`; returns its id (ids are never reused)."""
-        worker = self._next_id[pool]
+    def reserve_id(self, pool: str) -> int:
+        """An id for a worker about to be started in `pool` (ids are never reused)."""
         self._next_id[pool] += 1
+        return self._next_id[pool] - 1
+
+    def add_worker(self, pool: str, worker: int) -> None:
+        """Worker `worker` (from `reserve_id`), now up and at the current weights, joins `pool`."""
         self.workers[pool].append(worker)
-        return worker
 
     def retire(self, pool: str, worker: int) -> None:
         """`worker` gets no new batch; `released` hands it back once it holds none (at once when idle), so a

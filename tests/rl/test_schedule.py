@@ -18,7 +18,9 @@ def simulate(seed: int, total=24, rollout=3, reward=2, queue=4, staleness=1, p_d
         if rng.random() < p_resize:
             pool = rng.choice(["rollout", "reward"])
             if rng.random() < 0.5 or len(s.workers[pool]) == 1:
-                assert (pool, s.add_worker(pool)) not in stopped  # ids are never reused
+                worker = s.reserve_id(pool)
+                assert (pool, worker) not in stopped  # ids are never reused
+                s.add_worker(pool, worker)
             else:
                 s.retire(pool, rng.choice(s.workers[pool]))
         for pool, worker in s.released():
@@ -137,7 +139,8 @@ def test_batches_wait_for_a_free_reward_worker_and_a_new_one_takes_the_next():
     assert s.score() == [(0, 0)]  # in data order, one batch per reward worker
     assert s.waiting("reward") == 2 and s.depths()["reward"] == 3
     assert s.waiting("rollout") == 0 and s.issue() == [(3, 0), (4, 1), (5, 2)]
-    assert s.add_worker("reward") == 1
+    assert s.reserve_id("reward") == 1
+    s.add_worker("reward", 1)
     assert s.score() == [(1, 1)] and s.waiting("reward") == 1
 
 
@@ -147,7 +150,7 @@ def test_rollouts_waiting_count_what_a_free_worker_would_take():
     assert s.waiting("rollout") == 1  # batch 1 is allowed (staleness 1) but the only worker is busy
     s.max_staleness = 5
     assert s.waiting("rollout") == 3  # now the queue (4) bounds it
-    s.add_worker("rollout")
+    s.add_worker("rollout", s.reserve_id("rollout"))
     assert s.issue() == [(1, 1)] and s.waiting("rollout") == 2
 
 
