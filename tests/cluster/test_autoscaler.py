@@ -211,8 +211,8 @@ nodes = [{"id": i.hex(), "type": n.node_type_name, "head": n.is_head_node,
           "alive": GcsNodeInfo.GcsNodeState.Name(n.state) == "ALIVE", "resources": dict(n.resources_total),
           "start_ms": n.start_time_ms, "end_ms": n.end_time_ms}
          for i, n in global_worker.gcs_client.get_all_node_info(timeout=60).items()]
-actors = [{"class": a["ActorClassName"], "node": a["Address"]["NodeID"], "state": a["State"]}
-          for a in state.actor_table(None).values()]
+actors = [{"class": a["ActorClassName"], "node": a["Address"]["NodeID"], "state": a["State"],
+           "start_ms": a["StartTime"], "end_ms": a["EndTime"]} for a in state.actor_table(None).values()]
 print(json.dumps({"nodes": nodes, "actors": actors}))
 """
 
@@ -226,13 +226,14 @@ def cluster_state(address: str, env: dict) -> dict:
 
 
 def node_events(monitor_log: Path) -> list[tuple[str, int, str, str]]:
-    """(action, count, node type, reason) for every launch and removal the autoscaler logged."""
+    """(action, count, node type, reason, log time) for every launch and removal the autoscaler logged."""
     out = []
     for line in monitor_log.read_text().splitlines():
+        when = line[:23]
         if m := re.search(r"event_summary:Adding (\d+) node\(s\) of type (\S+)\.", line):
-            out.append(("add", int(m[1]), m[2], ""))
+            out.append(("add", int(m[1]), m[2], "", when))
         elif m := re.search(r"event_summary:Removing (\d+) nodes of type (\S+) \((.+)\)\.", line):
-            out.append(("remove", int(m[1]), m[2], m[3]))
+            out.append(("remove", int(m[1]), m[2], m[3], when))
     return out
 
 
@@ -248,7 +249,19 @@ def peak_alive(nodes: list[dict], node_type: str) -> int:
     return peak
 
 
+def timeline(state: dict, t0_ms: float) -> str:
+    """Nodes and actors, by start time in seconds after t0_ms: what to read when a check below fails."""
+    types = {n["id"]: "head" if n["head"] else n["type"] for n in state["nodes"]}
+    at = lambda ms: f"{(ms - t0_ms) / 1000:7.1f}" if ms else "      -"  # noqa: E731
+    rows = [(n["start_ms"], f"{at(n['start_ms'])} .. {at(n['end_ms'])}  node  {types[n['id']]} {n['id'][-4:]}")
+            for n in state["nodes"]]
+    rows += [(a["start_ms"], f"{at(a['start_ms'])} .. {at(a['end_ms'])}  actor {a['class']} on "
+              f"{types.get(a['node'], '?')} {(a['node'] or '')[-4:]}") for a in state["actors"]]
+    return "\n".join(r for _, r in sorted(rows))
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the hard bound: the run takes about 1.5 minutes, the idle removal under one more
 @pytest.mark.skipif(RAY is None, reason="needs the ray command")
 def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tmp_path):
     address, env, monitor_log = autoscaling_cluster
@@ -257,7 +270,7 @@ def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tm
     run = subprocess.run([sys.executable, "-m", "reaemb_ray.cli", "run", "--config", "configs/ci.yaml",
                           f"output_dir=file://{tmp_path / 'run'}", f"ray.address={address}",
                           f"ray.gpu_stand_in={STAND_IN}", *gpu_overrides(), *STAGES],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     ran_s = time.time() - t0
     assert run.returncode == 0, run.stderr[-5000:]
     status = re.search(r"reaemb run: finished \((.*)\)", run.stdout)[1]
@@ -274,6 +287,8 @@ def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tm
     print(f"run {ran_s:.0f}s, stages {stages}; actors by node type: {on_type}; nodes: "
           f"{[(n['type'], n['resources'].get('CPU'), n['resources'].get(STAND_IN)) for n in workers]}; "
           f"autoscaler: {node_events(monitor_log)}")
+    print(timeline(state, t0 * 1000))
+    print("\n".join(line for line in run.stderr.splitlines() if "stage" in line.lower())[-3000:])
     # only the declared worker types were launched, each with its scaled resources
     fake = provider_config(address)["available_node_types"]
     for n in workers:
@@ -287,9 +302,9 @@ def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tm
     assert not any(types.get(a["node"]) == "cpu_worker" and a["class"] in ("RolloutWorker", "LearnerActor")
                    for a in state["actors"])
     hosting = {a["node"] for a in state["actors"]}
-    assert all(n["id"] in hosting for n in workers if n["type"] == "gpu_worker"), (workers, state["actors"])
+    assert all(n["id"] in hosting for n in workers if n["type"] == "gpu_worker"), timeline(state, t0 * 1000)
     # no more GPU nodes at once than a stage asks GPUs at once (LRCL's 2 workers, CRRL's rollout + learner)
-    assert peak_alive(workers, "gpu_worker") <= 2, workers
+    assert peak_alive(workers, "gpu_worker") <= 2, timeline(state, t0 * 1000)
 
     # back to zero workers after the idle timeout, every removal for idleness
     deadline = time.time() + IDLE_TIMEOUT_S + 90
@@ -297,6 +312,6 @@ def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tm
         time.sleep(5)
     events = node_events(monitor_log)
     assert not [n for n in cluster_state(address, env)["nodes"] if n["alive"] and not n["head"]], events
-    launched = sum(c for action, c, _, _ in events if action == "add")
-    removed = [(c, reason) for action, c, _, reason in events if action == "remove"]
+    launched = sum(c for action, c, *_ in events if action == "add")
+    removed = [(c, reason) for action, c, _, reason, _ in events if action == "remove"]
     assert sum(c for c, _ in removed) == launched and {r for _, r in removed} == {"idle"}, events
