@@ -77,7 +77,7 @@ class ElasticPools:
                 joined.append((pool, worker))
         if self.actors.collective and any(pool == "rollout" for pool, _ in joined):
             self.actors.form_group()  # with the new members, which then receive the current weights
-            self.actors.broadcast(self.sched.version)
+            self.actors.broadcast(None)  # the learner's version once a step it is running is done
         for pool, worker in joined:
             self.sched.add_worker(pool, worker)  # only now may it get work
             self._change(pool, "join", worker)

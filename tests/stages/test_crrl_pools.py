@@ -60,18 +60,24 @@ def _cfg(tmp, *extra):
         "crrl.learner_resources.num_cpus=0.5", *extra])
 
 
-def test_reward_pool_grows_when_scoring_backs_up_and_shrinks_when_idle(slow_flag, tmp_path):
+@pytest.mark.parametrize("weight_sync", ["object_store", "collective"])
+def test_reward_pool_grows_when_scoring_backs_up_and_shrinks_when_idle(slow_flag, tmp_path, weight_sync):
     slow_flag.touch()
+    collective = weight_sync == "collective"
+    versions = {}  # collective: step -> every rollout worker's weight version after it
     seen = []  # (seconds, step, rollout pool, reward pool) after every learner step
     t0 = time.monotonic()
 
     def watch(step, ctl):
         sizes = ctl.pools.sizes()
         seen.append((round(time.monotonic() - t0, 1), step, sizes["rollout"], sizes["reward"]))
+        if collective:
+            versions[step] = ray.get([w.weights_version.remote() for w in ctl.actors.rollout.values()])
         if sizes["reward"] == 2 and slow_flag.exists():
             slow_flag.unlink()  # rewards are fast from now on: the second reward worker has nothing to do
 
-    res = run_crrl(_cfg(tmp_path), fresh=True, hooks={"after_step": watch})
+    res = run_crrl(_cfg(tmp_path, f"crrl.weight_sync={weight_sync}", "crrl.sync_timeout_s=30"), fresh=True,
+                   hooks={"after_step": watch})
     rows = [json.loads(x) for x in (tmp_path / "crrl" / "metrics.jsonl").read_text().splitlines()]
     changes = [(pool, what, worker) for _, pool, what, worker in res["pool_changes"]]
     print(f"{res['wall_s']:.0f} s; pools after each step {seen}; changes "
@@ -90,3 +96,6 @@ def test_reward_pool_grows_when_scoring_backs_up_and_shrinks_when_idle(slow_flag
     assert ("rollout", "join", 1) in changes
     assert any(r["rollout_worker"] == 1 for r in rows)
     assert max(r["staleness"] for r in rows) <= 3
+    if collective:  # pushed to every member, the new one included, before the step was recorded
+        assert all(v == [step] * len(v) for step, v in versions.items()), versions
+        assert any(len(v) == 2 for v in versions.values())
