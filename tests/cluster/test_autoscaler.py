@@ -51,6 +51,11 @@ TAG = "REAEMB_AUTOSCALER_TEST"
 # The CI run's stages that use the cluster, once each: LRCL, CRRL, one export. The full CI plan adds two exports
 # on the same node types and evaluates four tables in the driver (one such run: 436 s, 275 s of it evaluating).
 STAGES = ["eval.methods=[crrl]"]
+# CRRL's rollout pool may grow from 1 to 2 workers: a second GPU worker does not fit the two GPU nodes the
+# learner and the first rollout worker hold, so the autoscaler has to add a node for it. 16 steps (of 8 items)
+# leave the time for a node and a worker to start; scale_up_after=1: the rollout-bound run asks at once.
+ELASTIC_CRRL = ["crrl.max_items=128", "crrl.num_rollout_workers=1", "crrl.max_rollout_workers=2",
+                "crrl.scale_up_after=1"]
 
 
 # ------------------------------------------------------------------------------- the cluster description
@@ -269,7 +274,7 @@ def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tm
     # file://: every node of this cluster sees this machine's disk (a local folder is refused on a cluster)
     run = subprocess.run([sys.executable, "-m", "reaemb_ray.cli", "run", "--config", "configs/ci.yaml",
                           f"output_dir=file://{tmp_path / 'run'}", f"ray.address={address}",
-                          f"ray.gpu_stand_in={STAND_IN}", *gpu_overrides(), *STAGES],
+                          f"ray.gpu_stand_in={STAND_IN}", *gpu_overrides(), *STAGES, *ELASTIC_CRRL],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     ran_s = time.time() - t0
     assert run.returncode == 0, run.stderr[-5000:]
@@ -303,8 +308,16 @@ def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tm
                    for a in state["actors"])
     hosting = {a["node"] for a in state["actors"]}
     assert all(n["id"] in hosting for n in workers if n["type"] == "gpu_worker"), timeline(state, t0 * 1000)
-    # no more GPU nodes at once than a stage asks GPUs at once (LRCL's 2 workers, CRRL's rollout + learner)
-    assert peak_alive(workers, "gpu_worker") <= 2, timeline(state, t0 * 1000)
+    # no more GPU nodes at once than a stage asks GPUs at once (LRCL's 2 workers; CRRL's learner and up to 2
+    # rollout workers)
+    assert peak_alive(workers, "gpu_worker") <= 3, timeline(state, t0 * 1000)
+    # the rollout pool grew: its second worker, which did not fit, got a node of its own and rolled out batches;
+    # every CRRL step once
+    gpu_nodes = {a["node"] for a in state["actors"] if a["class"] in ("RolloutWorker", "LearnerActor")}
+    assert len(gpu_nodes) == 3, timeline(state, t0 * 1000)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "crrl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert max(r["rollout_workers"] for r in rows) == 2 and any(r["rollout_worker"] == 1 for r in rows), rows
 
     # back to zero workers after the idle timeout, every removal for idleness
     deadline = time.time() + IDLE_TIMEOUT_S + 90
