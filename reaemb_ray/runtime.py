@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 def init_ray(ray_cfg) -> None:
     import ray
 
+    _GPU_STAND_IN[0] = ray_cfg.gpu_stand_in  # what check_fits reads as GPUs
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -131,10 +132,11 @@ def check_fits(requests: Requests, wait_s: float = 900.0, probe_s: float = 20.0)
     import ray
 
     embedded = not joined_cluster()
-    verdict = fit.decide(requests, ray.cluster_resources(), embedded=embedded, capacity=_cluster_capacity())
+    verdict = fit.decide(requests, _resources(ray.cluster_resources()), embedded=embedded,
+                         capacity=_cluster_capacity())
     if verdict.action == fit.PROBE:
-        verdict = fit.decide(requests, ray.cluster_resources(), embedded=False,
-                             launched=_autoscaler_launches(fit.bundles(requests), probe_s))
+        verdict = fit.decide(requests, _resources(ray.cluster_resources()), embedded=False,
+                             launched=_autoscaler_launches(_bundles(requests), probe_s))
     if verdict.action == fit.FAIL:
         _clear_resource_request()
         raise ValueError(verdict.message)
@@ -142,7 +144,7 @@ def check_fits(requests: Requests, wait_s: float = 900.0, probe_s: float = 20.0)
         from ray.autoscaler.sdk import request_resources
 
         try:
-            request_resources(bundles=fit.bundles(requests))  # the demand the autoscaler scales for (no actor yet)
+            request_resources(bundles=_bundles(requests))  # the demand the autoscaler scales for (no actor yet)
             _wait_until_fits(requests, verdict.message, wait_s)
         finally:
             _clear_resource_request()
@@ -157,7 +159,19 @@ def _cluster_capacity() -> dict[str, float] | None:
         cap = state.get_max_resources_from_cluster_config()
     except Exception:  # an older or newer Ray without this call: treat as unknown, the probe decides
         return None
-    return {k: float(v) for k, v in cap.items()} if cap else None
+    return _resources({k: float(v) for k, v in cap.items()}) if cap else None
+
+
+def _resources(have: dict) -> dict:
+    """A cluster's resources as the fit rule reads them: with ray.gpu_stand_in, that resource counts as GPUs."""
+    return {**have, "GPU": have.get(_GPU_STAND_IN[0], 0.0)} if _GPU_STAND_IN[0] else have
+
+
+def _bundles(requests: Requests) -> list[dict[str, float]]:
+    """The actors' bundles as they ask Ray (ray.gpu_stand_in in place of GPU)."""
+    if not _GPU_STAND_IN[0]:
+        return fit.bundles(requests)
+    return [{_GPU_STAND_IN[0] if k == "GPU" else k: v for k, v in b.items()} for b in fit.bundles(requests)]
 
 
 def _autoscaler_launches(bundles: list[dict[str, float]], probe_s: float) -> bool:
@@ -208,7 +222,7 @@ def _wait_until_fits(requests: Requests, message: str, wait_s: float) -> None:
 
     log.warning("%s; waiting up to %.0f s (ray.wait_for_nodes_s)", message, wait_s)
     t0 = last = time.monotonic()
-    while fit.decide(requests, ray.cluster_resources(), embedded=True).action != fit.OK:
+    while fit.decide(requests, _resources(ray.cluster_resources()), embedded=True).action != fit.OK:
         now = time.monotonic()
         if now - t0 > wait_s:
             raise ValueError(f"{message}, and the cluster did not grow enough in {wait_s:.0f} s; check the "
@@ -245,6 +259,7 @@ def stop_actors(actors: list, timeout_s: float = 60.0) -> None:
 
 
 _CONNECTED = [False]  # set when init_ray joined an existing cluster
+_GPU_STAND_IN = [""]  # ray.gpu_stand_in of the config init_ray was last called with
 
 
 def joined_cluster() -> bool:
