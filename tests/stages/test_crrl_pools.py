@@ -51,11 +51,11 @@ def _cfg(tmp, *extra):
     write_synthetic_prepared(tmp / "prepared")
     return load_config(None, [
         f"output_dir={tmp}", "model.backbone=tiny", "model.max_length=128", "crrl.init_from=backbone",
-        "crrl.items_per_batch=4", "crrl.epochs=2", "crrl.warmup_steps=1", "crrl.lr=0.05", "crrl.sigma=20.0",
+        "crrl.items_per_batch=4", "crrl.epochs=3", "crrl.warmup_steps=1", "crrl.lr=0.05", "crrl.sigma=20.0",
         "crrl.group_size=4", "crrl.eval_items=0", "crrl.eval_every=100", "crrl.checkpoint_every=100",
         "crrl.queue_size=4", "crrl.max_staleness=3",
         "crrl.num_rollout_workers=1", "crrl.max_rollout_workers=2", "crrl.num_reward_workers=1",
-        "crrl.max_reward_workers=2", "crrl.scale_up_after=2", "crrl.scale_down_idle_s=2",
+        "crrl.max_reward_workers=2", "crrl.scale_up_after=2", "crrl.scale_down_idle_s=1.5",
         "crrl.rollout_resources.num_cpus=0.5", "crrl.reward_resources.num_cpus=0.25",
         "crrl.learner_resources.num_cpus=0.5", *extra])
 
@@ -83,7 +83,7 @@ def test_reward_pool_grows_when_scoring_backs_up_and_shrinks_when_idle(slow_flag
     print(f"{res['wall_s']:.0f} s; pools after each step {seen}; changes "
           f"{[(round(t - t0, 1), *c) for t, *c in res['pool_changes']]}")
 
-    assert res["steps"] == 16 and [r["step"] for r in rows] == list(range(1, 17))  # every step once, in order
+    assert res["steps"] == 24 and [r["step"] for r in rows] == list(range(1, 25))  # every step once, in order
     assert not slow_flag.exists(), "the reward pool never grew to 2"
     # the reward pool: 1 -> 2 while scoring was slow, back to 1 once worker 1 had idled crrl.scale_down_idle_s
     reward = [c for c in changes if c[0] == "reward"]
