@@ -133,10 +133,21 @@ def test_gpu_stand_in_replaces_gpu_requests():
     assert gpu_options(1, load_config(None, []).ray) == {"num_gpus": 1}
     with pytest.raises(ConfigError, match="ray.gpu_stand_in='GPU'"):
         load_config(None, ["ray.gpu_stand_in=GPU"])
-    from reaemb_ray.runtime import init_ray
+    from reaemb_ray import runtime
+    from reaemb_ray.fit import group
+    from reaemb_ray.stages.crrl_pools import worker_request
 
     with pytest.raises(ValueError, match="an embedded local Ray has none"):
-        init_ray(ray_cfg)  # refused before Ray starts
+        runtime.init_ray(ray_cfg)  # refused before Ray starts
+    # the fit check and the elastic pools count and ask for the stand-in as the actors do
+    paper = load_config(ROOT / "configs" / "paper_gpu.yaml", ["data.path=auto:ml-100k", f"ray.gpu_stand_in={STAND_IN}"])
+    assert worker_request(paper.crrl.rollout_resources, paper.ray) == {"CPU": 4.0, "GPU": 0, STAND_IN: 1.0}
+    assert runtime._GPU_STAND_IN == [STAND_IN]  # recorded by init_ray above
+    try:
+        assert runtime._bundles({"the learner": group(1, paper.crrl.learner_resources)}) == [{"CPU": 4.0, STAND_IN: 1.0}]
+        assert runtime._resources({"CPU": 2.0, STAND_IN: 3.0})["GPU"] == 3.0
+    finally:
+        runtime._GPU_STAND_IN[0] = ""
 
 
 # ------------------------------------------------------------------------------- a cluster of our own
