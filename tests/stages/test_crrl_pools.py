@@ -3,8 +3,7 @@ idles; the rollout pool grows when rollouts are the bottleneck; no step is lost 
 
 The slow reward is real: every Ray worker process of this module's Ray runs a setup hook that wraps the
 co-occurrence reward so that it sleeps SLOW_S per batch while a flag file exists. The test removes the flag
-once the reward pool has grown, so the run then turns rollout-bound: the second reward worker idles and goes,
-and the rollout pool grows instead.
+once the reward pool has grown, so the run then turns rollout-bound: the second reward worker idles and goes.
 """
 import json
 import time
@@ -91,11 +90,12 @@ def test_reward_pool_grows_when_scoring_backs_up_and_shrinks_when_idle(slow_flag
                           ("reward", "stop", 1)], reward
     assert {r["reward_workers"] for r in rows} >= {1, 2} and rows[-1]["reward_workers"] == 1
     assert any(r["reward_worker"] == 1 for r in rows)  # the new worker scored batches
-    # then rollouts were the bottleneck: the rollout pool grew, and its new worker rolled out at the current
-    # weights (a worker still at version 0 would exceed the staleness bound)
-    assert ("rollout", "join", 1) in changes
-    assert any(r["rollout_worker"] == 1 for r in rows)
+    # the rollout pool grew too (a single rollout worker cannot fill the queue at the start, and the run turns
+    # rollout-bound once the reward is fast); which of its workers then gets the batches, and which one idles and
+    # goes, depends on timing. A joined worker rolls out at the current weights: a worker still at version 0
+    # would break the staleness bound on its batches; with collective every member holds the step's version
+    assert any(c[:2] == ("rollout", "join") for c in changes), changes
     assert max(r["staleness"] for r in rows) <= 3
-    if collective:  # pushed to every member, the new one included, before the step was recorded
+    if collective:  # pushed to every member, a joined one included, before the step was recorded
         assert all(v == [step] * len(v) for step, v in versions.items()), versions
-        assert any(len(v) == 2 for v in versions.values())
+        assert any(len(v) == 2 for v in versions.values()), versions
