@@ -52,9 +52,11 @@ TAG = "REAEMB_AUTOSCALER_TEST"
 # on the same node types and evaluates four tables in the driver (one such run: 436 s, 275 s of it evaluating).
 STAGES = ["eval.methods=[crrl]"]
 # CRRL's rollout pool may grow from 1 to 2 workers: a second GPU worker does not fit the two GPU nodes the
-# learner and the first rollout worker hold, so the autoscaler has to add a node for it. 16 steps (of 8 items)
-# leave the time for a node and a worker to start; scale_up_after=1: the rollout-bound run asks at once.
-ELASTIC_CRRL = ["crrl.max_items=128", "crrl.num_rollout_workers=1", "crrl.max_rollout_workers=2",
+# learner and the first rollout worker hold, so the autoscaler has to add a node for it. 64 steps (of 8 items):
+# at 16 (about 6 s) the run ended before the node (7 s after the request) and the worker were up;
+# scale_up_after=1: the rollout-bound run asks at once.
+CRRL_STEPS = 64
+ELASTIC_CRRL = ["crrl.max_items=128", "crrl.epochs=4", "crrl.num_rollout_workers=1", "crrl.max_rollout_workers=2",
                 "crrl.scale_up_after=1"]
 
 
@@ -324,10 +326,11 @@ def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tm
     assert peak_alive(workers, "gpu_worker") <= 3, timeline(state, t0 * 1000)
     # the rollout pool grew: its second worker, which did not fit, got a node of its own and rolled out batches;
     # every CRRL step once
-    gpu_nodes = {a["node"] for a in state["actors"] if a["class"] in ("RolloutWorker", "LearnerActor")}
+    gpu_nodes = {a["node"] for a in state["actors"]
+                 if a["class"] in ("RolloutWorker", "LearnerActor") and a["start_ms"]}  # started ones only
     assert len(gpu_nodes) == 3, timeline(state, t0 * 1000)
     rows = [json.loads(x) for x in (tmp_path / "run" / "crrl" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert [r["step"] for r in rows] == list(range(1, CRRL_STEPS + 1))
     assert max(r["rollout_workers"] for r in rows) == 2 and any(r["rollout_worker"] == 1 for r in rows), rows
 
     # back to zero workers after the idle timeout, every removal for idleness
