@@ -186,6 +186,16 @@ class CRRLConfig:
     engine: Literal["torch", "naive", "vllm"] = "torch"
     num_rollout_workers: int = setting(2, ge=1)
     num_reward_workers: int = setting(2, ge=1)
+    # Elastic pools (reaemb_ray/rl/pools.py): a pool starts at num_*_workers and moves between its min and max,
+    # one worker at a time: it grows after scale_up_after observations in a row with work queued and no worker
+    # idle, and shrinks once a worker has idled scale_down_idle_s with nothing queued. 0 = num_*_workers.
+    min_rollout_workers: int = setting(0, ge=0, note="0 = crrl.num_rollout_workers")
+    max_rollout_workers: int = setting(0, ge=0, note="0 = crrl.num_rollout_workers")
+    min_reward_workers: int = setting(0, ge=0, note="0 = crrl.num_reward_workers")
+    max_reward_workers: int = setting(0, ge=0, note="0 = crrl.num_reward_workers")
+    scale_up_after: int = setting(3, ge=1, note="observations in a row with a backed-up queue before a pool grows")
+    scale_down_idle_s: float = setting(30.0, gt=0, note="seconds a worker idles, nothing queued, before a pool "
+                                       "shrinks")
     group_size: int = setting(8, ge=2, note="group-relative advantages need at least two samples")
     sigma: float = setting(0.1, gt=0)
     # false: eps ~ N(0, sigma^2 I) (published); true: sigma scaled by the thought's size, sigma * |mu| / sqrt(d)
@@ -241,7 +251,20 @@ class CRRLConfig:
     # becomes an evaluated method `crrl-<objective>-<reward>` next to `crrl` (the configured objective/reward).
     variants: list[str] = setting([], unique=True)
 
+    def pool_limits(self) -> dict[str, tuple[int, int]]:
+        """pool -> (min, max) workers, the 0s resolved to num_*_workers."""
+        return {"rollout": (self.min_rollout_workers or self.num_rollout_workers,
+                            self.max_rollout_workers or self.num_rollout_workers),
+                "reward": (self.min_reward_workers or self.num_reward_workers,
+                           self.max_reward_workers or self.num_reward_workers)}
+
     def validate(self) -> None:
+        for pool, (low, high) in self.pool_limits().items():
+            start = getattr(self, f"num_{pool}_workers")
+            if not low <= start <= high:
+                raise ConfigError(f"crrl.min_{pool}_workers ({low}) <= crrl.num_{pool}_workers ({start}) <= "
+                                  f"crrl.max_{pool}_workers ({high}) does not hold; change one of them (0 = "
+                                  f"num_{pool}_workers)")
         for v in self.variants:
             obj, _, rew = v.partition("/")
             if obj not in OBJECTIVES or rew not in REWARDS:
@@ -455,12 +478,19 @@ class RayConfig:
     namespace: str = setting("reaemb", nonempty=True)
     wait_for_nodes_s: float = setting(900.0, gt=0, note="on an autoscaling cluster, how long a stage waits for the "
                                       "nodes its actors need before it fails")
+    # A custom Ray resource that stands in for GPUs: every GPU request (lrcl.use_gpu, export.use_gpu, the
+    # *_resources.num_gpus) asks for it instead, and the work computes on the CPU. For rehearsing a GPU cluster's
+    # scheduling and autoscaling on CPU machines whose "GPU" nodes advertise it (tests/cluster/test_autoscaler.py).
+    gpu_stand_in: str = ""
 
     def validate(self) -> None:
         if self.address == "local" or self.address and self.address != "auto" and not re.fullmatch(
                 r"(ray://)?[\w.\-]+(:\d+)?", self.address):
             raise ConfigError(f"ray.address={self.address!r} is not a Ray address; use '' (an embedded local Ray), "
                               "'auto', 'host:6379' or 'ray://host:10001'")
+        if self.gpu_stand_in in ("CPU", "GPU", "memory", "object_store_memory") or ":" in self.gpu_stand_in:
+            raise ConfigError(f"ray.gpu_stand_in={self.gpu_stand_in!r} is one of Ray's own resources; name a custom "
+                              "resource (e.g. gpu_slot) or leave it ''")
 
 
 @dataclass

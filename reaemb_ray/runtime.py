@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from reaemb_ray import fit
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 def init_ray(ray_cfg) -> None:
     import ray
 
+    _GPU_STAND_IN[0] = ray_cfg.gpu_stand_in  # what check_fits reads as GPUs
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -44,6 +46,9 @@ def init_ray(ray_cfg) -> None:
         runtime_env["worker_process_setup_hook"] = "reaemb_ray.runtime.quiet_state_api_pollers"
     kwargs = dict(address="local", namespace=ray_cfg.namespace, include_dashboard=ray_cfg.include_dashboard,
                   dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+    if ray_cfg.gpu_stand_in:
+        raise ValueError(f"ray.gpu_stand_in={ray_cfg.gpu_stand_in!r} stands in for the GPUs of a cluster's nodes; "
+                         "an embedded local Ray has none: set ray.address to the cluster or ray.gpu_stand_in=''")
     if ray_cfg.num_cpus:
         kwargs["num_cpus"] = ray_cfg.num_cpus
     with _loopback_only():
@@ -94,6 +99,15 @@ def quiet_state_api_pollers() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+def gpu_options(num_gpus: float, ray_cfg) -> dict:
+    """Ray options (actor, task or Ray Data) for `num_gpus` GPUs: `num_gpus`, or with ray.gpu_stand_in set, that
+    custom resource in their place (the scheduler and autoscaler treat it as the request; Ray assigns no GPU, so
+    the device rule computes on the CPU)."""
+    if not num_gpus or not ray_cfg.gpu_stand_in:
+        return {"num_gpus": num_gpus}
+    return {"num_gpus": 0, "resources": {ray_cfg.gpu_stand_in: num_gpus}}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on this machine right now (pick it where it is used: another process can take it)."""
     with socket.socket() as s:
@@ -128,11 +142,12 @@ def check_fits(requests: Requests, wait_s: float = 900.0, probe_s: float = 20.0)
     """
     import ray
 
-    embedded = not (_CONNECTED[0] or os.environ.get("RAY_ADDRESS"))
-    verdict = fit.decide(requests, ray.cluster_resources(), embedded=embedded, capacity=_cluster_capacity())
+    embedded = not joined_cluster()
+    verdict = fit.decide(requests, _resources(ray.cluster_resources()), embedded=embedded,
+                         capacity=_cluster_capacity())
     if verdict.action == fit.PROBE:
-        verdict = fit.decide(requests, ray.cluster_resources(), embedded=False,
-                             launched=_autoscaler_launches(fit.bundles(requests), probe_s))
+        verdict = fit.decide(requests, _resources(ray.cluster_resources()), embedded=False,
+                             launched=_autoscaler_launches(_bundles(requests), probe_s))
     if verdict.action == fit.FAIL:
         _clear_resource_request()
         raise ValueError(verdict.message)
@@ -140,7 +155,7 @@ def check_fits(requests: Requests, wait_s: float = 900.0, probe_s: float = 20.0)
         from ray.autoscaler.sdk import request_resources
 
         try:
-            request_resources(bundles=fit.bundles(requests))  # the demand the autoscaler scales for (no actor yet)
+            request_resources(bundles=_bundles(requests))  # the demand the autoscaler scales for (no actor yet)
             _wait_until_fits(requests, verdict.message, wait_s)
         finally:
             _clear_resource_request()
@@ -155,7 +170,19 @@ def _cluster_capacity() -> dict[str, float] | None:
         cap = state.get_max_resources_from_cluster_config()
     except Exception:  # an older or newer Ray without this call: treat as unknown, the probe decides
         return None
-    return {k: float(v) for k, v in cap.items()} if cap else None
+    return _resources({k: float(v) for k, v in cap.items()}) if cap else None
+
+
+def _resources(have: dict) -> dict:
+    """A cluster's resources as the fit rule reads them: with ray.gpu_stand_in, that resource counts as GPUs."""
+    return {**have, "GPU": have.get(_GPU_STAND_IN[0], 0.0)} if _GPU_STAND_IN[0] else have
+
+
+def _bundles(requests: Requests) -> list[dict[str, float]]:
+    """The actors' bundles as they ask Ray (ray.gpu_stand_in in place of GPU)."""
+    if not _GPU_STAND_IN[0]:
+        return fit.bundles(requests)
+    return [{_GPU_STAND_IN[0] if k == "GPU" else k: v for k, v in b.items()} for b in fit.bundles(requests)]
 
 
 def _autoscaler_launches(bundles: list[dict[str, float]], probe_s: float) -> bool:
@@ -206,7 +233,7 @@ def _wait_until_fits(requests: Requests, message: str, wait_s: float) -> None:
 
     log.warning("%s; waiting up to %.0f s (ray.wait_for_nodes_s)", message, wait_s)
     t0 = last = time.monotonic()
-    while fit.decide(requests, ray.cluster_resources(), embedded=True).action != fit.OK:
+    while fit.decide(requests, _resources(ray.cluster_resources()), embedded=True).action != fit.OK:
         now = time.monotonic()
         if now - t0 > wait_s:
             raise ValueError(f"{message}, and the cluster did not grow enough in {wait_s:.0f} s; check the "
@@ -227,4 +254,26 @@ def _clear_resource_request() -> None:
         request_resources(bundles=[])
 
 
+def stop_actors(actors: list, timeout_s: float = 60.0) -> None:
+    """Kill `actors` and wait until Ray reports each dead, so their resources are free when the next stage asks:
+    on an autoscaling cluster a request made while they are still going would start a node for nothing."""
+    import ray
+
+    for a in actors:
+        ray.kill(a, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    for ref in [a.__ray_ready__.remote() for a in actors]:  # fails once the actor is dead
+        try:
+            ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+
+
 _CONNECTED = [False]  # set when init_ray joined an existing cluster
+_GPU_STAND_IN = [""]  # ray.gpu_stand_in of the config init_ray was last called with
+
+
+def joined_cluster() -> bool:
+    """Whether this process joined a Ray cluster (RAY_ADDRESS, ray.address) rather than starting an embedded one:
+    there an autoscaler may add nodes for what does not fit."""
+    return bool(os.environ.get("RAY_ADDRESS") or _CONNECTED[0])

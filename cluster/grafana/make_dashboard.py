@@ -59,6 +59,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
      "Seconds per reward batch."),
     ("Queue depth", "short", [(gauge("reaemb_queue_depth", by="queue"), "{{queue}}")],
      "Items waiting in the controller's queues; a full rollout queue means the learner is the bottleneck."),
+    ("CRRL worker pools", "short", [(gauge("reaemb_crrl_pool_size", by="pool"), "{{pool}} workers"),
+                                    (gauge("reaemb_crrl_pool_starting", by="pool"), "{{pool}} starting"),
+                                    (gauge("reaemb_crrl_pool_waiting", by="pool"), "{{pool}} batches waiting")],
+     "Rollout and reward workers taking work, asked for and still starting (on a cluster: maybe a node), and "
+     "batches waiting for a free worker; the pools move between crrl.min_*_workers and crrl.max_*_workers."),
     ("Staleness and weight version", "short", [(gauge("reaemb_staleness"), "staleness"),
                                                (gauge("reaemb_weight_version"), "weight version")],
      "Weight versions between a rollout and the learner (bounded by crrl.max_staleness)."),

@@ -32,10 +32,10 @@ def fit_runs(cfg, data, runs: dict[str, dict]) -> Iterator[tuple[str, tuple, flo
         return
     import ray
 
-    from reaemb_ray.runtime import init_ray
+    from reaemb_ray.runtime import gpu_options, init_ray
 
     init_ray(cfg.ray)
-    task = ray.remote(_fit_here).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=1)
+    task = ray.remote(_fit_here).options(num_cpus=res.num_cpus, **gpu_options(res.num_gpus, cfg.ray), max_retries=1)
     shared = {id(data): ray.put(data)}  # each table goes to the object store once, not once per run
 
     def ref(v):

@@ -26,8 +26,9 @@ from reaemb_ray.records import changed_fields
 from reaemb_ray.rl.engines import vllm_memory_share
 from reaemb_ray.rl.schedule import Scheduler, plan_batches
 from reaemb_ray.fit import group
-from reaemb_ray.runtime import check_fits
+from reaemb_ray.runtime import check_fits, gpu_options, stop_actors
 from reaemb_ray.stages.base import Stage, cfg_with
+from reaemb_ray.stages.crrl_pools import ElasticPools
 from reaemb_ray.storage import Store, is_uri, store_for
 
 log = logging.getLogger(__name__)
@@ -141,10 +142,11 @@ class Actors:
                     f"{c.num_reward_workers} reward workers": group(c.num_reward_workers, c.reward_resources)},
                    cfg.ray.wait_for_nodes_s)
         res = c.learner_resources
-        self.learner = LearnerActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
+        self.learner = LearnerActor.options(num_cpus=res.num_cpus, **gpu_options(res.num_gpus, cfg.ray)).remote(
             store, base_rel, c, total, cfg.model.dtype)
-        self.rollout = [self._new_rollout(i) for i in range(c.num_rollout_workers)]
-        self.reward = [self._new_reward(i) for i in range(c.num_reward_workers)]
+        # worker id -> actor; ids are the scheduler's (elastic pools add and remove workers: stages/crrl_pools.py)
+        self.rollout = {i: self._new_rollout(i) for i in range(c.num_rollout_workers)}
+        self.reward = {i: self._new_reward(i) for i in range(c.num_reward_workers)}
         self.restarts = {"rollout": 0, "reward": 0}
         self.collective = c.weight_sync == "collective"
         self.generation = 0  # of the collective weight group, bumped whenever it is formed again
@@ -153,7 +155,7 @@ class Actors:
         from actors.rollout import RolloutWorker
 
         c, r = self.cfg.crrl, self.cfg.crrl.rollout_resources
-        return RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+        return RolloutWorker.options(num_cpus=r.num_cpus, **gpu_options(r.num_gpus, self.cfg.ray)).remote(
             i, self.store, self.base_rel, self.texts_ref, c.engine, c.group_size, c.sigma, c.anchor,
             self.cfg.data.noun, self.cfg.model.max_length, self.cfg.model.dtype,
             vllm_gpu_memory=vllm_memory_share(c.vllm_gpu_memory_utilization, r.num_gpus),
@@ -163,8 +165,14 @@ class Actors:
         from actors.reward import RewardWorker
 
         c, r = self.cfg.crrl, self.cfg.crrl.reward_resources
-        return RewardWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+        return RewardWorker.options(num_cpus=r.num_cpus, **gpu_options(r.num_gpus, self.cfg.ray)).remote(
             i, self.cands_ref, c.reward, c.reward_weights, c.scoring, c.reward_form, c.reward_tau)
+
+    def workers(self, role: str) -> dict:
+        return self.rollout if role == "rollout" else self.reward
+
+    def new_worker(self, role: str, i: int):
+        return self._new_rollout(i) if role == "rollout" else self._new_reward(i)
 
     def replace(self, role: str, i: int, regroup: bool = True) -> None:
         import ray
@@ -187,12 +195,12 @@ class Actors:
 
         c = self.cfg.crrl
         self.generation += 1
-        world = len(self.rollout) + 1
-        gpu = c.learner_resources.num_gpus > 0 and c.rollout_resources.num_gpus > 0
+        world = len(self.rollout) + 1  # ranks: the learner, then the rollout workers by id
+        gpu = c.learner_resources.num_gpus > 0 and c.rollout_resources.num_gpus > 0 and not self.cfg.ray.gpu_stand_in
         host, port = ray.get(self.learner.open_weight_group.remote(world, self.generation, c.sync_timeout_s))
         ray.get([self.learner.join_weight_group.remote(gpu)] +
-                [w.join_weight_group.remote(host, port, i + 1, world, self.generation, c.sync_timeout_s, gpu)
-                 for i, w in enumerate(self.rollout)])
+                [w.join_weight_group.remote(host, port, rank, world, self.generation, c.sync_timeout_s, gpu)
+                 for rank, w in enumerate(self.rollout.values(), 1)])
         log.info("weight group %d formed: learner + %d rollout workers", self.generation, world - 1)
 
     def broadcast(self, version: int | None) -> float:
@@ -204,10 +212,12 @@ class Actors:
         if version is None:
             version = ray.get(self.learner.version.remote())
         while True:
-            refs = [self.learner.broadcast_weights.remote()] + [w.receive_weights.remote(version) for w in self.rollout]
+            ids = list(self.rollout)
+            refs = [self.learner.broadcast_weights.remote()] + [self.rollout[i].receive_weights.remote(version)
+                                                                  for i in ids]
             ray.wait(refs, num_returns=len(refs))  # every member finishes: done, died, or timed out
             dead = []
-            for i, ref in enumerate(refs[1:]):
+            for i, ref in zip(ids, refs[1:]):
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayActorError:
@@ -221,10 +231,7 @@ class Actors:
             self.form_group()
 
     def shutdown(self) -> None:
-        import ray
-
-        for a in [self.learner, *self.rollout, *self.reward]:
-            ray.kill(a, no_restart=True)
+        stop_actors([self.learner, *self.rollout.values(), *self.reward.values()])
 
 
 # -------------------------------------------------------------------------------------- controller
@@ -258,7 +265,10 @@ class Controller:
                 log.warning("the checkpoint planned %s steps, this config plans %s", pointer.get("total"), self.total)
         self.sched = Scheduler(self.total, len(self.actors.rollout), len(self.actors.reward), cfg.crrl.queue_size,
                                cfg.crrl.max_staleness, step=step, version=version)
+        self.pools = ElasticPools(cfg, self.actors, self.sched)
         self.rows = self._past_rows(step)
+        self.rolled: dict = {}  # batch -> rollout ref, waiting for a free reward worker
+        self.handled_by: dict = {}  # batch -> {"rollout_worker": id, "reward_worker": id}, for its metrics row
         self.ready: dict = {}  # batch -> (rollout ref, reward ref), scored and waiting for the learner
         if self.actors.collective:
             self.weights_box = []  # nothing to fetch: the learner pushes
@@ -293,11 +303,12 @@ class Controller:
         if not len(ids):
             return None
         cand = {s: c.lookup(ids)[0] for s, c in self.inputs.cands.items()}
-        w = self.actors.rollout[0]
+        w = next(iter(self.actors.rollout.values()))
         emb = w.noise_free.remote(ids, self.weights_box, self.version)
         cand_emb = {s: w.noise_free.remote(c.reshape(-1), self.weights_box, self.version) for s, c in cand.items()}
         cand_emb = {s: ray.get(r).reshape(*cand[s].shape, -1) for s, r in cand_emb.items()}
-        return float(np.mean(ray.get(self.actors.reward[0].score_noise_free.remote(ids, ray.get(emb), cand_emb))))
+        scorer = next(iter(self.actors.reward.values()))
+        return float(np.mean(ray.get(scorer.score_noise_free.remote(ids, ray.get(emb), cand_emb))))
 
     # -------------------------------------------------------------------------------------- loop
 
@@ -323,19 +334,28 @@ class Controller:
         bar = tqdm(total=self.total, initial=sched.step, desc=self.stage, unit="step")
         idle_since = time.perf_counter()
         while not sched.done:
+            self.pools.update()  # workers that came up join, retired ones that hold no batch go
             for batch, worker in sched.issue():
                 pending[self._issue(batch, worker)] = ("rollout", batch, actors.rollout[worker])
+                self.handled_by[batch] = {"rollout_worker": worker}
+            for batch, worker in sched.score():
+                self.handled_by[batch]["reward_worker"] = worker
+                rolled = self.rolled.pop(batch)
+                pending[actors.reward[worker].score.remote(rolled)] = ("reward", batch, rolled)
             if learner_job is None and (batch := sched.to_learn()) is not None:
                 learner_job = actors.learner.step.remote(*self.ready.pop(batch))
                 timings["learner_wait_s"] += time.perf_counter() - idle_since
+            self.pools.resize()  # what waits now waits for a worker
             for queue, depth in sched.depths().items():
                 metrics.get("reaemb_queue_depth").set(depth, tags={"queue": queue})
-            waiting = list(pending) + ([learner_job[0]] if learner_job else [])
-            done, _ = ray.wait(waiting, num_returns=1, timeout=60)
+            waiting = list(pending) + ([learner_job[0]] if learner_job else []) + self.pools.ready_refs()
+            done, _ = ray.wait(waiting, num_returns=1, timeout=self.pools.wait_s)
             for ref in done:
                 if ref in pending:
                     self._on_result(ref, pending, timings)
                     continue
+                if learner_job is None or ref != learner_job[0]:
+                    continue  # a new worker is up: the next pools.update lets it join
                 m = ray.get(learner_job[0])
                 self.weights_box = [] if actors.collective else [learner_job[1]]
                 learner_job, idle_since = None, time.perf_counter()
@@ -351,7 +371,7 @@ class Controller:
         self._finish()
         evals = [r["eval_reward"] for r in self.rows if r.get("eval_reward") is not None]
         return dict(timings, steps=sched.step, version=sched.version, wall_s=time.perf_counter() - t_start,
-                    restarts=dict(actors.restarts), eval_rewards=evals, rows=self.rows,
+                    restarts=dict(actors.restarts), eval_rewards=evals, rows=self.rows, pool_changes=self.pools.changes,
                     embeddings_per_s=timings["embeddings"] / max(timings["rollout_s"], 1e-9))
 
     def _on_result(self, ref, pending: dict, timings: dict) -> None:
@@ -373,8 +393,8 @@ class Controller:
             timings["rollout_s"] += head["seconds"]
             timings["sync_s"] += head["sync_seconds"]
             timings["embeddings"] += head["emb"].shape[0] * head["emb"].shape[1]
-            j = sched.rollout_done(batch)
-            pending[actors.reward[j].score.remote(ref)] = ("reward", batch, ref)
+            sched.rollout_done(batch)
+            self.rolled[batch] = ref  # scored when a reward worker is free (sched.score)
             return
         t0 = time.perf_counter()
         try:
@@ -397,6 +417,8 @@ class Controller:
         # different rewards (only those carry a learning signal); updates < updates_per_batch: target_kl stopped it
         row = {k: m[k] for k in ("step", "version", "loss", "clip_fraction", "reward_mean", "reward_std",
                                  "reward_spread", "kl", "delta_mu", "updates", "staleness", "lr", "seconds")}
+        row.update({f"{pool}_workers": n for pool, n in self.pools.sizes().items()})  # the pools at this step
+        row.update(self.handled_by.pop(m["step"] - 1, {}))  # which workers rolled out and scored this batch
         if m["step"] % self.cfg.crrl.eval_every == 0 or m["step"] == self.total:
             row["eval_reward"] = self.evaluate()
             metrics.get("reaemb_eval_reward").set(row["eval_reward"])
@@ -478,6 +500,7 @@ def run_crrl(cfg, stage: str = "crrl", fresh: bool = False, hooks: dict | None =
     try:
         return ctl.run()
     finally:
+        ctl.pools.shutdown()
         ctl.actors.shutdown()
 
 

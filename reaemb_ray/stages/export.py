@@ -115,7 +115,7 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
     import ray
 
     from reaemb_ray.data.prepare import load_items
-    from reaemb_ray.runtime import check_fits, init_ray
+    from reaemb_ray.runtime import check_fits, gpu_options, init_ray
 
     ec, method = cfg.export, method or cfg.export.method
     store = store_for(cfg)
@@ -147,7 +147,7 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
         ds = ray.data.from_arrow(item_blocks(items.take(pa.array(todo)), ec.batch_size))
         ds = ds.map_batches(ItemEmbedder, fn_constructor_args=(cfg, store, generator, ec.cpus_per_actor),
                             batch_size=ec.batch_size, batch_format="numpy", concurrency=ec.num_actors,
-                            num_cpus=ec.cpus_per_actor, num_gpus=1 if ec.use_gpu else 0)
+                            num_cpus=ec.cpus_per_actor, **gpu_options(1 if ec.use_gpu else 0, cfg.ray))
         startup = _collect_shards(ds, items, shard_of, todo, lambda k, ids, vecs: store.write_bytes(
             layout.join(shard_dir, _shard(k)), table_bytes(ids, vecs))) - t0
     seconds = time.time() - t0

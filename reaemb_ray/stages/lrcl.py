@@ -353,7 +353,7 @@ def run_lrcl(cfg, stage: str | None = None, fresh: bool = False) -> dict:
     from ray.train.torch import TorchTrainer
 
     from reaemb_ray.data.prepare import load_prepared
-    from reaemb_ray.runtime import check_fits, init_ray
+    from reaemb_ray.runtime import check_fits, gpu_options, init_ray
 
     stage = stage or stage_name(cfg)
     store = store_for(cfg)
@@ -372,13 +372,15 @@ def run_lrcl(cfg, stage: str | None = None, fresh: bool = False) -> dict:
     resume = latest_checkpoint(store, train_rel)
     if resume is not None:
         log.info("resuming from step %d (%s)", store.read_json(layout.join(resume, DATA_STATE))["step"], store.uri(resume))
+    gpu = gpu_options(int(cfg.lrcl.use_gpu), cfg.ray)  # one GPU per worker, or ray.gpu_stand_in's resource
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg, "texts": texts, "stage": stage,
                            "resume_from": store.uri(resume) if resume else None},
-        scaling_config=ScalingConfig(num_workers=cfg.lrcl.num_workers, use_gpu=cfg.lrcl.use_gpu,
-                                     resources_per_worker={"CPU": cfg.lrcl.cpus_per_worker}),
+        scaling_config=ScalingConfig(num_workers=cfg.lrcl.num_workers, use_gpu=bool(gpu["num_gpus"]),
+                                     resources_per_worker={"CPU": cfg.lrcl.cpus_per_worker,
+                                                           **gpu.get("resources", {})}),
         # the store's URI (or local folder) is Ray Train's storage: workers on any node write checkpoints there
         run_config=RunConfig(storage_path=store.uri(layout.join(folder, layout.TRAIN_STORAGE)), name=layout.TRAIN_RUN,
                              failure_config=FailureConfig(max_failures=cfg.lrcl.max_failures),

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from reaemb_ray import layout, metrics
 from reaemb_ray.records import changed_fields
 from reaemb_ray.fit import group
-from reaemb_ray.runtime import check_fits
+from reaemb_ray.runtime import check_fits, gpu_options
 from reaemb_ray.stages.base import Stage
 from reaemb_ray.storage import Store, store_for
 
@@ -118,13 +118,15 @@ class ReasonController:
         r = self.cfg.reason
         sampling = {"temperature": r.temperature, "top_p": r.top_p, "repetition_penalty": r.repetition_penalty,
                     "max_new_tokens": r.max_new_tokens}
-        return self.Rollout.options(num_cpus=r.rollout_resources.num_cpus, num_gpus=r.rollout_resources.num_gpus).remote(
+        return self.Rollout.options(num_cpus=r.rollout_resources.num_cpus,
+                                    **gpu_options(r.rollout_resources.num_gpus, self.cfg.ray)).remote(
             i, r.backbone, r.engine, r.lora, sampling, r.max_model_len, r.dtype, r.weight_format, r.seed,
             r.reply_prefix, self.cfg.data.cache_dir)
 
     def _new_reward(self, i: int):
         r = self.cfg.reason
-        return self.Reward.options(num_cpus=r.reward_resources.num_cpus, num_gpus=r.reward_resources.num_gpus).remote(
+        return self.Reward.options(num_cpus=r.reward_resources.num_cpus,
+                                  **gpu_options(r.reward_resources.num_gpus, self.cfg.ray)).remote(
             i, dict(r.reward_weights))
 
     def _replace(self, role: str, i: int) -> None:
@@ -172,7 +174,7 @@ class ReasonController:
         ray, r = self._ray, self.cfg.reason
         self.generation += 1
         world = len(self.rollout_workers) + 1
-        gpu = r.learner_resources.num_gpus > 0 and r.rollout_resources.num_gpus > 0
+        gpu = r.learner_resources.num_gpus > 0 and r.rollout_resources.num_gpus > 0 and not self.cfg.ray.gpu_stand_in
         host, port = ray.get(learner.open_weight_group.remote(world, self.generation, r.sync_timeout_s))
         ray.get([learner.join_weight_group.remote(gpu)] +
                 [w.join_weight_group.remote(host, port, i + 1, world, self.generation, r.sync_timeout_s, gpu)
@@ -233,7 +235,7 @@ class ReasonController:
                              f"reason.prompts_per_batch={r.prompts_per_batch}")
         batches = [examples[i * r.prompts_per_batch:(i + 1) * r.prompts_per_batch] for i in range(total)]
         res = r.learner_resources
-        learner = self.Learner.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
+        learner = self.Learner.options(num_cpus=res.num_cpus, **gpu_options(res.num_gpus, self.cfg.ray)).remote(
             r.backbone, r, total, self.cfg.data.cache_dir)
         step = version = 0
         latest = _fold(k, layout.CRRL_CHECKPOINTS, LATEST)
@@ -466,7 +468,7 @@ class ReasonController:
         e = r.embedder
         check_fits({"the reasoning embedder": group(1, e)}, self.cfg.ray.wait_for_nodes_s)
         t0 = time.perf_counter()
-        res = ray.get(train_and_embed.options(num_cpus=e.num_cpus, num_gpus=e.num_gpus).remote(
+        res = ray.get(train_and_embed.options(num_cpus=e.num_cpus, **gpu_options(e.num_gpus, self.cfg.ray)).remote(
             texts, table, e, r.seed))
         vec = res["vectors"]
         store.write_bytes(dest, _parquet_bytes(pa.table({"item_id": pa.array(np.arange(1, len(vec) + 1), pa.int64()),

@@ -189,8 +189,8 @@ def test_collective_weight_sync_pushes_every_version_and_survives_a_killed_worke
     seen = {}
 
     def check(step, ctl):
-        versions = ray.get([w.weights_version.remote() for w in ctl.actors.rollout])
-        embs = ray.get([w.noise_free.remote(probe, [], 0) for w in ctl.actors.rollout])
+        versions = ray.get([w.weights_version.remote() for w in ctl.actors.rollout.values()])
+        embs = ray.get([w.noise_free.remote(probe, [], 0) for w in ctl.actors.rollout.values()])
         seen[step] = (versions, ctl.version, embs, ctl.actors.generation)
         if step == 2:
             ray.kill(ctl.actors.rollout[1])  # the next rollout or broadcast finds it dead
