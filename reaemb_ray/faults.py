@@ -78,6 +78,19 @@ def descendants(pid: int, marker: str = "") -> list[psutil.Process]:
     return out
 
 
+def tagged(var: str, value: str) -> list[int]:
+    """Pids of the processes (this one excluded) whose environment has `var`=`value`: a test tags what it starts,
+    Ray's processes inherit the tag, so teardown can stop exactly those (never another job's Ray)."""
+    pids = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get(var) == value:
+                pids.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return pids
+
+
 def kill_tree(pid: int, grace_s: float = 30.0) -> list[str]:
     """SIGKILL `pid` alone (the fault), then give its descendants `grace_s` to exit on their own (an embedded
     Ray shares its driver's fate); SIGKILL those still alive then. Returns their names (what outlived `pid`)."""

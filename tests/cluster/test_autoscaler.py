@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from reaemb_ray.config import ConfigError, load_config
+from reaemb_ray.faults import tagged
 from reaemb_ray.runtime import free_port, gpu_options
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,19 +156,6 @@ def test_gpu_stand_in_replaces_gpu_requests():
 # ------------------------------------------------------------------------------- a cluster of our own
 
 
-def our_processes(tag: str) -> list[int]:
-    """Processes whose environment carries this test's tag: started by it, directly or through Ray."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if f"{TAG}={tag}".encode() in (d / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.fixture
 def autoscaling_cluster(tmp_path_factory):
     tag = secrets.token_hex(4)
@@ -197,7 +185,7 @@ def autoscaling_cluster(tmp_path_factory):
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             head.kill()
-        for pid in our_processes(tag):  # what outlived it: fake nodes, their workers
+        for pid in tagged(TAG, tag):  # what outlived it: fake nodes, their workers
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from reaemb_ray.faults import tagged
 from reaemb_ray.runtime import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,18 +69,6 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _tagged_pids(tag_value: str) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if f"{TAG}={tag_value}".encode() in (p / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(p.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.fixture
 def fixed_cluster():
     """A head node with 2 CPUs, no GPU and no autoscaling config, on loopback."""
@@ -105,7 +94,7 @@ def fixed_cluster():
         yield f"127.0.0.1:{port}", env
     finally:
         for _ in range(3):
-            for pid in _tagged_pids(tag):
+            for pid in tagged(TAG, tag):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
