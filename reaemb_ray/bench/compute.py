@@ -55,6 +55,20 @@ class MatmulPeak:
         return [2 * self.n**3 / s / 1e9 for s in self.best[-rounds:]]
 
 
+def fraction_of_peak(work: Callable[[], object], flops: float, seconds: list[float], peaks: list[float],
+                     dtype: str, extra_rounds: int) -> dict:
+    """Useful FLOP/s of `work` (`flops` per call) over the matmul peak, per round: the `seconds` / `peaks` rounds
+    already timed plus `extra_rounds` rounds of only `work` and a peak, interleaved. The work is the cheap side of
+    a comparison, so a few more of its rounds steady the median at little cost."""
+    seconds, peaks = list(seconds), list(peaks)
+    if extra_rounds:
+        peak = MatmulPeak(dtype)
+        t = interleaved({"work": work, "matmul_peak": peak}, extra_rounds)
+        seconds += t["work"]
+        peaks += peak.gflops_per_round(extra_rounds)
+    return paired([flops / s / 1e9 for s in seconds], peaks)
+
+
 def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> dict:
     """Achieved GFLOP/s of the best of `repeats` n x n x n matmuls (after one warm-up)."""
     peak = MatmulPeak(dtype, n, repeats)
@@ -63,11 +77,25 @@ def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> dict
     return {"dtype": dtype, "n": n, "seconds": peak.best[-1], "gflops": 2 * n**3 / peak.best[-1] / 1e9}
 
 
+def merged_copy(embedder):
+    """A copy of `embedder` with its LoRA merged into the weights, as the export stage loads a trained generator
+    (`load_generator(merge_lora=True)`): the export runs no adapter matmuls."""
+    import copy
+
+    out = copy.deepcopy(embedder)
+    if out.has_lora:
+        out.lm = out.lm.merge_and_unload()
+    return out.eval()
+
+
 def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: list[str], max_length: int,
                        micro_batch: int, export_prompts: list[str] | None = None, export_batch: int | None = None,
-                       rounds: int = 1, dtype: str = "float32", item_noun: str = "item") -> dict:
+                       rounds: int = 1, dtype: str = "float32", item_noun: str = "item", peak_rounds: int = 0,
+                       export_embedder=None) -> dict:
     """LRCL training step (two views, contrastive loss, backward) and export (no grad), every path, interleaved
-    with a matmul peak; the export's useful FLOP/s (bench/flops.py) against each round's peak."""
+    with a matmul peak; the export's useful FLOP/s (bench/flops.py) against each round's peak, over those rounds
+    and `peak_rounds` more of only the export and the peak (`fraction_of_peak`). `export_embedder`: the module
+    the export runs (the export stage merges the LoRA into the weights first, `merged_copy`); default `embedder`."""
     from reaemb_ray.bench.flops import batch_flops, decoder_shape
     from reaemb_ray.losses import soft_contrastive_loss
     from reaemb_ray.model.two_pass import shared_head_length, tokenize_prompts
@@ -98,12 +126,14 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
                 p.grad = None
         return run
 
+    exporter = export_embedder or embedder
+
     def export(kw: dict):
         def run():
-            embedder.eval()
+            exporter.eval()
             with torch.no_grad():
                 for b in ex:
-                    embedder.embed(b, **kw)
+                    exporter.embed(b, **kw)
         return run
 
     peak = MatmulPeak(dtype)
@@ -121,12 +151,12 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
                 "shared_head_speedup": paired(s["prefix"], s["shared"])["median"], "seconds": s}
 
     embedder.eval()
-    shape = decoder_shape(embedder.lm)
+    shape = decoder_shape(exporter.lm)
     flops = sum(batch_flops(shape, b, 1, share_head=True) for b in ex)
-    gflops = [flops / s / 1e9 for s in t["export_shared"]]
     exp = summary("export", n_export)
-    exp.update(useful_gflops=median(gflops), peak_gflops=median(peaks),
-               fraction_of_peak=paired(gflops, peaks), batch=export_batch)
+    fraction = fraction_of_peak(export(variants["shared"]), flops, t["export_shared"], peaks, dtype, peak_rounds)
+    exp.update(useful_gflops=flops / median(t["export_shared"]) / 1e9, peak_gflops=median(peaks),
+               fraction_of_peak=fraction, batch=export_batch)
     L = va["input_ids"].shape[1]
     return {"items": n, "export_items": n_export, "seq_len": int(L), "rounds": rounds,
             "shared_head_tokens": shared_head_length(va["input_ids"], va["attention_mask"], L - 2),

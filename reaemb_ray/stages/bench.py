@@ -34,11 +34,12 @@ log = logging.getLogger("reaemb.bench")
 def _sizes(quick: bool) -> dict:
     if quick:
         return dict(fwd_items=16, micro=8, export_items=16, export_batch=8, engine_items=16, engine_batch=16,
-                    group=4, rounds=2, crrl_items=32, crrl_batch=8, growth=[1000, 4000])
-    # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in about 20 minutes: one warm-up call and
-    # three timed rounds per side; see docs/BENCHMARK.md for what a second run reproduced
+                    group=4, rounds=2, peak_rounds=1, crrl_items=32, crrl_batch=8, growth=[1000, 4000])
+    # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in 20 minutes: one warm-up call and three
+    # timed rounds per side, plus `peak_rounds` cheap rounds of only the efficient path and the matmul peak for
+    # the fractions of peak (their rounds swing most); see docs/BENCHMARK.md for what a second run reproduced
     return dict(fwd_items=16, micro=8, export_items=32, export_batch=32, engine_items=16, engine_batch=16,
-                group=8, rounds=3, crrl_items=32, crrl_batch=8, growth=[10_000, 100_000, 1_000_000])
+                group=8, rounds=3, peak_rounds=6, crrl_items=32, crrl_batch=8, growth=[10_000, 100_000, 1_000_000])
 
 
 def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
@@ -48,12 +49,22 @@ def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
     return cfg_with(cfg, **changes)
 
 
+def export_sample(texts: list[str], shard_size: int, batch: int, items: int) -> list[str]:
+    """`items` texts in whole batches as the export stage makes them (stages/export.py): one shard of items in
+    order of text length, cut into batches of `batch`; the timed batches are spread evenly over the shard (the
+    middle one when there is one), so short, typical and long prompts weigh as they do in a real export."""
+    shard = sorted(texts[:shard_size], key=len)
+    batches = [shard[i:i + batch] for i in range(0, len(shard) - batch + 1, batch)] or [shard]
+    k = max(1, min(len(batches), items // batch))
+    return [t for j in range(k) for t in batches[int((j + 0.5) * len(batches) / k)]]
+
+
 def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
     import numpy as np
     import torch
 
     from reaemb_ray.data.prompts import attribute_views, item_prompt
-    from reaemb_ray.bench.compute import efficient_vs_naive
+    from reaemb_ray.bench.compute import efficient_vs_naive, merged_copy
     from reaemb_ray.model.generator import build_embedder
 
     torch.manual_seed(cfg.seed)
@@ -62,10 +73,10 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
     views = [attribute_views(t, cfg.lrcl.drop_ratio, rng) for t in texts[: sz["fwd_items"]]]
     a = [item_prompt(tok, v[0], cfg.data.noun) for v in views]
     b = [item_prompt(tok, v[1], cfg.data.noun) for v in views]
-    # export batches as the export stage makes them: items in order of text length
-    export = [item_prompt(tok, t, cfg.data.noun) for t in sorted(texts[: sz["export_items"]], key=len)]
+    export = [item_prompt(tok, t, cfg.data.noun)
+              for t in export_sample(texts, cfg.export.shard_size, sz["export_batch"], sz["export_items"])]
     res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"], export, sz["export_batch"],
-                             sz["rounds"], cfg.model.dtype, cfg.data.noun)
+                             sz["rounds"], cfg.model.dtype, cfg.data.noun, sz["peak_rounds"], merged_copy(embedder))
     res["backbone"] = cfg.model.backbone
     res["threads"] = torch.get_num_threads()
     return res
@@ -86,7 +97,8 @@ def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str], base: 
     ids = sorted(texts)[: sz["engine_items"]]
     return compare_engines(base, {i: texts[i] for i in ids}, ids, engines, sz["group"], cfg.crrl.sigma,
                            cfg.data.noun, cfg.model.max_length, cfg.model.dtype, sz["engine_batch"],
-                           num_cpus=float(cfg.ray.num_cpus or os.cpu_count() or 2), rounds=sz["rounds"])
+                           num_cpus=float(cfg.ray.num_cpus or os.cpu_count() or 2), rounds=sz["rounds"],
+                           peak_rounds=sz["peak_rounds"])
 
 
 def bench_crrl(cfg: Config, sz: dict, base: str) -> dict:

@@ -444,39 +444,15 @@ class ReasonController:
 
     def embed(self, reasons: list[dict]) -> dict:
         """Align the small LM with the ID-SASRec table on item text + reasoning; export the table."""
-        from actors.reason_embedder import train_and_embed
         from reaemb_ray.reasoning.embedder import embed_input
-        from reaemb_ray.srs.pretrain import load_item_table
 
-        ray, r, store = self._ray, self.cfg.reason, self.store
         by_item = {x["item_id"]: x for x in reasons}
         missing = [i for i in range(1, self.data.num_items + 1) if i not in by_item]
         if missing:
             raise ValueError(f"reasoning missing for {len(missing)} items (e.g. {missing[:5]}); rerun `reaemb reason`")
-        # reason.embedder.reasoning=false: item text alone, the control that shows what the reasoning adds
-        texts = [embed_input(self.data.texts[i], (by_item[i]["think"] if by_item[i]["valid"] else by_item[i]["text"])
-                             if r.embedder.reasoning else "")
+        texts = [embed_input(self.data.texts[i], by_item[i]["think"] if by_item[i]["valid"] else by_item[i]["text"])
                  for i in range(1, self.data.num_items + 1)]
-        table = load_item_table(store.fetch(layout.SRS_PRETRAIN))[1:self.data.num_items + 1]
-        digest = hashlib.sha256(json.dumps([texts, r.embedder.__dict__ | {"lora": r.embedder.lora.__dict__}],
-                                           default=str).encode() + table.tobytes()).hexdigest()[:16]
-        done = layout.join(layout.REASON, "embedder", DONE)
-        dest = layout.embeddings_table(layout.REASON)
-        if store.exists(done) and store.exists(dest) and store.read_json(done).get("inputs") == digest:
-            log.info("reason embedder: up to date, reusing %s", store.uri(dest))
-            return store.read_json(done)
-        e = r.embedder
-        check_fits({"the reasoning embedder": group(1, e)}, self.cfg.ray.wait_for_nodes_s)
-        t0 = time.perf_counter()
-        res = ray.get(train_and_embed.options(num_cpus=e.num_cpus, **gpu_options(e.num_gpus, self.cfg.ray)).remote(
-            texts, table, e, r.seed))
-        vec = res["vectors"]
-        store.write_bytes(dest, _parquet_bytes(pa.table({"item_id": pa.array(np.arange(1, len(vec) + 1), pa.int64()),
-                                                        "vector": pa.array(list(vec), pa.list_(pa.float32()))})))
-        rec = {"inputs": digest, "history": res["history"], "retrieval_top1": res["retrieval_top1"],
-               "dim": int(vec.shape[1]), "seconds": time.perf_counter() - t0, "table": store.uri(dest)}
-        store.write_json(done, rec)
-        return rec
+        return embed_table(self.cfg, self.store, texts)
 
     # ------------------------------------------------------------------------------------------ run
 
@@ -522,11 +498,64 @@ class ReasonController:
         self.rollout_workers, self.reward_workers = [], []
 
 
+def embed_table(cfg, store: Store, texts: list[str]) -> dict:
+    """Align the small LM with the pretrained ID-SASRec table on `texts` (item i's at position i - 1), embed every
+    item and write `embeddings/reason/embeddings.parquet`; kept when the texts, settings and table are the same."""
+    import ray
+
+    from actors.reason_embedder import train_and_embed
+    from reaemb_ray.srs.pretrain import load_item_table
+
+    e = cfg.reason.embedder
+    table = load_item_table(store.fetch(layout.SRS_PRETRAIN))[1:len(texts) + 1]
+    digest = hashlib.sha256(json.dumps([texts, e.__dict__ | {"lora": e.lora.__dict__}], default=str).encode()
+                            + table.tobytes()).hexdigest()[:16]
+    done = layout.join(layout.REASON, "embedder", DONE)
+    dest = layout.embeddings_table(layout.REASON)
+    if store.exists(done) and store.exists(dest) and store.read_json(done).get("inputs") == digest:
+        log.info("reason embedder: up to date, reusing %s", store.uri(dest))
+        return store.read_json(done)
+    check_fits({"the reasoning embedder": group(1, e)}, cfg.ray.wait_for_nodes_s)
+    t0 = time.perf_counter()
+    res = ray.get(train_and_embed.options(num_cpus=e.num_cpus, **gpu_options(e.num_gpus, cfg.ray)).remote(
+        texts, table, e, cfg.reason.seed))
+    vec = res["vectors"]
+    store.write_bytes(dest, _parquet_bytes(pa.table({"item_id": pa.array(np.arange(1, len(vec) + 1), pa.int64()),
+                                                    "vector": pa.array(list(vec), pa.list_(pa.float32()))})))
+    rec = {"inputs": digest, "history": res["history"], "retrieval_top1": res["retrieval_top1"],
+           "dim": int(vec.shape[1]), "seconds": time.perf_counter() - t0, "table": store.uri(dest)}
+    store.write_json(done, rec)
+    return rec
+
+
+def run_text_only(cfg, fresh: bool = False) -> dict:
+    """reason.embedder.reasoning=false: the control row embeds the item text alone, so there is no policy to train
+    and no reasoning to generate; only the embedder runs (minutes instead of the GRPO folds' hours)."""
+    from reaemb_ray.rl.policy import load_item_texts
+
+    store = store_for(cfg)
+    if fresh:
+        store.delete(layout.REASON)
+    texts = load_item_texts(store.fetch(layout.PREPARED))
+    if sorted(texts) != list(range(1, len(texts) + 1)):
+        raise ValueError("prepared/items.parquet: item ids are not 1..N; rerun `reaemb prepare`")
+    t0 = time.perf_counter()
+    emb = embed_table(cfg, store, [texts[i] for i in range(1, len(texts) + 1)])
+    summary = {"task": "text_only", "items": len(texts), "folds": 0, "engine": None, "final_valid_share": None,
+               "final_answered_share": None, "final_abs_error": None,
+               "embedder": {k: emb[k] for k in ("history", "retrieval_top1", "dim", "table") if k in emb},
+               "timings": {"wall_s": time.perf_counter() - t0}, "restarts": {}}
+    store.write_bytes(layout.join(layout.REASON, "summary.json"), json.dumps(summary, indent=2, default=float).encode())
+    return dict(summary, rows={})
+
+
 def run_reason(cfg, fresh: bool = False, hooks: dict | None = None) -> dict:
     """The explicit-reasoning mode end to end (Ray started or joined here); returns the summary (+ per-fold rows)."""
     from reaemb_ray.runtime import init_ray
 
     init_ray(cfg.ray)
+    if not cfg.reason.embedder.reasoning:
+        return run_text_only(cfg, fresh)
     ctl = ReasonController(cfg, fresh=fresh, hooks=hooks)
     try:
         return ctl.run()

@@ -62,13 +62,14 @@ def test_efficient_vs_naive_reports_every_path_and_the_export_fraction_of_peak(t
     views = [attribute_views(t, 0.4, rng) for t in texts]
     a = [item_prompt(tok, v[0], "movie") for v in views]
     b = [item_prompt(tok, v[1], "movie") for v in views]
-    res = efficient_vs_naive(embedder, tok, a, b, 128, micro_batch=2, rounds=2, item_noun="movie")
+    res = efficient_vs_naive(embedder, tok, a, b, 128, micro_batch=2, rounds=2, item_noun="movie", peak_rounds=3)
     for part in ("lrcl_train_step", "export"):
         r = res[part]
         assert r["naive_items_per_s"] > 0 and r["efficient_items_per_s"] > 0
         assert r["speedup_rounds"]["min"] <= r["speedup"] <= r["speedup_rounds"]["max"]
         assert all(len(s) == 2 for s in r["seconds"].values())
     assert 0 < res["export"]["useful_gflops"] and 0 < res["export"]["fraction_of_peak"]["median"] < 1.5
+    assert len(res["export"]["fraction_of_peak"]["rounds"]) == 2 + 3  # the paired rounds and the cheap ones
     assert len(res["matmul_peak_gflops"]) == 2
     assert res["items"] == 4 and res["shared_head_tokens"] > 8  # the real prompt's template head is shared
     assert all(p.grad is None for p in embedder.parameters())  # the timing leaves no gradients behind
@@ -136,3 +137,31 @@ def test_ratios_cover_whichever_sections_ran_and_unknown_sections_are_refused(tm
     assert _ratios(result) == {"rollout_torch_vs_naive": 3.0, "rollout_torch_fraction_of_matmul_peak": 0.05}
     with pytest.raises(ValueError, match="unknown bench section 'forwards'"):
         run_bench(load_config(None, [f"output_dir={tmp_path}"]), quick=True, only=["forwards"])
+
+
+def test_export_sample_takes_whole_length_sorted_batches_spread_over_one_shard():
+    from reaemb_ray.stages.bench import export_sample
+
+    texts = ["x" * n for n in [7, 3, 9, 1, 5, 2, 8, 6, 4, 10, 11, 12]]  # shard of 10: lengths 1..10
+    assert export_sample(texts, 10, 2, 2) == ["x" * 5, "x" * 6]  # the middle batch of five
+    assert export_sample(texts, 10, 2, 4) == ["x" * 3, "x" * 4, "x" * 7, "x" * 8]  # batches 1 and 3
+    assert export_sample(texts, 10, 2, 100) == sorted(texts[:10], key=len)  # never more than the shard
+    assert export_sample(texts, 10, 20, 20) == sorted(texts[:10], key=len)  # a shard smaller than a batch
+
+
+def test_merged_copy_embeds_like_the_lora_module_without_adapters(tmp_path):
+    from reaemb_ray.bench.compute import merged_copy
+    from reaemb_ray.model.two_pass import tokenize_prompts
+
+    embedder, tok, _ = build_embedder(ModelConfig(backbone="tiny", max_length=128), str(tmp_path), with_lora=True)
+    with torch.no_grad():  # a nonzero LoRA update, so that merging has something to merge
+        for name, p in embedder.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    merged = merged_copy(embedder)
+    assert embedder.has_lora and not merged.has_lora
+    prompts = [item_prompt(tok, t, "movie") for t in ["title is Movie A; year is 1995", "title is B; genres is Drama"]]
+    batch = tokenize_prompts(tok, prompts, 128, embedder.pooling, "movie")
+    embedder.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged.embed(batch), embedder.embed(batch), atol=1e-5, rtol=1e-4)

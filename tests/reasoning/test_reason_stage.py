@@ -2,6 +2,7 @@
 workers, the DeepSpeed GRPO learner, out-of-fold reasoning, the MiniLM embedder and the exported table, with a tiny
 LM trained to reply in JSON and rated synthetic data."""
 import json
+import shutil
 import time
 import urllib.request
 
@@ -71,6 +72,17 @@ def test_reason_end_to_end_resume_and_metrics(local_ray, tmp_path, json_tiny):
     with pytest.raises(Interrupt):
         run_reason(cfg, fresh=True, hooks={"after_step": stop_once})
     res = run_reason(cfg, hooks={"after_step": stop_once})  # resumes fold 0 at step 2
+    # the actors' metrics, read while they are fresh (Ray drops a dead actor's series after a while)
+    names, body = ("ray_reaemb_reason_generated_tokens_total", "ray_reaemb_reason_reward_mean",
+                   "ray_reaemb_reason_format_valid_share", "ray_reaemb_reason_kl"), ""
+    for _ in range(60):  # each process exports on its own period: wait for all of them
+        body = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
+        if all(name in body for name in names):
+            break
+        time.sleep(1)
+    for name in names:
+        assert name in body, name
+    assert 'kind="accuracy"' in body
     for k in (0, 1):
         rows = _rows(tmp_path, k)
         assert [r["step"] for r in rows] == [1, 2, 3], k  # each learner step exactly once
@@ -101,30 +113,31 @@ def test_reason_end_to_end_resume_and_metrics(local_ray, tmp_path, json_tiny):
     # a rerun finds everything done: no step, no generation
     again = run_reason(cfg)
     assert again["timings"]["generated_tokens"] == 0 and again["timings"]["final_tokens"] == 0
-    # the text-only control (reason.embedder.reasoning=false): the fold policies and their reasoning are kept (no
-    # generation), the embedder runs again on item text alone and makes another table
+    # the text-only control (reason.embedder.reasoning=false): no policy and no generation, the fold policies are
+    # left as they are, the embedder runs on item text alone and makes another table
     control = _cfg(tmp_path, json_tiny, "reason.embedder.reasoning=false")
+    adapter = out / "fold0" / "adapter" / "adapter_model.safetensors"
+    before = adapter.stat().st_mtime_ns
     ctrl = run_reason(control)
-    assert ctrl["timings"]["generated_tokens"] == 0 and ctrl["timings"]["final_tokens"] == 0
+    assert ctrl["task"] == "text_only" and ctrl["folds"] == 0 and adapter.stat().st_mtime_ns == before
     ctrl_vecs = np.asarray(pq.read_table(tmp_path / "embeddings" / "reason" / "embeddings.parquet")
                            .column("vector").to_pylist())
     assert ctrl_vecs.shape == vecs.shape and not np.allclose(ctrl_vecs, vecs, atol=1e-3)
+    # ...and it needs no trained fold: in a folder that never ran GRPO it makes the same table
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("prepared", "srs_pretrain"):
+        shutil.copytree(tmp_path / name, bare / name)
+    run_reason(_cfg(bare, json_tiny, "reason.embedder.reasoning=false"))
+    assert not (bare / "reason" / "fold0").exists()
+    bare_vecs = np.asarray(pq.read_table(bare / "embeddings" / "reason" / "embeddings.parquet").column("vector").to_pylist())
+    np.testing.assert_allclose(bare_vecs, ctrl_vecs, atol=1e-5)
     # what the fold policies are keyed by: embedder settings are not in it, every other reason.* setting is; the
     # stage keeps the fold folders when it starts over, and a fold of other inputs is trained again
     store = store_for(cfg)
     assert fold_inputs(control, store, 0) == fold_inputs(cfg, store, 0) != fold_inputs(
         _cfg(tmp_path, json_tiny, "reason.lr=0.002"), store, 0)
     assert stages(control)[0].keep == ("fold0", "fold1")
-    body = ""
-    for _ in range(30):
-        body = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
-        if "ray_reaemb_reason_format_valid_share" in body and "ray_reaemb_reason_generated_tokens_total" in body:
-            break
-        time.sleep(1)
-    for name in ("ray_reaemb_reason_generated_tokens_total", "ray_reaemb_reason_reward_mean",
-                 "ray_reaemb_reason_format_valid_share", "ray_reaemb_reason_kl"):
-        assert name in body, name
-    assert 'kind="accuracy"' in body
 
 
 def test_killed_rollout_worker_loses_no_step(local_ray, tmp_path, json_tiny):
