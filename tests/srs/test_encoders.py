@@ -148,3 +148,33 @@ def test_fusion_starts_as_the_adapter_and_trains_an_id_residual():
     assert enc.residual.weight.grad is not None and enc.semantic.adapter[0].weight.grad is not None
     with pytest.raises(KeyError, match="srs.item_encoder"):
         build_encoder(6, 4, table, kind="concat")
+
+
+def test_table_read_in_batches_matches_one_read_and_refuses_ids_outside(tmp_path, monkeypatch):
+    from reaemb_ray.srs import encoders
+
+    rng = np.random.default_rng(3)
+    vecs, ids = rng.normal(size=(9, 4)).astype(np.float32), rng.permutation(9) + 1
+    path = write_table(tmp_path / "e.parquet", ids, vecs)
+    whole = load_embedding_table(path, 9)
+    monkeypatch.setattr(encoders, "TABLE_BATCH_ROWS", 2)  # five batches, rows scattered by id
+    np.testing.assert_array_equal(load_embedding_table(path, 9), whole)
+    np.testing.assert_array_equal(whole[ids], vecs)
+    with pytest.raises(ValueError, match="outside"):
+        load_embedding_table(write_table(tmp_path / "x.parquet", [1, 2, 3, 9], vecs[:4]), 3)
+
+
+@pytest.mark.parametrize("kind", ["frozen_adapter", "fusion"])
+def test_table_in_row_blocks_without_grad_equals_every_id_through_forward(kind, monkeypatch):
+    from reaemb_ray.srs import encoders
+
+    table = np.concatenate([np.zeros((1, 8)), np.random.default_rng(1).normal(size=(10, 8))]).astype(np.float32)
+    torch.manual_seed(0)
+    enc = build_encoder(10, 4, table, adapter_hidden=6, kind=kind)
+    if kind == "fusion":
+        torch.nn.init.normal_(enc.residual.weight)
+    monkeypatch.setattr(encoders, "TABLE_BLOCK_ROWS", 3)  # blocks that cut the table unevenly
+    with torch.inference_mode():
+        blocks, ref = enc.table(), enc(torch.arange(11))
+    torch.testing.assert_close(blocks, ref, rtol=1e-6, atol=1e-6)  # BLAS may sum tiny blocks in another order
+    assert enc.table().requires_grad  # with autograd: the whole graph, as training needs
