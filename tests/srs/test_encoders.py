@@ -150,16 +150,16 @@ def test_fusion_starts_as_the_adapter_and_trains_an_id_residual():
         build_encoder(6, 4, table, kind="concat")
 
 
-def test_table_read_in_batches_matches_one_read_and_refuses_ids_outside(tmp_path, monkeypatch):
-    from reaemb_ray.srs import encoders
-
+def test_table_read_by_row_groups_puts_each_row_at_its_id_and_refuses_ids_outside(tmp_path):
     rng = np.random.default_rng(3)
     vecs, ids = rng.normal(size=(9, 4)).astype(np.float32), rng.permutation(9) + 1
-    path = write_table(tmp_path / "e.parquet", ids, vecs)
-    whole = load_embedding_table(path, 9)
-    monkeypatch.setattr(encoders, "TABLE_BATCH_ROWS", 2)  # five batches, rows scattered by id
-    np.testing.assert_array_equal(load_embedding_table(path, 9), whole)
-    np.testing.assert_array_equal(whole[ids], vecs)
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"item_id": pa.array(ids, pa.int64()), "vector": pa.array(list(vecs), pa.list_(pa.float32()))}),
+                   path, row_group_size=2)  # five row groups, rows scattered by id
+    assert pq.ParquetFile(path).num_row_groups == 5
+    t = load_embedding_table(path, 9)
+    np.testing.assert_array_equal(t[ids], vecs)
+    assert (t[0] == 0).all()
     with pytest.raises(ValueError, match="outside"):
         load_embedding_table(write_table(tmp_path / "x.parquet", [1, 2, 3, 9], vecs[:4]), 3)
 
