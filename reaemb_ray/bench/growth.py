@@ -11,8 +11,9 @@ Pieces (what a 1M-item production catalogue would run):
   export    the export stage (Ray Data, shards, the final table) with a tiny random model over 8-token prompts:
             the model's cost per item is constant by construction, the rest is the pipeline's
   evaluate  full ranking (`srs.trainer.rank_targets`: HR/NDCG from every item, history excluded, and 100
-            sampled negatives) of a fixed 2,048 users by a SASRec over the exported table; training is left
-            out (its cost per epoch follows the interactions)
+            sampled negatives) of a fixed 2,048 users by a SASRec over the exported table, read as `reaemb
+            evaluate` reads it (`srs.encoders.load_embedding_table`); training is left out (its cost per epoch
+            follows the interactions)
 Memory is the peak resident memory of the piece's process tree (an embedded Ray and its workers included for
 export), sampled every 0.2 s, with the same measure taken just before the work starts as the baseline.
 """
@@ -121,18 +122,17 @@ def _evaluate(cfg) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from reaemb_ray.srs.encoders import build_encoder
+    from reaemb_ray.srs.encoders import build_encoder, load_embedding_table
     from reaemb_ray.srs.metrics import sample_negatives_per_user
     from reaemb_ray.srs.models import build_model
     from reaemb_ray.srs.trainer import rank_targets
-    from reaemb_ray.stages.export import vectors_of
 
-    table = vectors_of(pq.read_table(cfg.out / layout.embeddings_table("raw_llm")))
-    table = np.concatenate([np.zeros((1, table.shape[1]), np.float32), table])  # row 0: padding
-    splits = pq.read_table(cfg.out / layout.PREPARED / "splits.parquet").slice(0, EVAL_USERS).to_pydict()
-    inputs = [np.append(t, v).astype(np.int64) for t, v in zip(splits["train"], splits["valid"])]
-    targets = np.asarray(splits["test"], np.int64)
-    n = table.shape[0] - 1
+    n = pq.ParquetFile(cfg.out / layout.PREPARED / "items.parquet").metadata.num_rows
+    table = load_embedding_table(cfg.out / layout.embeddings_table("raw_llm"), n)  # what `reaemb evaluate` reads
+    splits = pq.ParquetFile(cfg.out / layout.PREPARED / "splits.parquet")
+    first = next(splits.iter_batches(batch_size=EVAL_USERS, columns=["train", "valid", "test"])).to_pydict()
+    inputs = [np.append(t, v).astype(np.int64) for t, v in zip(first["train"], first["valid"])]
+    targets = np.asarray(first["test"], np.int64)
     negatives = sample_negatives_per_user([np.append(s, t) for s, t in zip(inputs, targets)], n, 100, 0)
     torch.manual_seed(0)
     model = build_model("sasrec", build_encoder(n, cfg.srs.hidden, table, cfg.srs.adapter_hidden), cfg.srs)

@@ -11,8 +11,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from reaemb_ray.data.item_meta import amazon_attributes, parse_line, records
-from reaemb_ray.data.raw import (BadRows, RawDataset, ReadOptions, SequenceBuilder, add_item, numbered_lines,
-                                 register)
+from reaemb_ray.data.raw import (BadRows, ItemCatalogue, RawDataset, ReadOptions, SequenceBuilder, add_item,
+                                 numbered_lines, register)
 
 _JSON_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz")
 
@@ -40,7 +40,7 @@ def read_amazon_json(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDatase
     meta_path = _pick([f for f in files if f.name.startswith("meta_")], opts.name, "metadata (meta_*)", folder)
     review_path = _pick([f for f in files if not f.name.startswith("meta_")], opts.name, "review", folder)
 
-    items: dict = {}
+    items = ItemCatalogue()
     for where, item, rec in _progress(records(meta_path, bad), "amazon metadata"):
         if not item:
             bad("malformed_line", where, "metadata row has no 'asin'/'parent_asin'", "repair or delete the line")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from reaemb_ray.data.item_meta import attributes
-from reaemb_ray.data.raw import (BadRows, RawDataset, ReadOptions, SequenceBuilder, add_item, load_json,
+from reaemb_ray.data.raw import (BadRows, ItemCatalogue, RawDataset, ReadOptions, SequenceBuilder, add_item, load_json,
                                  numbered_lines, register)
 from reaemb_ray.errors import DataError
 
@@ -57,7 +57,7 @@ def read_lcrec(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDataset:
         if not isinstance(doc, dict):
             raise DataError(f"{path} holds a JSON {type(doc).__name__}, not an object keyed by index; point data.path "
                             "at LC-Rec files, which map a user (or item) index to its items (or record)")
-    items: dict = {}
+    items = ItemCatalogue()
     for key, rec in item_doc.items():
         where = f"{item_path} (item {key!r})"
         if not isinstance(rec, dict):
@@ -78,6 +78,5 @@ def read_lcrec(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDataset:
                                        if p.is_file()]
     raw = seqs.build(str(folder), files)
     if item_ids:
-        raw.items = {item_ids.get(i, i): a for i, a in raw.items.items()}
-        raw.sequences = {u: [item_ids.get(i, i) for i in s] for u, s in raw.sequences.items()}
+        raw.rename_items(item_ids)
     return raw

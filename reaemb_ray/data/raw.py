@@ -20,10 +20,14 @@ import logging
 import lzma
 import re
 import zlib
+from array import array
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Callable, Iterator
+
+import numpy as np
 
 from reaemb_ray.errors import DataError
 
@@ -32,19 +36,145 @@ log = logging.getLogger(__name__)
 Attributes = list[tuple[str, str]]  # ordered (key, value) pairs, e.g. [("title", "..."), ("brand", "...")]
 
 
+_KV, _PAIR = "\x1f", "\x1e"  # separators inside an encoded item; clean values never hold them (str.split)
+
+
+class ItemCatalogue(Mapping):
+    """raw item id -> attributes, as a read-only mapping plus `add`, stored compactly: one string per item
+    (its attributes joined by control characters) instead of a list of tuples of strings, and a code per item
+    (0, 1, ... in order of addition) that interactions refer to. At a million items this is about a third of
+    the memory of the plain dict of lists of tuples."""
+
+    def __init__(self, pairs: Iterable[tuple[str, Attributes]] = ()):
+        self._code: dict[str, int] = {}
+        self._keys: list[str] = []
+        self._attrs: list[str] = []
+        for key, attrs in pairs:
+            self.add(key, attrs)
+
+    def add(self, key: str, attrs: Attributes) -> None:
+        """Add `key`, or replace its attributes when it is there already (its code stays)."""
+        for k, v in attrs:
+            if any(c in k or c in v for c in (_KV, _PAIR)):
+                raise ValueError(f"item {key!r}: attribute {k!r} holds a control character (\\x1e or \\x1f)")
+        enc = _PAIR.join(f"{k}{_KV}{v}" for k, v in attrs)
+        code = self._code.get(key)
+        if code is None:
+            self._code[key] = len(self._keys)
+            self._keys.append(key)
+            self._attrs.append(enc)
+        else:
+            self._attrs[code] = enc
+
+    def code(self, key: str) -> int:
+        """The item's code, -1 when it is not in the catalogue."""
+        return self._code.get(key, -1)
+
+    def key_at(self, code: int) -> str:
+        return self._keys[code]
+
+    def attributes_at(self, code: int) -> Attributes:
+        enc = self._attrs[code]
+        return [tuple(p.split(_KV, 1)) for p in enc.split(_PAIR)] if enc else []
+
+    def __getitem__(self, key: str) -> Attributes:
+        return self.attributes_at(self._code[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._code
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def renamed(self, mapping: dict[str, str]) -> tuple["ItemCatalogue", np.ndarray]:
+        """Keys renamed by `mapping` (others kept); two keys renamed to one keep the later attributes. Returns
+        the new catalogue and the old code -> new code array."""
+        out = ItemCatalogue()
+        for code, key in enumerate(self._keys):
+            out.add(mapping.get(key, key), self.attributes_at(code))
+        return out, np.array([out.code(mapping.get(k, k)) for k in self._keys], np.int32)
+
+
 @dataclass
 class RawDataset:
-    items: dict[str, Attributes]  # raw item id -> attributes
-    sequences: dict[str, list[str]]  # raw user id -> raw item ids, oldest first (insertion order = file order)
-    timestamps: dict[str, list[int]] = field(default_factory=dict)  # parallel to sequences; absent = unknown
-    ratings: dict[str, list[float]] = field(default_factory=dict)  # parallel to sequences; absent = unknown
+    """Interactions as columns (one row per interaction, int codes instead of id strings), grouped by user in
+    order of first appearance in the files, oldest first within a user (ties and unknown times: file order).
+
+    `sequences`, `timestamps` and `ratings` give the same data as dicts keyed by raw ids (for small datasets
+    and tests); `prepare` reads the columns."""
+    items: ItemCatalogue  # raw item id -> attributes; interactions refer to items by catalogue code
+    users: list[str]  # raw user id by user code (file order of first appearance)
+    user_code: np.ndarray  # (M,) int32, non-decreasing
+    item_code: np.ndarray  # (M,) int32
+    timestamp: np.ndarray  # (M,) int64, meaningful where has_timestamp
+    has_timestamp: np.ndarray  # (M,) bool; the same for all rows of a user (a user's times are all known or none)
+    rating: np.ndarray  # (M,) float64, meaningful where has_rating
+    has_rating: np.ndarray  # (M,) bool; the same for all rows of a user
     skipped: Counter = field(default_factory=Counter)  # reason -> rows skipped
     source: str = ""
     files: list[str] = field(default_factory=list)  # the files read, recorded in summary.json
 
+    @classmethod
+    def from_sequences(cls, items: ItemCatalogue, sequences: dict[str, list[str]],
+                       timestamps: dict[str, list[int]] | None = None,
+                       ratings: dict[str, list[float]] | None = None) -> "RawDataset":
+        """The dataset of dicts keyed by raw ids (every item in `items`), rows already in time order."""
+        timestamps, ratings = timestamps or {}, ratings or {}
+        lengths = [len(s) for s in sequences.values()]
+
+        def column(by_user: dict, dtype) -> tuple[np.ndarray, np.ndarray]:
+            values = [x for u, s in sequences.items() for x in by_user.get(u, [0] * len(s))]
+            known = [u in by_user for u, s in sequences.items() for _ in s]
+            return np.array(values, dtype), np.array(known, bool)
+
+        ts, has_ts = column(timestamps, np.int64)
+        rating, has_rating = column(ratings, np.float64)
+        return cls(items=items, users=list(sequences),
+                   user_code=np.repeat(np.arange(len(lengths), dtype=np.int32), lengths),
+                   item_code=np.array([items.code(i) for s in sequences.values() for i in s], np.int32),
+                   timestamp=ts, has_timestamp=has_ts, rating=rating, has_rating=has_rating)
+
     @property
     def num_interactions(self) -> int:
-        return sum(len(s) for s in self.sequences.values())
+        return len(self.item_code)
+
+    def _by_user(self, values: list, known: np.ndarray | None = None) -> dict[str, list]:
+        starts = np.flatnonzero(np.diff(self.user_code, prepend=-1))
+        ends = np.append(starts[1:], len(self.user_code))
+        return {self.users[self.user_code[a]]: values[a:b] for a, b in zip(starts.tolist(), ends.tolist())
+                if known is None or known[a]}
+
+    @property
+    def sequences(self) -> dict[str, list[str]]:
+        """raw user id -> raw item ids, oldest first (insertion order = file order)."""
+        return self._by_user([self.items.key_at(c) for c in self.item_code.tolist()])
+
+    @property
+    def timestamps(self) -> dict[str, list[int]]:
+        """Parallel to sequences, for the users whose times are known."""
+        return self._by_user(self.timestamp.tolist(), self.has_timestamp)
+
+    @property
+    def ratings(self) -> dict[str, list[float]]:
+        """Parallel to sequences, for the users whose ratings are known."""
+        return self._by_user(self.rating.tolist(), self.has_rating)
+
+    def rename_items(self, mapping: dict[str, str]) -> None:
+        """Rename item ids (e.g. dataset indices -> the dataset's own ids); ids not in `mapping` stay."""
+        self.items, new_code = self.items.renamed(mapping)
+        self.item_code = new_code[self.item_code]
+
+    def select(self, keep: np.ndarray) -> "RawDataset":
+        """Only the rows where `keep`; users left without rows are dropped (the others keep their order)."""
+        user_code = self.user_code[keep]
+        present, user_code = np.unique(user_code, return_inverse=True)
+        return replace(self, users=[self.users[u] for u in present.tolist()],
+                       user_code=user_code.astype(np.int32).reshape(-1),
+                       **{k: getattr(self, k)[keep] for k in ("item_code", "timestamp", "has_timestamp", "rating",
+                                                               "has_rating")})
 
 
 @dataclass(frozen=True)
@@ -225,7 +355,7 @@ def _id_reason(problem: str) -> str:
     return "negative_id" if problem.endswith("negative") else "malformed_line"
 
 
-def add_item(items: dict[str, Attributes], raw_id: str, attrs: Attributes, bad: BadRows, where: str) -> None:
+def add_item(items: ItemCatalogue, raw_id: str, attrs: Attributes, bad: BadRows, where: str) -> None:
     """Register one item's metadata, routing bad ids, duplicates and text-less items through `bad`."""
     problem = id_problem(raw_id)
     if problem:
@@ -238,16 +368,25 @@ def add_item(items: dict[str, Attributes], raw_id: str, attrs: Attributes, bad: 
         bad("item_without_text", where, f"item {raw_id!r} has no non-empty attribute",
             "give the item a title or another attribute, or remove it")
         return
-    items[raw_id] = attrs
+    items.add(raw_id, attrs)
 
 
 class SequenceBuilder:
-    """Collects (user, item, timestamp[, rating]) rows, checks them, sorts each user's rows by time."""
+    """Collects (user, item, timestamp[, rating]) rows, checks them, sorts each user's rows by time.
 
-    def __init__(self, items: dict[str, Attributes], bad: BadRows, meta_file: str):
+    Rows are kept as typed arrays of codes (not tuples of strings): about 30 bytes per interaction. Repeated
+    interactions (same user, item and timestamp) are found in `build`, once every row is read, and reported
+    through `bad` in file order.
+    """
+
+    def __init__(self, items: ItemCatalogue, bad: BadRows, meta_file: str):
         self.items, self.bad, self.meta_file = items, bad, meta_file
-        self.rows: dict[str, list[tuple[int | None, str, float | None]]] = {}
-        self.seen: set[tuple[str, str, int]] = set()
+        self.user_codes: dict[str, int] = {}
+        self._user, self._item, self._file, self._line = array("i"), array("i"), array("I"), array("I")
+        self._ts, self._rating = array("q"), array("d")
+        self._has_ts, self._has_rating = bytearray(), bytearray()
+        self._where: dict[str, int] = {}  # the file part of `where` ("path" of "path:line"), by first use
+        self._odd_where: dict[int, str] = {}  # row -> `where` when it does not end in ":<line>"
 
     def add(self, user: str, item: str, timestamp: int | None, where: str, rating: float | None = None) -> None:
         for who, value in (("user", user), ("item", item)):
@@ -256,30 +395,93 @@ class SequenceBuilder:
                 self.bad(_id_reason(problem), where, f"{who} with {problem}",
                          "give every user and item a non-empty, non-negative id")
                 return
-        if item not in self.items:
+        code = self.items.code(item)
+        if code < 0:
             self.bad("item_without_metadata", where, f"item {item!r} of user {user!r} has no usable metadata in "
                      f"{self.meta_file}", f"add the item to {self.meta_file} or remove its interactions")
             return
-        if timestamp is not None:
-            key = (user, item, timestamp)
-            if key in self.seen:
-                self.bad("duplicate_interaction", where, f"user {user!r} and item {item!r} at time {timestamp} "
-                         "appear in an earlier row too", "remove the repeated row")
-                return
-            self.seen.add(key)
-        self.rows.setdefault(user, []).append((timestamp, item, rating))
+        row = len(self._item)
+        self._user.append(self.user_codes.setdefault(user, len(self.user_codes)))
+        self._item.append(code)
+        self._has_ts.append(timestamp is not None)
+        self._ts.append(0 if timestamp is None else timestamp)
+        self._has_rating.append(rating is not None)
+        self._rating.append(0.0 if rating is None else rating)
+        path_id, line = 0, 0
+        if timestamp is not None:  # only timed rows can repeat one another: keep where they came from
+            path, _, ln = where.rpartition(":")
+            if ln.isdigit():
+                path_id, line = self._where.setdefault(path, len(self._where)), int(ln)
+            else:
+                self._odd_where[row] = where
+        self._file.append(path_id)
+        self._line.append(line)
+
+    def _where_of(self, row: int) -> str:
+        if row in self._odd_where:
+            return self._odd_where[row]
+        return f"{list(self._where)[self._file[row]]}:{self._line[row]}"
 
     def build(self, source: str, files: list[Path]) -> RawDataset:
-        sequences, timestamps, ratings = {}, {}, {}
-        for user, rows in self.rows.items():
-            if all(t is not None for t, _, _ in rows):
-                rows = sorted(rows, key=lambda r: r[0])  # stable: ties keep file order
-                timestamps[user] = [int(t) for t, _, _ in rows]
-            sequences[user] = [i for _, i, _ in rows]
-            if all(r is not None for _, _, r in rows):
-                ratings[user] = [float(r) for _, _, r in rows]
-        return RawDataset(items=self.items, sequences=sequences, timestamps=timestamps, ratings=ratings,
+        """The dataset; the builder's rows are handed over column by column (it is empty afterwards)."""
+        def column(name: str, dtype) -> np.ndarray:
+            buf = getattr(self, name)
+            setattr(self, name, type(buf)(buf.typecode) if isinstance(buf, array) else bytearray())
+            return np.frombuffer(buf, dtype) if len(buf) else np.zeros(0, dtype)
+
+        users, self.user_codes = list(self.user_codes), {}
+        user, has_ts = column("_user", np.int32), column("_has_ts", np.bool_)
+        ts_known = np.bincount(user[~has_ts], minlength=len(users)) == 0  # every row of the user has a time
+        ts = column("_ts", np.int64)
+        key = np.where(ts_known[user], ts, 0)
+        step, key_step = np.diff(user), np.diff(key)
+        if ((step > 0) | ((step == 0) & (key_step >= 0))).all():  # already grouped by user, in time order
+            order = None
+        else:
+            order = np.lexsort((key, user))  # stable: ties (and users without times) keep file order
+        del step, key_step
+
+        def ordered(values: np.ndarray) -> np.ndarray:
+            return values if order is None else values[order]
+
+        user, key, has_ts, ts = ordered(user), ordered(key), ordered(has_ts), ordered(ts)
+        item = ordered(column("_item", np.int32))
+        keep = ~self._repeated(users, user, item, ts, has_ts, ts_known, key, order)
+        del key
+        has_rating, rating = column("_has_rating", np.bool_), column("_rating", np.float64)
+        self._file, self._line, self._odd_where = array("I"), array("I"), {}
+        if not keep.all():
+            user, item, ts, has_ts = user[keep], item[keep], ts[keep], has_ts[keep]
+            has_rating, rating = ordered(has_rating)[keep], ordered(rating)[keep]
+        else:
+            has_rating, rating = ordered(has_rating), ordered(rating)
+        rating_known = np.bincount(user[~has_rating], minlength=len(users)) == 0
+        return RawDataset(items=self.items, users=users, user_code=user, item_code=item, timestamp=ts,
+                          has_timestamp=ts_known[user], rating=rating, has_rating=rating_known[user],
                           skipped=self.bad.counts, source=source, files=[str(f) for f in files])
+
+    def _repeated(self, users, user, item, ts, has_ts, ts_known, key, order) -> np.ndarray:
+        """Rows (with a timestamp) equal in user, item and time to an earlier row of the file, each reported
+        through `bad` in file order. Rows come grouped by user, in time order where the user's times are known,
+        so such rows sit in one run of equal (user, time): only runs longer than one row are looked at."""
+        out = np.zeros(len(user), bool)
+        if len(user) < 2:
+            return out
+        file_row = np.arange(len(user)) if order is None else order
+        same = (user[1:] == user[:-1]) & (key[1:] == key[:-1]) & has_ts[1:] & has_ts[:-1] & ts_known[user[1:]]
+        cand = np.flatnonzero(np.concatenate([[False], same]) | np.concatenate([same, [False]]))
+        partial = np.flatnonzero(has_ts & ~ts_known[user])  # users with some times unknown: rows in file order
+        cand = np.concatenate([cand, partial])
+        if len(cand) < 2:
+            return out
+        by = cand[np.lexsort((file_row[cand], ts[cand], item[cand], user[cand]))]
+        dup = by[1:][(user[by[1:]] == user[by[:-1]]) & (item[by[1:]] == item[by[:-1]]) & (ts[by[1:]] == ts[by[:-1]])]
+        for r in dup[np.argsort(file_row[dup])].tolist():
+            self.bad("duplicate_interaction", self._where_of(int(file_row[r])), f"user {users[user[r]]!r} and item "
+                     f"{self.items.key_at(item[r])!r} at time {ts[r]} appear in an earlier row too",
+                     "remove the repeated row")
+            out[r] = True
+        return out
 
 
 # ------------------------------------------------------------------------------------- the registry
@@ -308,32 +510,17 @@ def kcore(raw: RawDataset, k: int) -> tuple[RawDataset, dict[str, int]]:
     """Repeatedly drop users and items with fewer than k interactions until none remain; return the counts."""
     if k <= 0:
         return raw, {}
-    seqs = {u: list(s) for u, s in raw.sequences.items()}
-    ts = {u: list(t) for u, t in raw.timestamps.items()}
-    rt = {u: list(r) for u, r in raw.ratings.items()}
-    users0, inter0 = len(seqs), sum(map(len, seqs.values()))
-    items0 = len({i for s in seqs.values() for i in s})
+    user, item = raw.user_code, raw.item_code
+    keep = np.ones(len(item), bool)
     while True:
-        item_count = Counter(i for s in seqs.values() for i in s)
-        weak_items = {i for i, c in item_count.items() if c < k}
-        weak_users = {u for u, s in seqs.items() if len(s) < k}
-        if not weak_items and not weak_users:
+        user_count = np.bincount(user[keep], minlength=len(raw.users))
+        item_count = np.bincount(item[keep], minlength=len(raw.items))
+        weak = keep & ((user_count[user] < k) | (item_count[item] < k))
+        if not weak.any():
             break
-        for u in list(seqs):
-            if u in weak_users:
-                del seqs[u]
-                ts.pop(u, None)
-                rt.pop(u, None)
-                continue
-            if weak_items:
-                keep = [j for j, i in enumerate(seqs[u]) if i not in weak_items]
-                seqs[u] = [seqs[u][j] for j in keep]
-                if u in ts:
-                    ts[u] = [ts[u][j] for j in keep]
-                if u in rt:
-                    rt[u] = [rt[u][j] for j in keep]
-    items1 = len({i for s in seqs.values() for i in s})
-    stats = {"kcore_removed_users": users0 - len(seqs), "kcore_removed_items": items0 - items1,
-             "kcore_removed_interactions": inter0 - sum(map(len, seqs.values()))}
-    return RawDataset(items=raw.items, sequences=seqs, timestamps=ts, ratings=rt, skipped=raw.skipped,
-                      source=raw.source, files=raw.files), stats
+        keep &= ~weak
+    out = raw.select(keep)
+    stats = {"kcore_removed_users": len(raw.users) - len(out.users),
+             "kcore_removed_items": len(np.unique(item)) - len(np.unique(out.item_code)),
+             "kcore_removed_interactions": raw.num_interactions - out.num_interactions}
+    return out, stats

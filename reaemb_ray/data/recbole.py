@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from reaemb_ray.data.raw import (BadRows, RawDataset, ReadOptions, SequenceBuilder, add_item, make_attributes,
-                                 numbered_lines, register)
+from reaemb_ray.data.raw import (BadRows, ItemCatalogue, RawDataset, ReadOptions, SequenceBuilder, add_item,
+                                 make_attributes, numbered_lines, register)
 from reaemb_ray.errors import DataError
 
 
@@ -63,7 +63,7 @@ def read_atomic(folder: Path, bad: BadRows, name: str, key_names: dict[str, str]
     key_names = key_names or {}
     inter_path, item_path = atomic_file(folder, name, ".inter"), atomic_file(folder, name, ".item")
 
-    items: dict = {}
+    items = ItemCatalogue()
     lines = numbered_lines(item_path, bad)
     _, head = next(lines)
     fields = _header(item_path, head)

@@ -11,8 +11,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from reaemb_ray.data.item_meta import yelp_attributes
-from reaemb_ray.data.raw import (BadRows, RawDataset, ReadOptions, SequenceBuilder, add_item, numbered_lines,
-                                 register, require_file)
+from reaemb_ray.data.raw import (BadRows, ItemCatalogue, RawDataset, ReadOptions, SequenceBuilder, add_item,
+                                 numbered_lines, register, require_file)
 
 
 def _unix(date: str) -> int:
@@ -28,7 +28,7 @@ def _names(kind: str) -> list[str]:
 def read_yelp(folder: Path, bad: BadRows, opts: ReadOptions) -> RawDataset:
     bpath = require_file(folder, *_names("business"), what="yelp businesses")
     rpath = require_file(folder, *_names("review"), what="yelp reviews")
-    items: dict = {}
+    items = ItemCatalogue()
     for ln, line in tqdm(numbered_lines(bpath, bad), desc="yelp businesses", mininterval=2.0, leave=False):
         where = f"{bpath}:{ln}"
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -29,37 +30,50 @@ def load_embedding_table(path: str | Path, num_items: int, pca_dim: int = 0) -> 
 
     The table must hold every item 1..num_items exactly once, all vectors the same length, all finite.
     Tables wider than `pca_dim` (> 0) are reduced by PCA fitted on the table itself.
+    The file is read one row group at a time (`iter_batches` was measured to buffer most of the file), each
+    vector column as one flat buffer (no per-row Python objects), straight into its rows of the result.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"embedding table {path} does not exist")
-    t = pq.read_table(path)
-    if "item_id" not in t.column_names or "vector" not in t.column_names:
-        raise ValueError(f"{path}: needs columns item_id and vector, found {t.column_names}")
-    ids = t.column("item_id").to_numpy().astype(np.int64)
-    vecs = t.column("vector").to_pylist()
-    dims = {len(v) for v in vecs if v is not None}
-    if None in vecs or len(dims) != 1:
-        raise ValueError(f"{path}: every vector must be present and of one length, found lengths {sorted(dims)}")
-    mat = np.asarray(vecs, dtype=np.float32)
-    if not np.isfinite(mat).all():
-        bad = ids[~np.isfinite(mat).all(1)][:5].tolist()
-        raise ValueError(f"{path}: vectors contain NaN/inf (item ids {bad} ...); re-run the stage that wrote it")
-    if len(np.unique(ids)) != len(ids):
+    file = pq.ParquetFile(path)
+    names = file.schema_arrow.names
+    if "item_id" not in names or "vector" not in names:
+        raise ValueError(f"{path}: needs columns item_id and vector, found {names}")
+    mat, seen, dims = None, np.zeros(num_items + 1, np.int64), set()
+    extra: list[int] = []
+    batches = (b for g in range(file.num_row_groups) for b in file.read_row_group(g, ["item_id", "vector"]).to_batches())
+    for batch in batches:
+        ids = batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        col = batch.column(1)
+        dims |= set(pc.unique(pc.list_value_length(col)).drop_null().to_pylist())
+        if col.null_count or len(dims) != 1:
+            raise ValueError(f"{path}: every vector must be present and of one length, found lengths {sorted(dims)}")
+        dim = next(iter(dims))
+        vecs = np.asarray(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(ids), dim)
+        if not np.isfinite(vecs).all():
+            bad = ids[~np.isfinite(vecs).all(1)][:5].tolist()
+            raise ValueError(f"{path}: vectors contain NaN/inf (item ids {bad} ...); re-run the stage that wrote it")
+        inside = (ids >= 1) & (ids <= num_items)
+        extra += ids[~inside][:5].tolist()
+        if mat is None:
+            mat = np.zeros((num_items + 1, dim), np.float32)
+        mat[ids[inside]] = vecs[inside]
+        np.add.at(seen, ids[inside], 1)
+    if (seen > 1).any() or len(extra) != len(set(extra)):
         raise ValueError(f"{path}: duplicate item ids; each item must appear exactly once")
-    missing = np.setdiff1d(np.arange(1, num_items + 1), ids)
+    missing = np.flatnonzero(seen[1:] == 0) + 1
     if len(missing):
         raise ValueError(
             f"{path}: {len(missing)} item ids of 1..{num_items} are missing (e.g. {missing[:5].tolist()}); "
             "the table was exported for another prepared dataset -- re-run export"
         )
-    extra = ids[(ids < 1) | (ids > num_items)]
-    if len(extra):
-        raise ValueError(f"{path}: item ids outside 1..{num_items} (e.g. {extra[:5].tolist()})")
-    mat = mat[np.argsort(ids)]
+    if extra:
+        raise ValueError(f"{path}: item ids outside 1..{num_items} (e.g. {extra[:5]})")
     if pca_dim and mat.shape[1] > pca_dim:
-        mat = pca_fit_transform(mat, pca_dim)
-    return np.concatenate([np.zeros((1, mat.shape[1]), np.float32), mat])
+        rows = pca_fit_transform(mat[1:], pca_dim)
+        mat = np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows])
+    return mat
 
 
 class ItemEncoder(nn.Module):
@@ -99,6 +113,9 @@ class IDEncoder(ItemEncoder):
         return self.emb.weight
 
 
+TABLE_BLOCK_ROWS = 1 << 15  # items run through the adapter at once when no gradient is needed
+
+
 class ExternalEncoder(ItemEncoder):
     """`frozen_adapter` (ReaEmb, LLMEmb): frozen table (N+1, d) -> Linear(d, adapter_hidden) -> Linear(.., hidden)."""
 
@@ -111,6 +128,17 @@ class ExternalEncoder(ItemEncoder):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.adapter(self.frozen[ids])
         return out * (ids != 0).unsqueeze(-1).to(out.dtype)
+
+    def table(self) -> torch.Tensor:
+        """Every item's vector; without autograd, blocks of rows go through the adapter into one result, so
+        neither a gathered copy of the frozen table nor the (N+1, adapter_hidden) activation is ever whole."""
+        if torch.is_grad_enabled():  # training: the loss backpropagates through every row
+            return super().table()
+        out = torch.empty(self.num_items + 1, self.hidden, device=self.frozen.device)
+        for lo in range(0, len(out), TABLE_BLOCK_ROWS):
+            out[lo:lo + TABLE_BLOCK_ROWS] = self.adapter(self.frozen[lo:lo + TABLE_BLOCK_ROWS])
+        out[0] = 0  # padding, as forward's mask makes it
+        return out
 
 
 class FusionEncoder(ItemEncoder):
@@ -130,6 +158,11 @@ class FusionEncoder(ItemEncoder):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.semantic(ids) + self.residual(ids)
+
+    def table(self) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().table()
+        return self.semantic.table().add_(self.residual.weight)  # forward's sum, every row at once
 
 
 ID_INIT_STD = 0.02

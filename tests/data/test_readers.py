@@ -5,6 +5,7 @@ import gzip
 import json
 import typing
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -251,11 +252,12 @@ def test_gzip_input(tmp_path):
 
 
 def test_kcore_reference():
-    from reaemb_ray.data.raw import RawDataset
+    from reaemb_ray.data.raw import ItemCatalogue, RawDataset
 
     seqs = {"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["a", "d"], "u4": ["c"]}
-    raw = RawDataset(items={}, sequences=seqs, timestamps={"u1": [1, 2, 3], "u2": [1, 2], "u3": [1, 2], "u4": [5]},
-                     ratings={"u1": [5, 4, 3], "u2": [2, 1], "u3": [1, 1], "u4": [5]})
+    items = ItemCatalogue((i, [("title", i)]) for i in "abcd")
+    raw = RawDataset.from_sequences(items, seqs, timestamps={"u1": [1, 2, 3], "u2": [1, 2], "u3": [1, 2], "u4": [5]},
+                                    ratings={"u1": [5, 4, 3], "u2": [2, 1], "u3": [1, 1], "u4": [5]})
     out, stats = kcore(raw, 2)
     # d (1 interaction) and u4 go; then c has 1 -> goes; u3 = [a] -> goes; a now 2, b 2; u1 [a, b], u2 [a, b]
     assert out.sequences == {"u1": ["a", "b"], "u2": ["a", "b"]}
@@ -287,3 +289,56 @@ def test_utf8_byte_order_mark_and_crlf_line_ends_are_read(dataset):
         (folder / name).write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     raw = read_folder("yelp", folder)
     assert raw.sequences == plain.sequences and raw.items == plain.items
+
+
+def _reference_build(rows):
+    """The builder as it was written with Python dicts: a set of seen (user, item, time), rows per user sorted
+    by time (stable) when all of the user's times are known, times/ratings kept only when all are known."""
+    seen, per_user, dups = set(), {}, []
+    for ln, (u, i, t, r) in enumerate(rows, start=1):
+        if t is not None:
+            if (u, i, t) in seen:
+                dups.append(ln)
+                continue
+            seen.add((u, i, t))
+        per_user.setdefault(u, []).append((t, i, r))
+    seqs, times, ratings = {}, {}, {}
+    for u, rs in per_user.items():
+        if all(t is not None for t, _, _ in rs):
+            rs = sorted(rs, key=lambda x: x[0])
+            times[u] = [t for t, _, _ in rs]
+        seqs[u] = [i for _, i, _ in rs]
+        if all(r is not None for _, _, r in rs):
+            ratings[u] = [r for _, _, r in rs]
+    return seqs, times, ratings, dups
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sequence_builder_matches_the_dict_reference(seed):
+    from reaemb_ray.data.raw import BadRows, ItemCatalogue, SequenceBuilder
+
+    rng = np.random.default_rng(seed)
+    items = ItemCatalogue((f"i{k}", [("title", f"t{k}")]) for k in range(8))
+    rows = []
+    for _ in range(300):  # few users, items and times: many repeats and ties; some users lack times or ratings
+        u = f"u{rng.integers(12)}"
+        t = None if u in ("u3", "u7") or (u == "u5" and rng.random() < 0.3) else int(rng.integers(5))
+        r = None if u == "u4" or rng.random() < 0.05 else float(rng.integers(1, 6)) / 2
+        rows.append((u, f"i{rng.integers(8)}", t, r))
+    if seed % 2:  # an already sorted file takes the no-sort path
+        rows.sort(key=lambda x: (x[0], -1 if x[2] is None else x[2]))
+    bad = BadRows("skip", max_logged=0)
+    b = SequenceBuilder(items, bad, "items.txt")
+    for ln, (u, i, t, r) in enumerate(rows, start=1):
+        b.add(u, i, t, f"inter.txt:{ln}", rating=r)
+    raw = b.build("src", [])
+    seqs, times, ratings, dups = _reference_build(rows)
+    assert raw.sequences == seqs and list(raw.sequences) == list(seqs)  # users in file order
+    assert raw.timestamps == times and raw.ratings == ratings
+    assert raw.skipped == ({"duplicate_interaction": len(dups)} if dups else {})
+    if dups:
+        with pytest.raises(ValueError, match=rf"inter.txt:{dups[0]}: .*duplicate_interaction"):
+            b2 = SequenceBuilder(items, BadRows("error"), "items.txt")
+            for ln, (u, i, t, r) in enumerate(rows, start=1):
+                b2.add(u, i, t, f"inter.txt:{ln}", rating=r)
+            b2.build("src", [])

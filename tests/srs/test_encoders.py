@@ -148,3 +148,33 @@ def test_fusion_starts_as_the_adapter_and_trains_an_id_residual():
     assert enc.residual.weight.grad is not None and enc.semantic.adapter[0].weight.grad is not None
     with pytest.raises(KeyError, match="srs.item_encoder"):
         build_encoder(6, 4, table, kind="concat")
+
+
+def test_table_read_by_row_groups_puts_each_row_at_its_id_and_refuses_ids_outside(tmp_path):
+    rng = np.random.default_rng(3)
+    vecs, ids = rng.normal(size=(9, 4)).astype(np.float32), rng.permutation(9) + 1
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"item_id": pa.array(ids, pa.int64()), "vector": pa.array(list(vecs), pa.list_(pa.float32()))}),
+                   path, row_group_size=2)  # five row groups, rows scattered by id
+    assert pq.ParquetFile(path).num_row_groups == 5
+    t = load_embedding_table(path, 9)
+    np.testing.assert_array_equal(t[ids], vecs)
+    assert (t[0] == 0).all()
+    with pytest.raises(ValueError, match="outside"):
+        load_embedding_table(write_table(tmp_path / "x.parquet", [1, 2, 3, 9], vecs[:4]), 3)
+
+
+@pytest.mark.parametrize("kind", ["frozen_adapter", "fusion"])
+def test_table_in_row_blocks_without_grad_equals_every_id_through_forward(kind, monkeypatch):
+    from reaemb_ray.srs import encoders
+
+    table = np.concatenate([np.zeros((1, 8)), np.random.default_rng(1).normal(size=(10, 8))]).astype(np.float32)
+    torch.manual_seed(0)
+    enc = build_encoder(10, 4, table, adapter_hidden=6, kind=kind)
+    if kind == "fusion":
+        torch.nn.init.normal_(enc.residual.weight)
+    monkeypatch.setattr(encoders, "TABLE_BLOCK_ROWS", 3)  # blocks that cut the table unevenly
+    with torch.inference_mode():
+        blocks, ref = enc.table(), enc(torch.arange(11))
+    torch.testing.assert_close(blocks, ref, rtol=1e-6, atol=1e-6)  # BLAS may sum tiny blocks in another order
+    assert enc.table().requires_grad  # with autograd: the whole graph, as training needs
