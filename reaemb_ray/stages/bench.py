@@ -35,10 +35,11 @@ def _sizes(quick: bool) -> dict:
     if quick:
         return dict(fwd_items=16, micro=8, export_items=16, export_batch=8, engine_items=16, engine_batch=16,
                     group=4, rounds=2, peak_rounds=1, crrl_items=32, crrl_batch=8, growth=[1000, 4000])
-    # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in 20 minutes: one warm-up call and three
-    # timed rounds per side, plus `peak_rounds` cheap rounds of only the efficient path and the matmul peak for
-    # the fractions of peak (their rounds swing most); see docs/BENCHMARK.md for what a second run reproduced
-    return dict(fwd_items=16, micro=8, export_items=32, export_batch=32, engine_items=16, engine_batch=16,
+    # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in 20 minutes: one LRCL micro-batch of 8 per
+    # training step, one warm-up call and three timed rounds per side, plus `peak_rounds` cheap rounds of only
+    # the efficient path and the matmul peak for the fractions of peak (their rounds swing most); see
+    # docs/BENCHMARK.md for what a second run reproduced
+    return dict(fwd_items=8, micro=8, export_items=32, export_batch=32, engine_items=16, engine_batch=16,
                 group=8, rounds=3, peak_rounds=6, crrl_items=32, crrl_batch=8, growth=[10_000, 100_000, 1_000_000])
 
 
