@@ -208,9 +208,8 @@ def _write_items(path: Path, items, item_codes: np.ndarray, max_value_chars: int
                         ("attr_values", pa.list_(pa.string())), ("text", pa.string())])
     with pq.ParquetWriter(path, schema) as writer:
         for lo in range(0, len(item_codes), ITEM_BLOCK):
-            block = item_codes[lo:lo + ITEM_BLOCK].tolist()
-            raw_ids = [items.key_at(c) for c in block]
-            attrs = [items.attributes_at(c) for c in block]
+            block = item_codes[lo:lo + ITEM_BLOCK]
+            raw_ids, attrs = items.block(block)
             texts = [render_attributes(a, max_value_chars) for a in attrs]
             for r, t, a in zip(raw_ids, texts, attrs):
                 if not t:  # readers reject text-less items, so this is a reader bug, not bad input

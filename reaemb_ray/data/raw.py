@@ -22,12 +22,14 @@ import re
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from reaemb_ray.errors import DataError
 
@@ -39,25 +41,73 @@ Attributes = list[tuple[str, str]]  # ordered (key, value) pairs, e.g. [("title"
 _KV, _PAIR = "\x1f", "\x1e"  # separators inside an encoded item; clean values never hold them (str.split)
 
 
+class Ids(Sequence):
+    """Raw ids by code as one Arrow string array (a few bytes per id instead of a Python string each)."""
+
+    def __init__(self, values: Iterable[str] | pa.Array):
+        self.array = values if isinstance(values, pa.Array) else pa.array(list(values), pa.string())
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, code):
+        if isinstance(code, slice):
+            return self.array[code].to_pylist()
+        return self.array[int(code)].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.array.to_pylist())
+
+    def take(self, codes: np.ndarray) -> "Ids":
+        return Ids(self.array.take(pa.array(np.asarray(codes, np.int64))))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
 class ItemCatalogue(Mapping):
     """raw item id -> attributes, as a read-only mapping plus `add`, stored compactly: one string per item
     (its attributes joined by control characters) instead of a list of tuples of strings, and a code per item
-    (0, 1, ... in order of addition) that interactions refer to. At a million items this is about a third of
-    the memory of the plain dict of lists of tuples."""
+    (0, 1, ... in order of addition) that interactions refer to.
+
+    While it is built (`add`) it keeps Python lists and a key -> code dict; `freeze` (or `from_arrays`) turns it
+    into two Arrow string arrays and drops the dict (about 80 instead of 250 bytes per item besides the text), which
+    is how readers hand it over. A frozen catalogue looks keys up in bulk (`codes_of`); `code` and `add` on it
+    rebuild the dict (small catalogues, tests)."""
 
     def __init__(self, pairs: Iterable[tuple[str, Attributes]] = ()):
-        self._code: dict[str, int] = {}
-        self._keys: list[str] = []
-        self._attrs: list[str] = []
+        self._code: dict[str, int] | None = {}
+        self._keys: list[str] | pa.Array = []
+        self._attrs: list[str] | pa.Array = []
         for key, attrs in pairs:
             self.add(key, attrs)
 
+    @classmethod
+    def from_arrays(cls, keys: pa.Array, encoded: pa.Array) -> "ItemCatalogue":
+        """A frozen catalogue of distinct `keys` and their attributes as `encode_attributes` writes them."""
+        out = cls()
+        out._code, out._keys, out._attrs = None, keys.cast(pa.string()), encoded.cast(pa.large_string())
+        return out
+
+    @property
+    def frozen(self) -> bool:
+        return self._code is None
+
+    def freeze(self) -> "ItemCatalogue":
+        if not self.frozen:
+            self._keys, self._attrs = pa.array(self._keys, pa.string()), pa.array(self._attrs, pa.large_string())
+            self._code = None
+        return self
+
+    def _thaw(self) -> None:
+        if self.frozen:
+            self._keys, self._attrs = self._keys.to_pylist(), self._attrs.to_pylist()
+            self._code = {k: c for c, k in enumerate(self._keys)}
+
     def add(self, key: str, attrs: Attributes) -> None:
         """Add `key`, or replace its attributes when it is there already (its code stays)."""
-        for k, v in attrs:
-            if any(c in k or c in v for c in (_KV, _PAIR)):
-                raise ValueError(f"item {key!r}: attribute {k!r} holds a control character (\\x1e or \\x1f)")
-        enc = _PAIR.join(f"{k}{_KV}{v}" for k, v in attrs)
+        enc = encode_attributes(key, attrs)
+        self._thaw()
         code = self._code.get(key)
         if code is None:
             self._code[key] = len(self._keys)
@@ -68,23 +118,40 @@ class ItemCatalogue(Mapping):
 
     def code(self, key: str) -> int:
         """The item's code, -1 when it is not in the catalogue."""
+        self._thaw()
         return self._code.get(key, -1)
 
+    def codes_of(self, keys: pa.Array) -> np.ndarray:
+        """The codes of many keys at once (int32, -1 where a key is not in the catalogue), hashed in Arrow."""
+        self.freeze()
+        codes = pc.index_in(keys.cast(pa.string()), value_set=self._keys)
+        return codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+
     def key_at(self, code: int) -> str:
-        return self._keys[code]
+        return self._keys[code] if not self.frozen else self._keys[int(code)].as_py()
 
     def attributes_at(self, code: int) -> Attributes:
-        enc = self._attrs[code]
-        return [tuple(p.split(_KV, 1)) for p in enc.split(_PAIR)] if enc else []
+        enc = self._attrs[code] if not self.frozen else self._attrs[int(code)].as_py()
+        return decode_attributes(enc)
+
+    def block(self, codes: np.ndarray) -> tuple[list[str], list[Attributes]]:
+        """(raw ids, attributes) of the items `codes`, in that order."""
+        if not self.frozen:
+            return [self._keys[c] for c in codes.tolist()], [self.attributes_at(c) for c in codes.tolist()]
+        at = pa.array(np.asarray(codes, np.int64))
+        return self._keys.take(at).to_pylist(), [decode_attributes(e) for e in self._attrs.take(at).to_pylist()]
 
     def __getitem__(self, key: str) -> Attributes:
-        return self.attributes_at(self._code[key])
+        code = self.code(key)
+        if code < 0:
+            raise KeyError(key)
+        return self.attributes_at(code)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._code
+        return self.code(key) >= 0
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return iter(self._keys if not self.frozen else self._keys.to_pylist())
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -93,9 +160,23 @@ class ItemCatalogue(Mapping):
         """Keys renamed by `mapping` (others kept); two keys renamed to one keep the later attributes. Returns
         the new catalogue and the old code -> new code array."""
         out = ItemCatalogue()
-        for code, key in enumerate(self._keys):
+        keys = list(self)
+        for code, key in enumerate(keys):
             out.add(mapping.get(key, key), self.attributes_at(code))
-        return out, np.array([out.code(mapping.get(k, k)) for k in self._keys], np.int32)
+        return out, np.array([out.code(mapping.get(k, k)) for k in keys], np.int32)
+
+
+def encode_attributes(key: str, attrs: Attributes) -> str:
+    """One item's attributes as one string (`decode_attributes` inverts it); a value holding a separator is an
+    error naming the item."""
+    for k, v in attrs:
+        if any(c in k or c in v for c in (_KV, _PAIR)):
+            raise ValueError(f"item {key!r}: attribute {k!r} holds a control character (\\x1e or \\x1f)")
+    return _PAIR.join(f"{k}{_KV}{v}" for k, v in attrs)
+
+
+def decode_attributes(enc: str) -> Attributes:
+    return [tuple(p.split(_KV, 1)) for p in enc.split(_PAIR)] if enc else []
 
 
 @dataclass
@@ -106,7 +187,7 @@ class RawDataset:
     `sequences`, `timestamps` and `ratings` give the same data as dicts keyed by raw ids (for small datasets
     and tests); `prepare` reads the columns."""
     items: ItemCatalogue  # raw item id -> attributes; interactions refer to items by catalogue code
-    users: list[str]  # raw user id by user code (file order of first appearance)
+    users: Ids  # raw user id by user code (file order of first appearance)
     user_code: np.ndarray  # (M,) int32, non-decreasing
     item_code: np.ndarray  # (M,) int32
     timestamp: np.ndarray  # (M,) int64, meaningful where has_timestamp
@@ -132,7 +213,7 @@ class RawDataset:
 
         ts, has_ts = column(timestamps, np.int64)
         rating, has_rating = column(ratings, np.float64)
-        return cls(items=items, users=list(sequences),
+        return cls(items=items, users=Ids(sequences),
                    user_code=np.repeat(np.arange(len(lengths), dtype=np.int32), lengths),
                    item_code=np.array([items.code(i) for s in sequences.values() for i in s], np.int32),
                    timestamp=ts, has_timestamp=has_ts, rating=rating, has_rating=has_rating)
@@ -144,7 +225,8 @@ class RawDataset:
     def _by_user(self, values: list, known: np.ndarray | None = None) -> dict[str, list]:
         starts = np.flatnonzero(np.diff(self.user_code, prepend=-1))
         ends = np.append(starts[1:], len(self.user_code))
-        return {self.users[self.user_code[a]]: values[a:b] for a, b in zip(starts.tolist(), ends.tolist())
+        users = list(self.users)
+        return {users[self.user_code[a]]: values[a:b] for a, b in zip(starts.tolist(), ends.tolist())
                 if known is None or known[a]}
 
     @property
@@ -171,7 +253,7 @@ class RawDataset:
         """Only the rows where `keep`; users left without rows are dropped (the others keep their order)."""
         user_code = self.user_code[keep]
         present, user_code = np.unique(user_code, return_inverse=True)
-        return replace(self, users=[self.users[u] for u in present.tolist()],
+        return replace(self, users=self.users.take(present),
                        user_code=user_code.astype(np.int32).reshape(-1),
                        **{k: getattr(self, k)[keep] for k in ("item_code", "timestamp", "has_timestamp", "rating",
                                                                "has_rating")})
@@ -429,59 +511,71 @@ class SequenceBuilder:
             setattr(self, name, type(buf)(buf.typecode) if isinstance(buf, array) else bytearray())
             return np.frombuffer(buf, dtype) if len(buf) else np.zeros(0, dtype)
 
-        users, self.user_codes = list(self.user_codes), {}
-        user, has_ts = column("_user", np.int32), column("_has_ts", np.bool_)
-        ts_known = np.bincount(user[~has_ts], minlength=len(users)) == 0  # every row of the user has a time
-        ts = column("_ts", np.int64)
-        key = np.where(ts_known[user], ts, 0)
-        step, key_step = np.diff(user), np.diff(key)
-        if ((step > 0) | ((step == 0) & (key_step >= 0))).all():  # already grouped by user, in time order
-            order = None
-        else:
-            order = np.lexsort((key, user))  # stable: ties (and users without times) keep file order
-        del step, key_step
-
-        def ordered(values: np.ndarray) -> np.ndarray:
-            return values if order is None else values[order]
-
-        user, key, has_ts, ts = ordered(user), ordered(key), ordered(has_ts), ordered(ts)
-        item = ordered(column("_item", np.int32))
-        keep = ~self._repeated(users, user, item, ts, has_ts, ts_known, key, order)
-        del key
-        has_rating, rating = column("_has_rating", np.bool_), column("_rating", np.float64)
+        users, self.user_codes = Ids(self.user_codes), {}
+        columns = {"user": column("_user", np.int32), "has_ts": column("_has_ts", np.bool_), "ts": column("_ts", np.int64),
+                   "item": column("_item", np.int32), "has_rating": column("_has_rating", np.bool_),
+                   "rating": column("_rating", np.float64)}
+        raw = assemble(self.items, self.bad, users, columns, self._where_of, source, files)
         self._file, self._line, self._odd_where = array("I"), array("I"), {}
-        if not keep.all():
-            user, item, ts, has_ts = user[keep], item[keep], ts[keep], has_ts[keep]
-            has_rating, rating = ordered(has_rating)[keep], ordered(rating)[keep]
-        else:
-            has_rating, rating = ordered(has_rating), ordered(rating)
-        rating_known = np.bincount(user[~has_rating], minlength=len(users)) == 0
-        return RawDataset(items=self.items, users=users, user_code=user, item_code=item, timestamp=ts,
-                          has_timestamp=ts_known[user], rating=rating, has_rating=rating_known[user],
-                          skipped=self.bad.counts, source=source, files=[str(f) for f in files])
+        return raw
 
-    def _repeated(self, users, user, item, ts, has_ts, ts_known, key, order) -> np.ndarray:
-        """Rows (with a timestamp) equal in user, item and time to an earlier row of the file, each reported
-        through `bad` in file order. Rows come grouped by user, in time order where the user's times are known,
-        so such rows sit in one run of equal (user, time): only runs longer than one row are looked at."""
-        out = np.zeros(len(user), bool)
-        if len(user) < 2:
-            return out
-        file_row = np.arange(len(user)) if order is None else order
-        same = (user[1:] == user[:-1]) & (key[1:] == key[:-1]) & has_ts[1:] & has_ts[:-1] & ts_known[user[1:]]
-        cand = np.flatnonzero(np.concatenate([[False], same]) | np.concatenate([same, [False]]))
-        partial = np.flatnonzero(has_ts & ~ts_known[user])  # users with some times unknown: rows in file order
-        cand = np.concatenate([cand, partial])
-        if len(cand) < 2:
-            return out
-        by = cand[np.lexsort((file_row[cand], ts[cand], item[cand], user[cand]))]
-        dup = by[1:][(user[by[1:]] == user[by[:-1]]) & (item[by[1:]] == item[by[:-1]]) & (ts[by[1:]] == ts[by[:-1]])]
-        for r in dup[np.argsort(file_row[dup])].tolist():
-            self.bad("duplicate_interaction", self._where_of(int(file_row[r])), f"user {users[user[r]]!r} and item "
-                     f"{self.items.key_at(item[r])!r} at time {ts[r]} appear in an earlier row too",
-                     "remove the repeated row")
-            out[r] = True
+
+def assemble(items: ItemCatalogue, bad: BadRows, users: Ids, columns: dict[str, np.ndarray],
+             where_of: Callable[[int], str], source: str, files: list[Path]) -> RawDataset:
+    """The dataset of interaction rows in file order: `columns` holds user (codes into `users`), item (catalogue
+    codes), ts, has_ts, rating and has_rating, and is emptied as they are used. Rows are grouped by user and
+    sorted by time; repeated interactions go through `bad` (`where_of(file row)` names them)."""
+    user, has_ts = columns.pop("user"), columns.pop("has_ts")
+    ts_known = np.bincount(user[~has_ts], minlength=len(users)) == 0  # every row of the user has a time
+    ts = columns.pop("ts")
+    key = np.where(ts_known[user], ts, 0)
+    step, key_step = np.diff(user), np.diff(key)
+    if ((step > 0) | ((step == 0) & (key_step >= 0))).all():  # already grouped by user, in time order
+        order = None
+    else:
+        order = np.lexsort((key, user))  # stable: ties (and users without times) keep file order
+    del step, key_step
+
+    def ordered(values: np.ndarray) -> np.ndarray:
+        return values if order is None else values[order]
+
+    user, key, has_ts, ts = ordered(user), ordered(key), ordered(has_ts), ordered(ts)
+    item = ordered(columns.pop("item"))
+    keep = ~_repeated(items, bad, users, user, item, ts, has_ts, ts_known, key, order, where_of)
+    del key
+    has_rating, rating = columns.pop("has_rating"), columns.pop("rating")
+    if not keep.all():
+        user, item, ts, has_ts = user[keep], item[keep], ts[keep], has_ts[keep]
+        has_rating, rating = ordered(has_rating)[keep], ordered(rating)[keep]
+    else:
+        has_rating, rating = ordered(has_rating), ordered(rating)
+    rating_known = np.bincount(user[~has_rating], minlength=len(users)) == 0
+    return RawDataset(items=items.freeze(), users=users, user_code=user, item_code=item, timestamp=ts,
+                      has_timestamp=ts_known[user], rating=rating, has_rating=rating_known[user],
+                      skipped=bad.counts, source=source, files=[str(f) for f in files])
+
+
+def _repeated(items, bad, users, user, item, ts, has_ts, ts_known, key, order, where_of) -> np.ndarray:
+    """Rows (with a timestamp) equal in user, item and time to an earlier row of the file, each reported
+    through `bad` in file order. Rows come grouped by user, in time order where the user's times are known,
+    so such rows sit in one run of equal (user, time): only runs longer than one row are looked at."""
+    out = np.zeros(len(user), bool)
+    if len(user) < 2:
         return out
+    file_row = np.arange(len(user)) if order is None else order
+    same = (user[1:] == user[:-1]) & (key[1:] == key[:-1]) & has_ts[1:] & has_ts[:-1] & ts_known[user[1:]]
+    cand = np.flatnonzero(np.concatenate([[False], same]) | np.concatenate([same, [False]]))
+    partial = np.flatnonzero(has_ts & ~ts_known[user])  # users with some times unknown: rows in file order
+    cand = np.concatenate([cand, partial])
+    if len(cand) < 2:
+        return out
+    by = cand[np.lexsort((file_row[cand], ts[cand], item[cand], user[cand]))]
+    dup = by[1:][(user[by[1:]] == user[by[:-1]]) & (item[by[1:]] == item[by[:-1]]) & (ts[by[1:]] == ts[by[:-1]])]
+    for r in dup[np.argsort(file_row[dup])].tolist():
+        bad("duplicate_interaction", where_of(int(file_row[r])), f"user {users[user[r]]!r} and item "
+            f"{items.key_at(item[r])!r} at time {ts[r]} appear in an earlier row too", "remove the repeated row")
+        out[r] = True
+    return out
 
 
 # ------------------------------------------------------------------------------------- the registry
