@@ -20,8 +20,9 @@ import pyarrow.csv as pcsv
 from tqdm import tqdm
 
 from reaemb_ray.data.raw import (BadRows, Ids, ItemCatalogue, RawDataset, ReadOptions, SequenceBuilder, add_item,
-                                 assemble, encode_attributes, id_problem, make_attributes, numbered_lines,
-                                 open_bytes, register)
+                                 assemble, clean_value, id_problem, make_attributes, numbered_lines, open_bytes,
+                                 register)
+from reaemb_ray.data.raw import _KV, _PAIR
 from reaemb_ray.errors import DataError
 
 
@@ -149,7 +150,7 @@ class NotClean(Exception):
 
 
 BLOCK_BYTES = 1 << 24  # bytes of .inter text parsed at once
-ITEM_BLOCK_BYTES = 1 << 22  # .item text at once: its rows become Python strings while their attributes are made
+ITEM_BLOCK_BYTES = 1 << 22  # .item text at once
 _PLAIN_ID = r"^[!-,.-~][!-~]*$"  # printable ASCII without spaces, not starting with '-': surely a valid id
 _PLAIN_NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"  # a number Arrow and Python's float() read alike
 
@@ -211,6 +212,38 @@ def _numbers(values: pa.Array) -> np.ndarray:
     return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
 
 
+# every character str.split() splits on (str.isspace; tests/data/test_readers.py checks the list)
+PY_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008" \
+                "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+_WHITESPACE_RUN = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]+"
+
+
+def clean_column(values: pa.Array, ftype: str, field: str) -> pa.Array:
+    """`clean_value(_value(v, ftype, field))` for every v, in Arrow: `" ".join(v.split())` is the runs of
+    whitespace replaced by one space, then trimmed; label lists join their words with ", ". Float fields
+    (`float(text)` and its int/str round trip) go through Python."""
+    if ftype == "float":
+        return pa.array([clean_value(_value(v, ftype, field)) for v in values.to_pylist()], pa.string())
+    words = pc.utf8_trim(pc.replace_substring_regex(values, _WHITESPACE_RUN, " "), " ")
+    if ftype == "float_seq" or (ftype == "token_seq" and field in LABEL_FIELDS):
+        return pc.replace_substring(words, " ", ", ")
+    return words
+
+
+def _encoded_attributes(batch: pa.RecordBatch, spec: list[tuple[int, str, str, str]]) -> pa.Array:
+    """`encode_attributes(make_attributes(...))` of every row: "key\\x1fvalue" for each non-empty value, joined by
+    "\\x1e" (clean values hold neither: both are whitespace to str.split). Each non-empty value becomes
+    "\\x1ekey\\x1fvalue", the parts are concatenated and the first separator is cut off."""
+    parts = []
+    for col, key, ftype, field in spec:
+        value = clean_column(batch.column(col), ftype, field)
+        part = pc.binary_join_element_wise(pa.scalar(_PAIR + key), value, _KV)
+        parts.append(pc.if_else(pc.equal(value, ""), pa.scalar("", pa.string()), part))
+    if not parts:
+        raise NotClean
+    return pc.utf8_slice_codeunits(pc.binary_join_element_wise(*parts, ""), 1)
+
+
 def _column_items(item_path: Path, key_names: dict[str, str]) -> ItemCatalogue:
     """The catalogue from a clean .item file; a bad id, a repeated or text-less item is NotClean."""
     lines = _clean_line_count(item_path)
@@ -219,31 +252,26 @@ def _column_items(item_path: Path, key_names: dict[str, str]) -> ItemCatalogue:
     if "item_id" not in names:
         raise NotClean
     id_col = names.index("item_id")
-    spec = [(key_names.get(n, n.replace("_", " ")), t, n) for n, t in fields]
+    spec = [(c, key_names.get(n, n.replace("_", " ")), t, n) for c, (n, t) in enumerate(fields) if n != "item_id"]
+    if any(_KV in key or _PAIR in key for _, key, _, _ in spec):
+        raise NotClean  # the line reader raises the catalogue's error
     keys, encoded, rows = [], [], 0
-    for batch in _blocks(item_path, len(fields), {c: pa.string() for c in range(len(fields))}, ITEM_BLOCK_BYTES):
-        columns = [col.to_pylist() for col in batch.columns]
-        enc = []
-        for vals in zip(*columns):
-            key = vals[id_col]
-            if id_problem(key):
-                raise NotClean
-            attrs = make_attributes([(k, _value(v, t, n)) for (k, t, n), v in zip(spec, vals) if n != "item_id"])
-            if not attrs:
-                raise NotClean
-            try:
-                enc.append(encode_attributes(key, attrs))
-            except ValueError:
-                raise NotClean from None
+    for batch in _blocks(item_path, len(fields), {}, ITEM_BLOCK_BYTES):
+        enc = _encoded_attributes(batch, spec)
+        if len(enc) != batch.num_rows or enc.null_count or not pc.all(pc.not_equal(enc, "")).as_py():
+            raise NotClean  # an item without text
         keys.append(batch.column(id_col))
-        encoded.append(pa.array(enc, pa.large_string()))
+        encoded.append(enc)
         rows += batch.num_rows
     if rows != lines - 1:  # blank lines: Arrow skipped them, the line numbers would be off
         raise NotClean
     keys = pa.chunked_array(keys, pa.string()).combine_chunks()
+    _check_ids(keys)
     if pc.count_distinct(keys).as_py() != len(keys):
         raise NotClean
-    return ItemCatalogue.from_arrays(keys, pa.chunked_array(encoded, pa.large_string()).combine_chunks())
+    items = ItemCatalogue.from_arrays(keys, pa.chunked_array(encoded, pa.string()).combine_chunks())
+    pa.default_memory_pool().release_unused()  # the blocks' and the hash table's memory back to the system
+    return items
 
 
 def read_atomic_columns(folder: Path, bad: BadRows, inter_path: Path, item_path: Path,
@@ -293,6 +321,7 @@ def read_atomic_columns(folder: Path, bad: BadRows, inter_path: Path, item_path:
     _check_ids(first_seen)
     user[:] = pc.index_in(user_dicts, value_set=first_seen).to_numpy()[user]
     del user_dicts
+    pa.default_memory_pool().release_unused()
     columns = {"user": user, "item": item, "ts": ts, "has_ts": np.full(rows, t_col is not None),
                "rating": rating, "has_rating": np.full(rows, r_col is not None)}
     return assemble(items, bad, Ids(first_seen), columns, lambda row: f"{inter_path}:{row + 2}", str(folder),
