@@ -50,7 +50,7 @@ def cooccurrence(items: np.ndarray, users: np.ndarray, num_items: int, window: i
     return tuple(np.concatenate(parts) for parts in zip(*blocks))
 
 
-COOC_BLOCK_PAIRS = 4_000_000  # candidate pairs per block: bounds the memory of one block, whatever N is
+COOC_BLOCK_PAIRS = 1_000_000  # candidate pairs per block: bounds the memory of one block, whatever N is
 
 
 def cooccurrence_blocks(items: np.ndarray, users: np.ndarray, num_items: int, window: int = 0,
@@ -107,7 +107,7 @@ def _windowed_pairs(items: np.ndarray, users: np.ndarray, num_items: int, window
 
 
 ROW_GROUP = 1 << 20  # rows per Parquet row group (pyarrow's default): interactions are written one at a time
-ITEM_BLOCK = 1 << 16  # items rendered and written at once
+ITEM_BLOCK = 1 << 14  # items rendered and written at once
 
 
 def prepare(cfg, out: Path | None = None) -> Path:
@@ -129,19 +129,18 @@ def prepare(cfg, out: Path | None = None) -> Path:
                         f"{d.kcore}) of {raw.num_interactions} interactions by {len(raw.users)} users; "
                         "leave-one-out needs train, valid and test items -- check data.path/data.kcore")
     rows = kept_user[raw.user_code]
-    codes = raw.item_code[rows]  # kept users' rows in order: users by first appearance, oldest item first
-    firsts = np.unique(codes, return_index=True)[1]
-    item_codes = codes[np.sort(firsts)]  # catalogue code of item id 1, 2, ... (order of first appearance)
+    kept = slice(None) if rows.all() else rows  # a view, not a copy, when every user is kept
+    codes = raw.item_code[kept]  # kept users' rows in order: users by first appearance, oldest item first
+    item_codes = first_appearances(codes, len(raw.items))  # catalogue code of item id 1, 2, ...
     item_of_code = np.zeros(len(raw.items), np.int64)
     item_of_code[item_codes] = np.arange(1, len(item_codes) + 1)
     flat_items = item_of_code[codes]
-    del codes, firsts, item_of_code
+    del codes, item_of_code
     num_items = len(item_codes)
     lengths = counts[kept_user].astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    distinct = np.unique(raw.user_code[rows].astype(np.int64) * (len(raw.items) + 1) + raw.item_code[rows])
-    max_distinct = int(np.bincount(distinct // (len(raw.items) + 1)).max())
-    del distinct, counts, kept_user
+    max_distinct = max_distinct_per_group(flat_items, offsets)
+    del counts, kept_user
 
     final = Path(out) if out is not None else cfg.out / layout.PREPARED
     with _partial_then_swapped(final) as out:  # prepared/ is never a half-written mix
@@ -158,7 +157,6 @@ def prepare(cfg, out: Path | None = None) -> Path:
             "ratings_known": bool(raw.has_rating.any()),
         }
         raw.items = None  # the catalogue is written: let it go
-        kept = slice(None) if rows.all() else rows  # a view, not a copy, when every user is kept
         _write_interactions(out / "interactions.parquet", offsets, flat_items,
                             *(getattr(raw, k)[kept] for k in ("timestamp", "has_timestamp", "rating", "has_rating")))
         del raw, rows, kept, item_codes  # the reader's data is not needed any more
@@ -200,6 +198,37 @@ def prepare(cfg, out: Path | None = None) -> Path:
     log.info("prepared %s: %d users, %d items, %d interactions in %.1fs -> %s", d.name, num_users, num_items,
              int(offsets[-1]), time.time() - t0, final)
     return final
+
+
+SCAN_ROWS = 1 << 20  # rows looked at once by the id scans: their sorts' memory stays bounded
+
+
+def first_appearances(codes: np.ndarray, num_codes: int) -> np.ndarray:
+    """The distinct values of `codes` (ints in [0, num_codes)) in order of first appearance; the same as
+    `codes[np.sort(np.unique(codes, return_index=True)[1])]`, found one block of rows at a time."""
+    seen, order = np.zeros(num_codes, bool), []
+    for lo in range(0, len(codes), SCAN_ROWS):
+        values, first = np.unique(codes[lo:lo + SCAN_ROWS], return_index=True)
+        new = ~seen[values]
+        values, first = values[new], first[new]
+        order.append(values[np.argsort(first, kind="stable")])
+        seen[values] = True
+    return np.concatenate(order) if order else np.zeros(0, np.int64)
+
+
+def max_distinct_per_group(values: np.ndarray, offsets: np.ndarray) -> int:
+    """The most distinct values in one group `values[offsets[g]:offsets[g + 1]]`, blocks of whole groups at a
+    time (a group larger than a block is a block of its own)."""
+    best, g, num_groups = 0, 0, len(offsets) - 1
+    while g < num_groups:
+        end = max(int(np.searchsorted(offsets, offsets[g] + SCAN_ROWS, side="right")) - 1, g + 1)
+        lo, hi = int(offsets[g]), int(offsets[end])
+        group = np.repeat(np.arange(end - g, dtype=np.int64), np.diff(offsets[g:end + 1]))
+        span = int(values[lo:hi].max()) + 1
+        pairs = np.unique(group * span + values[lo:hi])
+        best = max(best, int(np.bincount(pairs // span).max()))
+        g = end
+    return best
 
 
 def _write_items(path: Path, items, item_codes: np.ndarray, max_value_chars: int) -> None:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 Attributes = list[tuple[str, str]]  # ordered (key, value) pairs, e.g. [("title", "..."), ("brand", "...")]
 
 
-_KV, _PAIR = "\x1f", "\x1e"  # separators inside an encoded item; clean values never hold them (str.split)
+KEY_VALUE_SEP, ATTRIBUTE_SEP = "\x1f", "\x1e"  # inside an encoded item; clean values never hold them (str.split)
 
 
 class Ids(Sequence):
@@ -170,13 +170,13 @@ def encode_attributes(key: str, attrs: Attributes) -> str:
     """One item's attributes as one string (`decode_attributes` inverts it); a value holding a separator is an
     error naming the item."""
     for k, v in attrs:
-        if any(c in k or c in v for c in (_KV, _PAIR)):
+        if any(c in k or c in v for c in (KEY_VALUE_SEP, ATTRIBUTE_SEP)):
             raise ValueError(f"item {key!r}: attribute {k!r} holds a control character (\\x1e or \\x1f)")
-    return _PAIR.join(f"{k}{_KV}{v}" for k, v in attrs)
+    return ATTRIBUTE_SEP.join(f"{k}{KEY_VALUE_SEP}{v}" for k, v in attrs)
 
 
 def decode_attributes(enc: str) -> Attributes:
-    return [tuple(p.split(_KV, 1)) for p in enc.split(_PAIR)] if enc else []
+    return [tuple(p.split(KEY_VALUE_SEP, 1)) for p in enc.split(ATTRIBUTE_SEP)] if enc else []
 
 
 @dataclass
@@ -512,9 +512,9 @@ class SequenceBuilder:
             return np.frombuffer(buf, dtype) if len(buf) else np.zeros(0, dtype)
 
         users, self.user_codes = Ids(self.user_codes), {}
-        columns = {"user": column("_user", np.int32), "has_ts": column("_has_ts", np.bool_), "ts": column("_ts", np.int64),
-                   "item": column("_item", np.int32), "has_rating": column("_has_rating", np.bool_),
-                   "rating": column("_rating", np.float64)}
+        columns = {"user": column("_user", np.int32), "has_ts": column("_has_ts", np.bool_),
+                   "ts": column("_ts", np.int64), "item": column("_item", np.int32),
+                   "has_rating": column("_has_rating", np.bool_), "rating": column("_rating", np.float64)}
         raw = assemble(self.items, self.bad, users, columns, self._where_of, source, files)
         self._file, self._line, self._odd_where = array("I"), array("I"), {}
         return raw
@@ -528,13 +528,9 @@ def assemble(items: ItemCatalogue, bad: BadRows, users: Ids, columns: dict[str, 
     user, has_ts = columns.pop("user"), columns.pop("has_ts")
     ts_known = np.bincount(user[~has_ts], minlength=len(users)) == 0  # every row of the user has a time
     ts = columns.pop("ts")
-    key = np.where(ts_known[user], ts, 0)
-    step, key_step = np.diff(user), np.diff(key)
-    if ((step > 0) | ((step == 0) & (key_step >= 0))).all():  # already grouped by user, in time order
-        order = None
-    else:
-        order = np.lexsort((key, user))  # stable: ties (and users without times) keep file order
-    del step, key_step
+    key = ts if ts_known.all() else np.where(ts_known[user], ts, 0)  # the sort key within a user
+    # stable: ties (and users without times) keep file order; no sort when the file is in that order already
+    order = None if _grouped_in_order(user, key) else np.lexsort((key, user))
 
     def ordered(values: np.ndarray) -> np.ndarray:
         return values if order is None else values[order]
@@ -553,6 +549,17 @@ def assemble(items: ItemCatalogue, bad: BadRows, users: Ids, columns: dict[str, 
     return RawDataset(items=items.freeze(), users=users, user_code=user, item_code=item, timestamp=ts,
                       has_timestamp=ts_known[user], rating=rating, has_rating=rating_known[user],
                       skipped=bad.counts, source=source, files=[str(f) for f in files])
+
+
+def _grouped_in_order(user: np.ndarray, key: np.ndarray, block: int = 1 << 20) -> bool:
+    """Whether rows are grouped by non-decreasing `user` with non-decreasing `key` within a user (looked at a
+    block of rows at a time, so that the differences are never made for every row at once)."""
+    for lo in range(0, max(len(user) - 1, 0), block):
+        u, k = user[lo:lo + block + 1], key[lo:lo + block + 1]
+        step = np.diff(u)
+        if not ((step > 0) | ((step == 0) & (k[1:] >= k[:-1]))).all():
+            return False
+    return True
 
 
 def _repeated(items, bad, users, user, item, ts, has_ts, ts_known, key, order, where_of) -> np.ndarray:

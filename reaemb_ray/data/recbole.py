@@ -19,10 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 from tqdm import tqdm
 
-from reaemb_ray.data.raw import (BadRows, Ids, ItemCatalogue, RawDataset, ReadOptions, SequenceBuilder, add_item,
-                                 assemble, clean_value, id_problem, make_attributes, numbered_lines, open_bytes,
-                                 register)
-from reaemb_ray.data.raw import _KV, _PAIR
+from reaemb_ray.data.raw import (ATTRIBUTE_SEP, KEY_VALUE_SEP, BadRows, Ids, ItemCatalogue, RawDataset, ReadOptions,
+                                 SequenceBuilder, add_item, assemble, clean_value, id_problem, make_attributes,
+                                 numbered_lines, open_bytes, register)
 from reaemb_ray.errors import DataError
 
 
@@ -149,7 +148,7 @@ class NotClean(Exception):
     """The column reader met something that only the line-by-line reader handles exactly."""
 
 
-BLOCK_BYTES = 1 << 24  # bytes of .inter text parsed at once
+BLOCK_BYTES = 1 << 22  # bytes of .inter text parsed at once
 ITEM_BLOCK_BYTES = 1 << 22  # .item text at once
 _PLAIN_ID = r"^[!-,.-~][!-~]*$"  # printable ASCII without spaces, not starting with '-': surely a valid id
 _PLAIN_NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"  # a number Arrow and Python's float() read alike
@@ -190,7 +189,8 @@ def _blocks(path: Path, width: int, types: dict[int, pa.DataType], block_bytes: 
     with open_bytes(path) as f:
         try:
             yield from pcsv.open_csv(
-                f, read_options=pcsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_bytes),
+                f, read_options=pcsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_bytes,
+                                                 use_threads=False),  # threads: more memory, little time
                 parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False),
                 convert_options=pcsv.ConvertOptions(
                     column_types={str(c): types.get(c, pa.string()) for c in range(width)}, null_values=[],
@@ -237,7 +237,7 @@ def _encoded_attributes(batch: pa.RecordBatch, spec: list[tuple[int, str, str, s
     parts = []
     for col, key, ftype, field in spec:
         value = clean_column(batch.column(col), ftype, field)
-        part = pc.binary_join_element_wise(pa.scalar(_PAIR + key), value, _KV)
+        part = pc.binary_join_element_wise(pa.scalar(ATTRIBUTE_SEP + key), value, KEY_VALUE_SEP)
         parts.append(pc.if_else(pc.equal(value, ""), pa.scalar("", pa.string()), part))
     if not parts:
         raise NotClean
@@ -253,7 +253,7 @@ def _column_items(item_path: Path, key_names: dict[str, str]) -> ItemCatalogue:
         raise NotClean
     id_col = names.index("item_id")
     spec = [(c, key_names.get(n, n.replace("_", " ")), t, n) for c, (n, t) in enumerate(fields) if n != "item_id"]
-    if any(_KV in key or _PAIR in key for _, key, _, _ in spec):
+    if any(KEY_VALUE_SEP in key or ATTRIBUTE_SEP in key for _, key, _, _ in spec):
         raise NotClean  # the line reader raises the catalogue's error
     keys, encoded, rows = [], [], 0
     for batch in _blocks(item_path, len(fields), {}, ITEM_BLOCK_BYTES):

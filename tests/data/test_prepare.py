@@ -176,3 +176,19 @@ def test_stage_skips_when_up_to_date_and_rebuilds_on_change(beauty, capsys):
     changed = cfg_with(cfg, **{"data.max_value_chars": 20})  # a data change invalidates
     status = check(catalogue(changed)["prepare"], store_for(changed))
     assert status.state == "stale" and status.reasons == ["data.max_value_chars: (default) -> 20"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_id_scans_in_blocks_match_whole_array_references(seed, monkeypatch):
+    from reaemb_ray.data import prepare as prep
+
+    monkeypatch.setattr(prep, "SCAN_ROWS", 7)  # many blocks, groups longer than a block
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        codes = rng.integers(0, 15, int(rng.integers(0, 60)))
+        assert np.array_equal(prep.first_appearances(codes, 15),
+                              codes[np.sort(np.unique(codes, return_index=True)[1])])
+        offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 12, int(rng.integers(1, 10))))])
+        values = rng.integers(1, 9, offsets[-1])
+        assert prep.max_distinct_per_group(values, offsets) == max(
+            len(set(values[a:b].tolist())) for a, b in zip(offsets[:-1], offsets[1:]))

@@ -342,3 +342,109 @@ def test_sequence_builder_matches_the_dict_reference(seed):
             for ln, (u, i, t, r) in enumerate(rows, start=1):
                 b2.add(u, i, t, f"inter.txt:{ln}", rating=r)
             b2.build("src", [])
+
+
+# ------------------------------------------------------------------ recbole_atomic: column reader vs line reader
+
+
+def _both_atomic_readers(folder, policy="error"):
+    """(column reader's dataset or its NotClean, line reader's dataset, the two BadRows)."""
+    from reaemb_ray.data.raw import BadRows
+    from reaemb_ray.data.recbole import NotClean, read_atomic_columns, read_atomic_lines
+
+    paths = (folder / "t.inter", folder / "t.item")
+    bad_c, bad_l = BadRows(policy, max_logged=0), BadRows(policy, max_logged=0)
+    try:
+        cols = read_atomic_columns(folder, bad_c, *paths, {})
+    except NotClean as e:
+        cols = e
+    return cols, read_atomic_lines(folder, bad_l, *paths, {}), bad_c, bad_l
+
+
+def _same_dataset(a, b):
+    assert list(a.users) == list(b.users) and list(a.items) == list(b.items)
+    assert [a.items.attributes_at(c) for c in range(len(a.items))] == [b.items.attributes_at(c) for c in
+                                                                      range(len(b.items))]
+    for k in ("user_code", "item_code", "timestamp", "has_timestamp", "rating", "has_rating"):
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.dtype == y.dtype and np.array_equal(x, y), k
+    assert a.skipped == b.skipped and a.files == b.files
+
+
+def test_python_whitespace_list_is_what_str_split_splits_on():
+    from reaemb_ray.data.recbole import PY_WHITESPACE
+
+    assert PY_WHITESPACE == "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_atomic_column_reader_matches_the_line_reader(seed, tmp_path):
+    """Random clean files with odd whitespace (Unicode too), labels, floats, unsorted times, repeated rows:
+    the column reader gives the line reader's dataset, reporting the same repeated rows."""
+    rng = np.random.default_rng(seed)
+    words = ["Red", "blue", "x", "Ünï", "a\u3000b", "c\xa0", "\x1cd", "  e  ", "", "7", "-3", "1.50", "2e3", "ab\x85"]
+
+    def text(n):
+        return " ".join(rng.choice(words, int(rng.integers(0, n))).tolist()) or "z"
+
+    ids = [f"i{k}" for k in range(int(rng.integers(3, 40)))] + ["x y", "é"]
+    item_lines = ["item_id:token\ttitle:token_seq\tgenre:token_seq\tbrand:token\tprice:float\tv:float_seq"]
+    item_lines += [f"{i}\t{text(4)}\t{text(3)}\t{text(2)}\t{rng.choice(['3', '2.50', '1e2', 'n/a', '', '-0.0'])}"
+                   f"\t{text(3)}" for i in ids]
+    rated = seed % 2 == 0
+    inter_lines = ["user_id:token\titem_id:token\ttimestamp:float" + ("\trating:float" if rated else "")]
+    for _ in range(int(rng.integers(1, 300))):
+        row = [f"u{rng.integers(20)}", str(rng.choice(ids)), str(rng.choice(["1", "2", "3.7", "-1.5", "10", "0"]))]
+        inter_lines.append("\t".join(row + ([str(rng.choice(["5", "4.5", "0.1"]))] if rated else [])))
+    inter_lines.append(inter_lines[1])  # at least one repeated row
+    folder = write_dataset(tmp_path / "t", {"t.item": "\n".join(item_lines) + "\n",
+                                            "t.inter": "\n".join(inter_lines) + "\n"})
+    cols, lines, bad_c, bad_l = _both_atomic_readers(folder, "skip")
+    assert not isinstance(cols, Exception), "a clean file must take the column reader"
+    _same_dataset(cols, lines)
+    assert bad_l.counts["duplicate_interaction"] >= 1
+    from reaemb_ray.data.raw import BadRows
+    from reaemb_ray.data.recbole import read_atomic, read_atomic_lines
+
+    errors = []  # under `error` the first repeated row stops both readers with the same line
+    for read in (lambda: read_atomic(folder, BadRows("error"), "t"),
+                 lambda: read_atomic_lines(folder, BadRows("error"), folder / "t.inter", folder / "t.item", {})):
+        with pytest.raises(ValueError) as e:
+            read()
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "duplicate_interaction" in errors[0]
+
+
+@pytest.mark.parametrize("change", ["blank line", "crlf", "bom", "short row", "number with _", "nan time",
+                                    "unknown item", "empty user", "negative user", "bad utf-8", "no last newline",
+                                    "repeated item", "text-less item", "blank header line"])
+def test_atomic_column_reader_gives_up_on_files_that_are_not_clean(change, tmp_path):
+    item = "item_id:token\ttitle:token_seq\ni1\tA\ni2\tB\n"
+    inter = "user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\nu1\ti2\t2\nu2\ti1\t3\n"
+    edits = {"blank line": ("inter", inter.replace("u2", "\nu2")), "crlf": ("inter", inter.replace("\n", "\r\n")),
+             "bom": ("item", "\ufeff" + item), "short row": ("inter", inter + "u3\ti1\n"),
+             "number with _": ("inter", inter + "u3\ti1\t1_0\n"), "nan time": ("inter", inter + "u3\ti1\tnan\n"),
+             "unknown item": ("inter", inter + "u3\ti9\t1\n"), "empty user": ("inter", inter + " \ti1\t1\n"),
+             "negative user": ("inter", inter + "-4\ti1\t1\n"), "bad utf-8": ("inter", inter + "u\xff\ti1\t1\n"),
+             "no last newline": ("inter", inter + "u3\ti1\t1"), "repeated item": ("item", item + "i1\tC\n"),
+             "text-less item": ("item", item + "i3\t \n"), "blank header line": ("item", "\n" + item)}
+    which, new = edits[change]
+    files = {"t.item": new if which == "item" else item, "t.inter": new if which == "inter" else inter}
+    folder = tmp_path / "t"
+    folder.mkdir()
+    for name, body in files.items():
+        (folder / name).write_bytes(body.encode().replace("\xff".encode(), b"\xff"))  # a byte that is not UTF-8
+    cols, lines, bad_c, bad_l = _both_atomic_readers(folder, "skip")
+    assert isinstance(cols, Exception), f"{change}: the column reader must leave the file to the line reader"
+
+
+def test_frozen_item_catalogue_reads_and_grows_like_the_built_one():
+    from reaemb_ray.data.raw import ItemCatalogue
+
+    built = ItemCatalogue([("a", [("title", "A")]), ("b", [("title", "B"), ("brand", "X")]), ("c", [])])
+    frozen = ItemCatalogue(built.items()).freeze()
+    assert frozen.frozen and dict(frozen) == dict(built) and len(frozen) == 3
+    assert frozen.codes_of(pa.array(["c", "zz", "a"])).tolist() == [2, -1, 0]
+    assert frozen.block(np.array([1, 0])) == (["b", "a"], [[("title", "B"), ("brand", "X")], [("title", "A")]])
+    frozen.add("a", [("title", "A2")])  # thaws: codes stay
+    assert not frozen.frozen and frozen.code("a") == 0 and frozen["a"] == [("title", "A2")]
