@@ -14,6 +14,7 @@ the user x item count matrix X; `data.cooc_window=k` counts pairs at most k posi
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import shutil
@@ -117,6 +118,7 @@ def prepare(cfg, out: Path | None = None) -> Path:
     int64 columns of the kept interactions; items and interactions are written in blocks, and the reader's
     data is let go before co-occurrence is counted."""
     t0 = time.time()
+    _freed_arrays_back_to_the_system()
     d = cfg.data
     raw, kstats = read_raw(d)
     t_read = time.time() - t0
@@ -198,6 +200,17 @@ def prepare(cfg, out: Path | None = None) -> Path:
     log.info("prepared %s: %d users, %d items, %d interactions in %.1fs -> %s", d.name, num_users, num_items,
              int(offsets[-1]), time.time() - t0, final)
     return final
+
+
+def _freed_arrays_back_to_the_system() -> None:
+    """glibc serves large arrays from mmap (returned to the system when freed) only until the first one is freed;
+    then it raises its threshold up to 32 MB and keeps freed arrays of up to that size in its heap, which at a
+    million items held ~150 MB of resident memory that nothing used (measured: 1M-item prepare peak 870 -> 730
+    MB, same time). A fixed threshold keeps them on mmap. Process-wide; nothing to do off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: 128 KiB, glibc's default
+    except (OSError, AttributeError):
+        pass
 
 
 SCAN_ROWS = 1 << 20  # rows looked at once by the id scans: their sorts' memory stays bounded
