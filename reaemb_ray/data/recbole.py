@@ -178,7 +178,7 @@ def _column_header(path: Path) -> list[tuple[str, str]]:
     with open_bytes(path) as f:
         first = f.readline()
     try:
-        return _header(path, first.decode("utf-8").rstrip("\n"))
+        return _header(path, first.decode("utf-8").rstrip("\r\n"))
     except (UnicodeDecodeError, DataError):
         raise NotClean from None
 
