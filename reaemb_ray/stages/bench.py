@@ -50,14 +50,20 @@ def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
     return cfg_with(cfg, **changes)
 
 
-def export_sample(texts: list[str], shard_size: int, batch: int, items: int) -> list[str]:
+def export_sample(texts: list[str], shard_size: int, batch: int, items: int, token_count) -> list[str]:
     """`items` texts in whole batches as the export stage makes them (stages/export.py): one shard of items in
-    order of text length, cut into batches of `batch`; the timed batches are spread evenly over the shard (the
-    middle one when there is one), so short, typical and long prompts weigh as they do in a real export."""
-    shard = sorted(texts[:shard_size], key=len)
-    batches = [shard[i:i + batch] for i in range(0, len(shard) - batch + 1, batch)] or [shard]
-    k = max(1, min(len(batches), items // batch))
-    return [t for j in range(k) for t in batches[int((j + 0.5) * len(batches) / k)]]
+    order of text length, cut into windows of SORT_WINDOW batches that an actor runs in token-count order
+    (`token_sorted_batches`); the timed batches are spread evenly over the shard (the middle one when there is
+    one), so short, typical and long prompts weigh as they do in a real export."""
+    from reaemb_ray.stages.export import SORT_WINDOW, token_sorted_batches
+
+    shard, window, batches = sorted(texts[:shard_size], key=len), batch * SORT_WINDOW, []
+    for lo in range(0, len(shard), window):
+        part = shard[lo:lo + window]
+        batches += [[part[r] for r in rows] for rows in token_sorted_batches([token_count(t) for t in part], batch)]
+    full = [b for b in batches if len(b) == batch] or batches[:1]
+    k = max(1, min(len(full), items // batch))
+    return [t for j in range(k) for t in full[int((j + 0.5) * len(full) / k)]]
 
 
 def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
@@ -74,8 +80,11 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
     views = [attribute_views(t, cfg.lrcl.drop_ratio, rng) for t in texts[: sz["fwd_items"]]]
     a = [item_prompt(tok, v[0], cfg.data.noun) for v in views]
     b = [item_prompt(tok, v[1], cfg.data.noun) for v in views]
-    export = [item_prompt(tok, t, cfg.data.noun)
-              for t in export_sample(texts, cfg.export.shard_size, sz["export_batch"], sz["export_items"])]
+    def token_count(text: str) -> int:
+        return len(tok(item_prompt(tok, text, cfg.data.noun), add_special_tokens=False)["input_ids"])
+
+    export = [item_prompt(tok, t, cfg.data.noun) for t in export_sample(
+        texts, cfg.export.shard_size, sz["export_batch"], sz["export_items"], token_count)]
     res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"], export, sz["export_batch"],
                              sz["rounds"], cfg.model.dtype, cfg.data.noun, sz["peak_rounds"], merged_copy(embedder))
     res["backbone"] = cfg.model.backbone

@@ -34,10 +34,23 @@ from reaemb_ray.storage import Store, store_for
 log = logging.getLogger("reaemb.export")
 
 
+SORT_WINDOW = 8  # batches an actor receives at once and reorders by token count
+
+
+def token_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of `batch_size`, rows in order of token count (stable). The driver orders a shard by
+    text length in characters (no tokenizer there); token counts still spread among neighbours, and every padded
+    position costs a full forward: on Beauty, batches of 32 in character order were 8.8% padding, in token order
+    0.7%."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 class ItemEmbedder:
     """Ray Data callable class: loads the generator once per actor, embeds batches of item texts.
 
-    `generator` is the generator folder's path in `store`, or None for the raw backbone."""
+    `generator` is the generator folder's path in `store`, or None for the raw backbone. Each call gets
+    SORT_WINDOW batches' worth of items and runs them in batches of `export.batch_size` in token-count order."""
 
     def __init__(self, cfg, store: Store, generator: str | None, threads: int = 1):
         import torch
@@ -56,6 +69,7 @@ class ItemEmbedder:
                                          expect_backbone=cfg.model.backbone, cache_dir=cfg.data.cache_dir)
         self.module, self.tok = module.eval().to(self.device), tok
         self.noun, self.max_length, self.efficient = cfg.data.noun, cfg.model.max_length, cfg.export.efficient_forward
+        self.batch_size = cfg.export.batch_size
         self.pooling = module.pooling  # a trained generator pools as it was trained
 
     def __call__(self, batch: dict) -> dict:
@@ -66,10 +80,15 @@ class ItemEmbedder:
         from reaemb_ray.model.two_pass import tokenize_prompts
 
         prompts = [item_prompt(self.tok, str(t), self.noun) for t in batch["text"]]
-        b = to_device(tokenize_prompts(self.tok, prompts, self.max_length, self.pooling, self.noun), self.device)
-        with torch.no_grad():
-            emb = self.module.embed(b, efficient=self.efficient)
-        return {"item_id": np.asarray(batch["item_id"], dtype=np.int64), "vector": emb.float().cpu().numpy()}
+        lengths = [len(x) for x in self.tok(prompts, add_special_tokens=False)["input_ids"]]
+        vectors = [None] * len(prompts)
+        for rows in token_sorted_batches(lengths, self.batch_size):
+            b = tokenize_prompts(self.tok, [prompts[r] for r in rows], self.max_length, self.pooling, self.noun)
+            with torch.no_grad():
+                emb = self.module.embed(to_device(b, self.device), efficient=self.efficient).float().cpu().numpy()
+            for r, v in zip(rows, emb):
+                vectors[r] = v
+        return {"item_id": np.asarray(batch["item_id"], dtype=np.int64), "vector": np.stack(vectors)}
 
 
 def export_dtype(cfg) -> str:
@@ -77,9 +96,9 @@ def export_dtype(cfg) -> str:
 
 
 def item_blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
-    """Blocks of two batches each. One big block would come back only when all of it is embedded: no progress,
-    and no finished shard on disk if the export is killed."""
-    step = max(batch_size, 1) * 2
+    """Blocks of one actor call each (SORT_WINDOW batches). One big block would come back only when all of it is
+    embedded: no progress, and no finished shard on disk if the export is killed."""
+    step = max(batch_size, 1) * SORT_WINDOW
     return [table.slice(i, step) for i in range(0, table.num_rows, step)]
 
 
@@ -146,7 +165,7 @@ def run_export(cfg, method: str | None = None, fresh: bool = False) -> dict:
         ray.data.DataContext.get_current().enable_progress_bars = False  # the tqdm bar below counts items
         ds = ray.data.from_arrow(item_blocks(items.take(pa.array(todo)), ec.batch_size))
         ds = ds.map_batches(ItemEmbedder, fn_constructor_args=(cfg, store, generator, ec.cpus_per_actor),
-                            batch_size=ec.batch_size, batch_format="numpy", concurrency=ec.num_actors,
+                            batch_size=ec.batch_size * SORT_WINDOW, batch_format="numpy", concurrency=ec.num_actors,
                             num_cpus=ec.cpus_per_actor, **gpu_options(1 if ec.use_gpu else 0, cfg.ray))
         startup = _collect_shards(ds, items, shard_of, todo, lambda k, ids, vecs: store.write_bytes(
             layout.join(shard_dir, _shard(k)), table_bytes(ids, vecs))) - t0

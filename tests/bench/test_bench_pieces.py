@@ -139,14 +139,20 @@ def test_ratios_cover_whichever_sections_ran_and_unknown_sections_are_refused(tm
         run_bench(load_config(None, [f"output_dir={tmp_path}"]), quick=True, only=["forwards"])
 
 
-def test_export_sample_takes_whole_length_sorted_batches_spread_over_one_shard():
+def test_export_sample_takes_whole_batches_of_one_shard_in_the_export_actors_order():
     from reaemb_ray.stages.bench import export_sample
+    from reaemb_ray.stages.export import SORT_WINDOW, token_sorted_batches
 
-    texts = ["x" * n for n in [7, 3, 9, 1, 5, 2, 8, 6, 4, 10, 11, 12]]  # shard of 10: lengths 1..10
-    assert export_sample(texts, 10, 2, 2) == ["x" * 5, "x" * 6]  # the middle batch of five
-    assert export_sample(texts, 10, 2, 4) == ["x" * 3, "x" * 4, "x" * 7, "x" * 8]  # batches 1 and 3
-    assert export_sample(texts, 10, 2, 100) == sorted(texts[:10], key=len)  # never more than the shard
-    assert export_sample(texts, 10, 20, 20) == sorted(texts[:10], key=len)  # a shard smaller than a batch
+    assert [b.tolist() for b in token_sorted_batches([5, 1, 3, 1, 2], 2)] == [[1, 3], [4, 2], [0]]  # stable
+    assert SORT_WINDOW == 8
+    # one shard of 16 items, all 16 characters long (character order = input order), "tokens" = capital letters:
+    # the actor's window of 8 batches of 2 runs them in reverse
+    item = {n: "a" * n + "B" * (16 - n) for n in range(1, 17)}
+    texts = [item[n] for n in range(1, 17)] + ["outside the shard"] * 3
+    tokens = lambda t: sum(c.isupper() for c in t)  # noqa: E731
+    assert export_sample(texts, 16, 2, 2, tokens) == [item[8], item[7]]  # the middle batch (of 8)
+    assert export_sample(texts, 16, 2, 4, tokens) == [item[12], item[11], item[4], item[3]]  # batches 2 and 6
+    assert export_sample(texts, 16, 2, 100, tokens) == [item[n] for n in range(16, 0, -1)]  # at most the shard
 
 
 def test_merged_copy_embeds_like_the_lora_module_without_adapters(tmp_path):

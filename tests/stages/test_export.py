@@ -2,6 +2,7 @@
 the final table is the post-processed one (PCA) while the shards keep the raw vectors."""
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -119,14 +120,30 @@ def test_bfloat16_export_agrees_with_float32(tmp_path):
     assert not torch.equal(out["float32"], out["bfloat16"])  # bf16 really ran
 
 
+def test_an_export_call_runs_its_items_in_token_order_and_returns_them_in_input_order(tmp_path):
+    from reaemb_ray.stages.export import ItemEmbedder
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "model.backbone=tiny", f"data.cache_dir={tmp_path / 'c'}",
+                             "export.method=raw_llm", "data.item_noun=movie", "export.batch_size=2"])
+    texts = ["title is English Patient, The; year is 1996; genres is Drama, War", "title is Heat",
+             "title is Kolya; year is 1996", "title is Heat; genres is Crime", "title is Fargo; year is 1996"]
+    embedder = ItemEmbedder(cfg, store_for(cfg), None)
+    out = embedder({"item_id": [5, 4, 3, 2, 1], "text": texts})
+    assert out["item_id"].tolist() == [5, 4, 3, 2, 1]
+    alone = np.stack([embedder({"item_id": [i], "text": [t]})["vector"][0] for i, t in enumerate(texts)])
+    np.testing.assert_allclose(out["vector"], alone, atol=1e-4, rtol=1e-4)  # each row is its own item's
+
+
 def test_items_stream_in_small_blocks():
     import pyarrow as pa
 
     from reaemb_ray.stages.export import item_blocks
 
+    from reaemb_ray.stages.export import SORT_WINDOW
+
     table = pa.table({"item_id": list(range(1, 102)), "text": ["x"] * 101})
-    blocks = item_blocks(table, 16)
-    assert [b.num_rows for b in blocks] == [32, 32, 32, 5]
+    blocks = item_blocks(table, 4)  # one actor call each: SORT_WINDOW batches of 4
+    assert [b.num_rows for b in blocks] == [4 * SORT_WINDOW] * (101 // (4 * SORT_WINDOW)) + [101 % (4 * SORT_WINDOW)]
     assert pa.concat_tables(blocks).equals(table)
 
 
