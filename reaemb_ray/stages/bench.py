@@ -34,13 +34,14 @@ log = logging.getLogger("reaemb.bench")
 def _sizes(quick: bool) -> dict:
     if quick:
         return dict(fwd_items=16, micro=8, export_items=16, export_batch=8, engine_items=16, engine_batch=16,
-                    group=4, rounds=2, peak_rounds=1, crrl_items=32, crrl_batch=8, growth=[1000, 4000])
+                    group=4, rounds=2, fwd_rounds=2, peak_rounds=1, crrl_items=32, crrl_batch=8, growth=[1000, 4000])
     # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in 20 minutes: one LRCL micro-batch of 8 per
-    # training step, one warm-up call and three timed rounds per side, plus `peak_rounds` cheap rounds of only
-    # the efficient path and the matmul peak for the fractions of peak (their rounds swing most); see
-    # docs/BENCHMARK.md for what a second run reproduced
-    return dict(fwd_items=8, micro=8, export_items=32, export_batch=32, engine_items=16, engine_batch=16,
-                group=8, rounds=3, peak_rounds=6, crrl_items=32, crrl_batch=8, growth=[10_000, 100_000, 1_000_000])
+    # training step (five timed rounds: a round of it is short, and its ratio swung 1.6-2.0 over three), one
+    # warm-up call and three timed rounds per side elsewhere, plus `peak_rounds` cheap rounds of only the
+    # efficient path and the matmul peak for the fractions of peak; see docs/BENCHMARK.md for a second run
+    return dict(fwd_items=8, micro=8, fwd_rounds=5, export_items=32, export_batch=32, engine_items=16,
+                engine_batch=16, group=8, rounds=3, peak_rounds=6, crrl_items=32, crrl_batch=8,
+                growth=[10_000, 100_000, 1_000_000])
 
 
 def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
@@ -86,7 +87,7 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
     export = [item_prompt(tok, t, cfg.data.noun) for t in export_sample(
         texts, cfg.export.shard_size, sz["export_batch"], sz["export_items"], token_count)]
     res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"], export, sz["export_batch"],
-                             sz["rounds"], cfg.model.dtype, cfg.data.noun, sz["peak_rounds"], merged_copy(embedder))
+                             sz["fwd_rounds"], cfg.model.dtype, cfg.data.noun, sz["peak_rounds"], merged_copy(embedder))
     res["backbone"] = cfg.model.backbone
     res["threads"] = torch.get_num_threads()
     return res
