@@ -45,7 +45,9 @@ SETTINGS = {  # tiny model, a few steps: each run takes seconds once Ray is up
                       "learner_resources": {"num_cpus": 0.5}}},
     "lrcl": {"lrcl": {"num_workers": 2, "steps": 6, "batch_size": 8, "micro_batch_size": 4, "max_items": 20,
                       "checkpoint_every": 2, "warmup_steps": 1, "lr": 0.01, "max_failures": 1}},
-    "export": {"export": {"method": "raw_llm", "batch_size": 64, "shard_size": 200, "num_actors": 1,
+    # batches of 16: an actor call (8 batches, stages/export.py SORT_WINDOW) is 128 items, under a shard's 200,
+    # so shards finish one by one and a kill lands between them
+    "export": {"export": {"method": "raw_llm", "batch_size": 16, "shard_size": 200, "num_actors": 1,
                           "cpus_per_actor": 1}},
 }
 STAGE = {"crrl": "crrl", "lrcl": "lrcl", "export": "export_raw_llm"}  # command -> the stage it runs
