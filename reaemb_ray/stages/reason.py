@@ -505,6 +505,7 @@ def embed_table(cfg, store: Store, texts: list[str]) -> dict:
 
     from actors.reason_embedder import train_and_embed
     from reaemb_ray.srs.pretrain import load_item_table
+    from reaemb_ray.stages.export import table_bytes
 
     e = cfg.reason.embedder
     table = load_item_table(store.fetch(layout.SRS_PRETRAIN))[1:len(texts) + 1]
@@ -520,8 +521,7 @@ def embed_table(cfg, store: Store, texts: list[str]) -> dict:
     res = ray.get(train_and_embed.options(num_cpus=e.num_cpus, **gpu_options(e.num_gpus, cfg.ray)).remote(
         texts, table, e, cfg.reason.seed))
     vec = res["vectors"]
-    store.write_bytes(dest, _parquet_bytes(pa.table({"item_id": pa.array(np.arange(1, len(vec) + 1), pa.int64()),
-                                                    "vector": pa.array(list(vec), pa.list_(pa.float32()))})))
+    store.write_bytes(dest, table_bytes(np.arange(1, len(vec) + 1), vec))  # the export stages' table format
     rec = {"inputs": digest, "history": res["history"], "retrieval_top1": res["retrieval_top1"],
            "dim": int(vec.shape[1]), "seconds": time.perf_counter() - t0, "table": store.uri(dest)}
     store.write_json(done, rec)
