@@ -305,13 +305,18 @@ def grouped_prefix_pass(dec, ids: torch.Tensor, mask: torch.Tensor, pos: torch.T
 
 
 @torch.no_grad()
-def prompt_states(lm, batch: dict, share: bool = True, groups: int = 1) -> PromptStates:
-    """Pass 1 over the prefix of a frozen LM (no gradients); `groups` > 1 runs the rows in that many groups of
-    similar length (grouped_prefix_pass), which pays when a batch's prompt lengths vary."""
+def prompt_states(lm, batch: dict, share: bool = True, groups: int = 1, packed: bool = False) -> PromptStates:
+    """Pass 1 over the prefix of a frozen LM (no gradients). `packed` runs the rows' real tokens without padding
+    (model/packed.py) where the decoder allows it, else `groups` > 1 runs the rows in that many groups of similar
+    length (grouped_prefix_pass); both pay when a batch's prompt lengths vary."""
+    from reaemb_ray.model import packed as packing
+
     dec = decoder_of(lm)
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
     t = ids.shape[1] - 2
-    if groups > 1 and share:
+    if packed and share and packing.packable(dec):
+        h, kv = packing.packed_prefix_pass(dec, ids, mask, pos, t, shared_head_length(ids, mask, t))
+    elif groups > 1 and share:
         h, kv = grouped_prefix_pass(dec, ids, mask, pos, t, groups)
     else:
         h, cache = prefix_pass(dec, ids, mask, pos, t, share)
@@ -334,7 +339,7 @@ def tail_attention_mask(prefix_mask: torch.Tensor, group: int) -> torch.Tensor:
     return torch.cat([prefix, own.to(prefix_mask.device).expand(B, 1, n, n)], dim=-1)
 
 
-def embed_with_thoughts(lm, states: PromptStates, thoughts: torch.Tensor) -> torch.Tensor:
+def embed_with_thoughts(lm, states: PromptStates, thoughts: torch.Tensor, packed: bool = False) -> torch.Tensor:
     """Embeddings (B, G, d) for G thoughts per prompt on the stored prefix cache, all B x G tails in one call.
 
     Why this equals G separate two-position passes: the G (thought, EOS) pairs of a prompt are laid out as one
@@ -342,20 +347,27 @@ def embed_with_thoughts(lm, states: PromptStates, thoughts: torch.Tensor) -> tor
     `tail_attention_mask`: a pair's tokens see the prefix and their own earlier tokens and nothing of the other
     pairs. Linear layers, norms and the MLP act on each token by itself and rotary embeddings depend only on
     the position ids, so each pair's states are those of its own pass. The prefix's keys/values are read once
-    per prompt instead of being copied G times, and the linear layers run on B x 2G rows at once.
+    per prompt instead of being copied G times, and the linear layers run on B x 2G rows at once. `packed` runs
+    that call as model/packed.py's `packed_tails_pass` where the decoder allows it (same values, no HF cache).
     """
     from transformers import DynamicCache
+
+    from reaemb_ray.model import packed as packing
 
     B, G, d = thoughts.shape
     if B != states.hidden.shape[0]:
         raise ValueError(f"thoughts have batch size {B} but the prompt states have {states.hidden.shape[0]}")
     t = states.thought_index
-    cache = DynamicCache(ddp_cache_data=list(states.prefix_kv))  # its updates make new tensors: reusable
     eos = states.eos_embeds.to(thoughts.device)
     tail = torch.stack([thoughts.to(eos.dtype), eos.expand(B, G, d)], dim=2).reshape(B, 2 * G, d)
     pos = states.position_ids[:, t:].repeat(1, G)  # (t, t+1) for every pair
-    h = decoder_of(lm)(inputs_embeds=tail, attention_mask=tail_attention_mask(states.prefix_mask, G),
-                       position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+    dec, mask = decoder_of(lm), tail_attention_mask(states.prefix_mask, G)
+    if packed and packing.packable(dec):
+        h = packing.packed_tails_pass(dec, states.prefix_kv, tail, pos, mask)
+    else:
+        cache = DynamicCache(ddp_cache_data=list(states.prefix_kv))  # its updates make new tensors: reusable
+        h = dec(inputs_embeds=tail, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                use_cache=True).last_hidden_state
     h = h.view(B, G, 2, d).float()
     w = states.tail_weights  # (B, 2): the pooling weights of the thought and EOS
     return states.prefix_pooled[:, None] + w[:, None, 0, None] * h[:, :, 0] + w[:, None, 1, None] * h[:, :, 1]

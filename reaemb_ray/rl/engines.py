@@ -41,9 +41,10 @@ class Pass1:
 
 
 class TorchEngine:
-    """Prefix reuse on a frozen HF model: the prefix once (its rows in `length_groups` groups of similar length,
-    so that random batches of items pad little; two_pass.grouped_prefix_pass), then all B x G tails in one call
-    on its keys/values (two_pass.embed_with_thoughts)."""
+    """Prefix reuse on a frozen HF model: the prefix once, its rows' real tokens packed without padding
+    (model/packed.py; for decoders it does not cover, rows in `length_groups` groups of similar length:
+    two_pass.grouped_prefix_pass), then all B x G tails in one call on its keys/values
+    (two_pass.embed_with_thoughts)."""
 
     name = "torch"
 
@@ -53,12 +54,12 @@ class TorchEngine:
 
     @torch.no_grad()
     def pass1(self, batch) -> Pass1:
-        s = two_pass.prompt_states(self.lm, batch, groups=self.length_groups)
+        s = two_pass.prompt_states(self.lm, batch, groups=self.length_groups, packed=True)
         return Pass1(s.hidden, s.attention_mask, s.position_ids, s)
 
     @torch.no_grad()
     def embed(self, p1: Pass1, batch, thoughts) -> torch.Tensor:
-        return two_pass.embed_with_thoughts(self.lm, p1.states, thoughts)
+        return two_pass.embed_with_thoughts(self.lm, p1.states, thoughts, packed=True)
 
 
 class NaiveEngine:
