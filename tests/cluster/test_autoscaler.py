@@ -302,13 +302,15 @@ def test_a_run_scales_the_node_types_up_and_back_to_zero(autoscaling_cluster, tm
         want = {k: float(v) for k, v in fake[n["type"]]["resources"].items() if k != "object_store_memory"}
         assert {k: n["resources"].get(k) for k in want} == want, n
     # the GPU actors ran on gpu_worker nodes (CRRL's rollout worker and learner, LRCL's Ray Train workers, the
-    # export actors), and every GPU node launched hosted some of them: none was started for nothing
+    # export actors), and every GPU node launched but one hosted some of them. The one: Ray's v1 autoscaler can
+    # launch a third node for LRCL's two-bundle request while the first two register (seen once in CI: nodes
+    # added 2 + 1 three seconds apart, before any actor existed); it goes again once idle, checked below
     assert {"RolloutWorker", "LearnerActor", "RayTrainWorker"} <= on_type.get("gpu_worker", set()), on_type
     assert any("ItemEmbedder" in c for c in on_type.get("gpu_worker", set())), on_type
     assert not any(types.get(a["node"]) == "cpu_worker" and a["class"] in ("RolloutWorker", "LearnerActor")
                    for a in state["actors"])
     hosting = {a["node"] for a in state["actors"]}
-    assert all(n["id"] in hosting for n in workers if n["type"] == "gpu_worker"), timeline(state, t0 * 1000)
+    assert sum(n["id"] not in hosting for n in workers if n["type"] == "gpu_worker") <= 1, timeline(state, t0 * 1000)
     # no more GPU nodes at once than a stage asks GPUs at once (LRCL's 2 workers; CRRL's learner and up to 2
     # rollout workers)
     assert peak_alive(workers, "gpu_worker") <= 3, timeline(state, t0 * 1000)
