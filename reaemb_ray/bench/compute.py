@@ -91,11 +91,13 @@ def merged_copy(embedder):
 def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: list[str], max_length: int,
                        micro_batch: int, export_prompts: list[str] | None = None, export_batch: int | None = None,
                        rounds: int = 1, dtype: str = "float32", item_noun: str = "item", peak_rounds: int = 0,
-                       export_embedder=None) -> dict:
+                       export_embedder=None, shared_head_off: bool = True) -> dict:
     """LRCL training step (two views, contrastive loss, backward) and export (no grad), every path, interleaved
     with a matmul peak; the export's useful FLOP/s (bench/flops.py) against each round's peak, over those rounds
     and `peak_rounds` more of only the export and the peak (`fraction_of_peak`). `export_embedder`: the module
-    the export runs (the export stage merges the LoRA into the weights first, `merged_copy`); default `embedder`."""
+    the export runs (the export stage merges the LoRA into the weights first, `merged_copy`); default `embedder`.
+    `shared_head_off`: also time prefix reuse without the shared head (what the shared head adds; the full bench
+    leaves it out: a third of the section's time for a ratio no target rests on)."""
     from reaemb_ray.bench.flops import batch_flops, decoder_shape
     from reaemb_ray.losses import soft_contrastive_loss
     from reaemb_ray.model.two_pass import shared_head_length, tokenize_prompts
@@ -114,6 +116,8 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
     # the batch's common head run once (the default efficient path)
     variants = {"naive": dict(efficient=False), "prefix": dict(efficient=True, share_head=False),
                 "shared": dict(efficient=True, share_head=True)}
+    if not shared_head_off:
+        del variants["prefix"]
 
     def train_step(kw: dict):
         def run():
@@ -145,10 +149,13 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
 
     def summary(prefix: str, items: int) -> dict:
         s = {name: t[f"{prefix}_{name}"] for name in variants}
-        return {"naive_items_per_s": items / median(s["naive"]), "prefix_reuse_items_per_s": items / median(s["prefix"]),
-                "efficient_items_per_s": items / median(s["shared"]),
-                "speedup": paired(s["naive"], s["shared"])["median"], "speedup_rounds": paired(s["naive"], s["shared"]),
-                "shared_head_speedup": paired(s["prefix"], s["shared"])["median"], "seconds": s}
+        out = {"naive_items_per_s": items / median(s["naive"]), "efficient_items_per_s": items / median(s["shared"]),
+               "speedup": paired(s["naive"], s["shared"])["median"], "speedup_rounds": paired(s["naive"], s["shared"]),
+               "seconds": s}
+        if "prefix" in s:
+            out.update(prefix_reuse_items_per_s=items / median(s["prefix"]),
+                       shared_head_speedup=paired(s["prefix"], s["shared"])["median"])
+        return out
 
     embedder.eval()
     shape = decoder_shape(exporter.lm)

@@ -15,6 +15,10 @@ def _spread(r: dict) -> str:
     return f"**{r['median']:.2f}x** ({r['min']:.2f}-{r['max']:.2f})"
 
 
+def _times(value, fmt: str) -> str:
+    return "not timed" if value is None else fmt.format(value)
+
+
 def markdown(result: dict) -> str:
     """One table per measured section, every ratio as the median of its rounds with the range."""
     lines = [f"bench on `{result['backbone']}` ({result['dtype']}), {result['machine']['cpus']} cores, "
@@ -28,9 +32,10 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for name, key in (("LRCL training step", "lrcl_train_step"), ("export (no grad)", "export")):
             r = f[key]
-            lines.append(f"| {name} | {r['naive_items_per_s']:.2f} | {r['prefix_reuse_items_per_s']:.2f} | "
-                         f"{r['efficient_items_per_s']:.2f} | {_spread(r['speedup_rounds'])} | "
-                         f"{r['shared_head_speedup']:.2f}x |")
+            off = _times(r.get("prefix_reuse_items_per_s"), "{:.2f}")  # the shared head off: --quick only
+            on_vs_off = _times(r.get("shared_head_speedup"), "{:.2f}x")
+            lines.append(f"| {name} | {r['naive_items_per_s']:.2f} | {off} | {r['efficient_items_per_s']:.2f} | "
+                         f"{_spread(r['speedup_rounds'])} | {on_vs_off} |")
         e = f["export"]
         lines += ["", f"Export useful FLOP/s: {e['useful_gflops']:.1f} GFLOP/s against a measured fp32 matmul peak of "
                   f"{e['peak_gflops']:.1f}: {_fraction(e['fraction_of_peak'])} of peak.", ""]

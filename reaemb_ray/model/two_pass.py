@@ -115,25 +115,36 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_length: int, pooling: st
     Over-long prompts lose the end of the attribute text: the head (system prompt, first attributes such as
     the title) and the tail (template closing, thought, EOS) are kept.
     """
+    return batch_from_token_ids(tokenizer, prompt_token_ids(tokenizer, prompts), max_length, pooling, item_noun)
+
+
+def prompt_token_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Each prompt's token ids (no special tokens added), checked to end with `<|Thought|>` and EOS. A caller
+    that needs the lengths first (the export orders a batch by them) tokenizes once and builds batches with
+    `batch_from_token_ids`."""
     if not prompts:
         raise ValueError("tokenize_prompts got an empty list of prompts")
     thought_id = tokenizer.convert_tokens_to_ids(THOUGHT_TOKEN)
     eos_id = tokenizer.eos_token_id
     if thought_id is None or thought_id == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer has no {THOUGHT_TOKEN} token; load it with reaemb_ray.model.backbone.load_backbone")
-    head, tail = _template_lengths(tokenizer)
-    if max_length < head + tail + 8:
-        raise ValueError(f"model.max_length={max_length} leaves no room for the item text: the prompt template alone "
-                         f"takes {head + tail} tokens with this tokenizer; set model.max_length >= {head + tail + 32}")
-    rows = []
-    for i, ids in enumerate(tokenizer(list(prompts), add_special_tokens=False)["input_ids"]):
+    rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    for i, ids in enumerate(rows):
         if len(ids) < 3 or ids[-2] != thought_id or ids[-1] != eos_id:
             raise ValueError(
                 f"prompt {i} must end with {THOUGHT_TOKEN} followed by the EOS token {tokenizer.eos_token!r} "
                 f"(got ...{prompts[i][-60:]!r}); build prompts with reaemb_ray.data.prompts.item_prompt")
-        if len(ids) > max_length:
-            ids = ids[: max_length - tail] + ids[-tail:]
-        rows.append(ids)
+    return rows
+
+
+def batch_from_token_ids(tokenizer, rows: list[list[int]], max_length: int, pooling: str = "all",
+                         item_noun: str = "item") -> dict[str, torch.Tensor]:
+    """`tokenize_prompts` from rows of `prompt_token_ids`."""
+    head, tail = _template_lengths(tokenizer)
+    if max_length < head + tail + 8:
+        raise ValueError(f"model.max_length={max_length} leaves no room for the item text: the prompt template alone "
+                         f"takes {head + tail} tokens with this tokenizer; set model.max_length >= {head + tail + 32}")
+    rows = [ids[: max_length - tail] + ids[-tail:] if len(ids) > max_length else ids for ids in rows]
     S = _common_prefix(rows) if len(rows) > 1 else 0  # the shared head in columns [0, S), the rest left padded
     L = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), L), tokenizer.pad_token_id, dtype=torch.long)

@@ -34,14 +34,16 @@ log = logging.getLogger("reaemb.bench")
 def _sizes(quick: bool) -> dict:
     if quick:
         return dict(fwd_items=16, micro=8, export_items=16, export_batch=8, engine_items=16, engine_batch=16,
-                    group=4, rounds=2, fwd_rounds=2, peak_rounds=1, crrl_items=32, crrl_batch=8, growth=[1000, 4000])
+                    group=4, engine_rounds=2, fwd_rounds=2, peak_rounds=1, crrl_items=32, crrl_batch=8,
+                    growth=[1000, 4000], shared_head_off=True)
     # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in 20 minutes: one LRCL micro-batch of 8 per
-    # training step (five timed rounds: a round of it is short, and its ratio swung 1.6-2.0 over three), one
-    # warm-up call and three timed rounds per side elsewhere, plus `peak_rounds` cheap rounds of only the
-    # efficient path and the matmul peak for the fractions of peak; see docs/BENCHMARK.md for a second run
+    # training step, one warm-up call and five timed rounds per forward side (a round of it is short, and its
+    # ratio swung 1.6-2.0 over three), four per rollout engine (the per-round ratios spread by 10-40%), plus
+    # `peak_rounds` cheap rounds of only the efficient path and the matmul peak for the fractions of peak; the
+    # shared head on vs off (no target) is left to --quick; see docs/BENCHMARK.md for a second run
     return dict(fwd_items=8, micro=8, fwd_rounds=5, export_items=32, export_batch=32, engine_items=16,
-                engine_batch=16, group=8, rounds=3, peak_rounds=6, crrl_items=32, crrl_batch=8,
-                growth=[10_000, 100_000, 1_000_000])
+                engine_batch=16, group=8, engine_rounds=4, peak_rounds=6, crrl_items=32, crrl_batch=8,
+                growth=[10_000, 100_000, 1_000_000], shared_head_off=False)
 
 
 def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
@@ -87,7 +89,8 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
     export = [item_prompt(tok, t, cfg.data.noun) for t in export_sample(
         texts, cfg.export.shard_size, sz["export_batch"], sz["export_items"], token_count)]
     res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"], export, sz["export_batch"],
-                             sz["fwd_rounds"], cfg.model.dtype, cfg.data.noun, sz["peak_rounds"], merged_copy(embedder))
+                             sz["fwd_rounds"], cfg.model.dtype, cfg.data.noun, sz["peak_rounds"], merged_copy(embedder),
+                             shared_head_off=sz["shared_head_off"])
     res["backbone"] = cfg.model.backbone
     res["threads"] = torch.get_num_threads()
     return res
@@ -108,7 +111,7 @@ def bench_rollout(cfg: Config, texts: dict, sz: dict, engines: list[str], base: 
     ids = sorted(texts)[: sz["engine_items"]]
     return compare_engines(base, {i: texts[i] for i in ids}, ids, engines, sz["group"], cfg.crrl.sigma,
                            cfg.data.noun, cfg.model.max_length, cfg.model.dtype, sz["engine_batch"],
-                           num_cpus=float(cfg.ray.num_cpus or os.cpu_count() or 2), rounds=sz["rounds"],
+                           num_cpus=float(cfg.ray.num_cpus or os.cpu_count() or 2), rounds=sz["engine_rounds"],
                            peak_rounds=sz["peak_rounds"])
 
 
@@ -221,9 +224,10 @@ def _ratios(result: dict) -> dict:
         ratios.update({
             "lrcl_train_step_efficient_vs_naive": f["lrcl_train_step"]["speedup"],
             "export_efficient_vs_naive": f["export"]["speedup"],
-            "lrcl_train_step_shared_head_on_vs_off": f["lrcl_train_step"]["shared_head_speedup"],
-            "export_shared_head_on_vs_off": f["export"]["shared_head_speedup"],
             "export_fraction_of_matmul_peak": f["export"]["fraction_of_peak"]["median"]})
+        if "shared_head_speedup" in f["export"]:
+            ratios.update({"lrcl_train_step_shared_head_on_vs_off": f["lrcl_train_step"]["shared_head_speedup"],
+                           "export_shared_head_on_vs_off": f["export"]["shared_head_speedup"]})
     if "rollout" in result:
         engines = result["rollout"]["engines"]
         ratios.update({f"rollout_{e}_vs_naive": r["vs_naive"]["median"] for e, r in engines.items() if e != "naive"})

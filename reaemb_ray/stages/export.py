@@ -77,13 +77,13 @@ class ItemEmbedder:
 
         from reaemb_ray.data.prompts import item_prompt
         from reaemb_ray.device import to_device
-        from reaemb_ray.model.two_pass import tokenize_prompts
+        from reaemb_ray.model.two_pass import batch_from_token_ids, prompt_token_ids
 
         prompts = [item_prompt(self.tok, str(t), self.noun) for t in batch["text"]]
-        lengths = [len(x) for x in self.tok(prompts, add_special_tokens=False)["input_ids"]]
+        ids = prompt_token_ids(self.tok, prompts)  # tokenized once: the lengths order the batches
         vectors = [None] * len(prompts)
-        for rows in token_sorted_batches(lengths, self.batch_size):
-            b = tokenize_prompts(self.tok, [prompts[r] for r in rows], self.max_length, self.pooling, self.noun)
+        for rows in token_sorted_batches([len(x) for x in ids], self.batch_size):
+            b = batch_from_token_ids(self.tok, [ids[r] for r in rows], self.max_length, self.pooling, self.noun)
             with torch.no_grad():
                 emb = self.module.embed(to_device(b, self.device), efficient=self.efficient).float().cpu().numpy()
             for r, v in zip(rows, emb):

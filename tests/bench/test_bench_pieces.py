@@ -73,6 +73,17 @@ def test_efficient_vs_naive_reports_every_path_and_the_export_fraction_of_peak(t
     assert len(res["matmul_peak_gflops"]) == 2
     assert res["items"] == 4 and res["shared_head_tokens"] > 8  # the real prompt's template head is shared
     assert all(p.grad is None for p in embedder.parameters())  # the timing leaves no gradients behind
+    assert res["export"]["shared_head_speedup"] > 0 and "prefix" in res["export"]["seconds"]
+
+    # the full bench leaves the shared head off out: two sides per part, and the report says it was not timed
+    from reaemb_ray.bench.report import markdown
+
+    lean = efficient_vs_naive(embedder, tok, a, b, 128, micro_batch=2, rounds=1, item_noun="movie",
+                              shared_head_off=False)
+    assert set(lean["export"]["seconds"]) == {"naive", "shared"} and "shared_head_speedup" not in lean["export"]
+    table = markdown({"backbone": "tiny", "dtype": "float32", "machine": {"cpus": 2}, "sizes": {"micro": 2},
+                      "forward": lean})
+    assert table.count("not timed") == 4  # prefix reuse items/s and on vs off, for both parts
 
 
 def test_machine_load_counts_a_busy_process_outside_this_tree():
@@ -135,6 +146,8 @@ def test_ratios_cover_whichever_sections_ran_and_unknown_sections_are_refused(tm
     result = {"rollout": {"engines": {"torch": {"vs_naive": {"median": 3.0}, "fraction_of_peak": {"median": 0.05}},
                                       "naive": {"vs_naive": {"median": 1.0}, "fraction_of_peak": {"median": 0.01}}}}}
     assert _ratios(result) == {"rollout_torch_vs_naive": 3.0, "rollout_torch_fraction_of_matmul_peak": 0.05}
+    lean = {k: {kk: vv for kk, vv in v.items() if kk != "shared_head_speedup"} for k, v in part.items()}
+    assert "export_shared_head_on_vs_off" not in _ratios({"forward": lean})  # not timed by the full bench
     with pytest.raises(ValueError, match="unknown bench section 'forwards'"):
         run_bench(load_config(None, [f"output_dir={tmp_path}"]), quick=True, only=["forwards"])
 
