@@ -86,6 +86,14 @@ class ItemEncoder(nn.Module):
         """(num_items + 1, hidden): every item's vector, row = id."""
         return self(torch.arange(self.num_items + 1, device=self.device))
 
+    def rows(self):
+        """The table as row blocks for ranking (`srs.metrics.ranks_in_blocks`), without autograd. Default: the
+        whole table; encoders that compute their table from a frozen one give it a block at a time."""
+        from reaemb_ray.srs.metrics import TensorRows
+
+        with torch.no_grad():
+            return TensorRows(self.table())
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -116,6 +124,18 @@ class IDEncoder(ItemEncoder):
 TABLE_BLOCK_ROWS = 1 << 15  # items run through the adapter at once when no gradient is needed
 
 
+class BlockRows:
+    """An encoder's table as row blocks of TABLE_BLOCK_ROWS, each computed (`encoder.table_block`) when asked:
+    ranking a 1M-item catalogue holds one block of the adapted table, not all of it beside the frozen one."""
+
+    def __init__(self, encoder: "ItemEncoder"):
+        self.encoder, self.num_rows, self.grid = encoder, encoder.num_items + 1, TABLE_BLOCK_ROWS
+
+    def block(self, lo: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.encoder.table_block(lo, min(lo + self.grid, self.num_rows))
+
+
 class ExternalEncoder(ItemEncoder):
     """`frozen_adapter` (ReaEmb, LLMEmb): frozen table (N+1, d) -> Linear(d, adapter_hidden) -> Linear(.., hidden)."""
 
@@ -129,6 +149,13 @@ class ExternalEncoder(ItemEncoder):
         out = self.adapter(self.frozen[ids])
         return out * (ids != 0).unsqueeze(-1).to(out.dtype)
 
+    def table_block(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows lo..hi-1 of the table, the adapter over that slice of the frozen table (no gathered copy)."""
+        out = self.adapter(self.frozen[lo:hi])
+        if lo == 0:
+            out[0] = 0  # padding, as forward's mask makes it
+        return out
+
     def table(self) -> torch.Tensor:
         """Every item's vector; without autograd, blocks of rows go through the adapter into one result, so
         neither a gathered copy of the frozen table nor the (N+1, adapter_hidden) activation is ever whole."""
@@ -136,9 +163,11 @@ class ExternalEncoder(ItemEncoder):
             return super().table()
         out = torch.empty(self.num_items + 1, self.hidden, device=self.frozen.device)
         for lo in range(0, len(out), TABLE_BLOCK_ROWS):
-            out[lo:lo + TABLE_BLOCK_ROWS] = self.adapter(self.frozen[lo:lo + TABLE_BLOCK_ROWS])
-        out[0] = 0  # padding, as forward's mask makes it
+            out[lo:lo + TABLE_BLOCK_ROWS] = self.table_block(lo, min(lo + TABLE_BLOCK_ROWS, len(out)))
         return out
+
+    def rows(self) -> BlockRows:
+        return BlockRows(self)
 
 
 class FusionEncoder(ItemEncoder):
@@ -163,6 +192,12 @@ class FusionEncoder(ItemEncoder):
         if torch.is_grad_enabled():
             return super().table()
         return self.semantic.table().add_(self.residual.weight)  # forward's sum, every row at once
+
+    def table_block(self, lo: int, hi: int) -> torch.Tensor:
+        return self.semantic.table_block(lo, hi).add_(self.residual.weight[lo:hi])
+
+    def rows(self) -> BlockRows:
+        return BlockRows(self)
 
 
 ID_INIT_STD = 0.02

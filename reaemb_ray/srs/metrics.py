@@ -53,53 +53,98 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
 
 
 SCORE_BLOCK = 1 << 22  # scores held at once (16 MB in fp32): the (users x items) matrix is never built whole
+# users whose target scores come out of one (chunk x chunk) product, and whose sampled candidates are scored
+# together: (chunk x chunk * n) scores, 26 MB at 256 users and 100 negatives
+TARGET_CHUNK = 256
 
 
-def ranks_in_blocks(users: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+class TensorRows:
+    """A whole item table (N+1, d) seen as row blocks (`ranks_in_blocks` also takes an encoder's lazy rows,
+    `srs.encoders.ItemEncoder.rows`): one block, the tensor itself."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table, self.num_rows = table, table.shape[0]
+        self.grid = max(1, self.num_rows)
+
+    def block(self, lo: int) -> torch.Tensor:
+        return self.table[lo:lo + self.grid]
+
+
+def take_rows(rows, ids: torch.Tensor) -> torch.Tensor:
+    """`table[ids]` for row blocks (`TensorRows` or an encoder's `rows()`): each row is cut out of the block that
+    holds it, so it is the very row the scoring loop multiplies; only the blocks that hold an id are computed."""
+    if isinstance(rows, TensorRows):
+        return rows.table[ids]
+    flat = ids.reshape(-1)
+    out = None
+    for lo in (torch.unique(flat // rows.grid) * rows.grid).tolist():
+        blk = rows.block(lo)
+        sel = (flat >= lo) & (flat < lo + rows.grid)
+        if out is None:
+            out = torch.empty(len(flat), blk.shape[1], dtype=blk.dtype, device=blk.device)
+        out[sel] = blk[flat[sel] - lo]
+    return out.reshape(*ids.shape, -1)
+
+
+def ranks_in_blocks(users: torch.Tensor, table, targets: torch.Tensor,
                     history: list[np.ndarray] | None = None, negatives: torch.Tensor | None = None,
                     block_scores: int = SCORE_BLOCK) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`full_ranks` (and `sampled_ranks` when `negatives` is given) of `targets` from user vectors (B, d) and the
     item table (N+1, d), scoring one block of items at a time, so memory is B x block instead of B x (N+1).
 
+    `table` is a tensor or row blocks (`TensorRows`, or an encoder's `rows()` that computes each block of its
+    table when asked, so the whole (N+1, d) table never exists: an adapter over a frozen 1M-item table then
+    costs one block, not a second table). Memory: B x block scores, one row block, the target and negative rows.
+
     Same counts as the reference functions: for each block, the items other than the target and the padding
     column that score >= the target; excluded history items (each once) are subtracted when they do. Every
     score, the target's included, comes out of a matrix product of `users` with rows of `table`, as in the
-    reference's `users @ table.T`.
+    reference's `users @ table.T`; a target's or negative's row is cut out of the same block as in the loop.
     """
-    B, N1 = users.shape[0], table.shape[0]
+    rows = table if hasattr(table, "block") else TensorRows(table)
+    B, N1 = users.shape[0], rows.num_rows
     block = max(1, min(N1, block_scores // max(B, 1)))
-    t = (users @ table[targets].T).diagonal()  # the target's score, (B,)
+    picked = targets if negatives is None else torch.cat([targets, negatives.to(targets.device).reshape(-1)])
+    cand, where = torch.unique(picked, return_inverse=True)
+    cand_rows = take_rows(rows, cand)  # the targets' and negatives' rows, each once
+    t = torch.cat([(users[c:c + TARGET_CHUNK] @ cand_rows[where[c:c + TARGET_CHUNK]].T).diagonal()
+                   for c in range(0, B, TARGET_CHUNK)])  # the target's score, (B,)
     if torch.isnan(t).any():
         raise ValueError("NaN scores for the target item; the model diverged (try a lower srs.lr)")
     rank = torch.zeros(B, dtype=torch.long, device=users.device)
-    rows_ex = cols_ex = None
+    ex_rows = ex_cols = None
     if history is not None:
-        rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(history)]).astype(np.int64)
-        cols = np.concatenate(history).astype(np.int64)
-        pairs = np.unique(rows * N1 + cols)  # each excluded item once; sorted by row
-        rows, cols = pairs // N1, pairs % N1
-        keep = (cols != 0) & (cols != targets.cpu().numpy()[rows])
-        rows_ex, cols_ex = rows[keep], cols[keep]
+        r = np.concatenate([np.full(len(h), i) for i, h in enumerate(history)]).astype(np.int64)
+        c = np.concatenate(history).astype(np.int64)
+        pairs = np.unique(c * B + r)  # each excluded item once; sorted by item, so a block's are one slice
+        c, r = pairs // B, pairs % B
+        keep = (c != 0) & (c != targets.cpu().numpy()[r])
+        ex_rows, ex_cols = (torch.from_numpy(x[keep]).to(users.device) for x in (r, c))
+        ex_cols_np = c[keep]
     arange = torch.arange(B, device=users.device)
-    for lo in range(0, N1, block):
-        hi = min(lo + block, N1)
-        s = users @ table[lo:hi].T
-        beats = s >= t[:, None]
-        if lo == 0:
-            beats[:, 0] = False  # padding never competes
-        inside = (targets >= lo) & (targets < hi)
-        beats[arange[inside], targets[inside] - lo] = False  # the target does not count against itself
-        rank += beats.sum(1, dtype=torch.int32).long()
-        if rows_ex is not None:
-            sel = (cols_ex >= lo) & (cols_ex < hi)
-            r, c = (torch.from_numpy(x[sel]).to(users.device) for x in (rows_ex, cols_ex))
-            rank -= torch.bincount(r[beats[r, c - lo]], minlength=B)
+    for base in range(0, N1, rows.grid):
+        blk = rows.block(base)
+        for off in range(0, len(blk), block):
+            lo, hi = base + off, base + min(off + block, len(blk))
+            s = users @ blk[off:off + block].T
+            beats = s >= t[:, None]
+            if lo == 0:
+                beats[:, 0] = False  # padding never competes
+            inside = (targets >= lo) & (targets < hi)
+            beats[arange[inside], targets[inside] - lo] = False  # the target does not count against itself
+            rank += beats.sum(1, dtype=torch.int32).long()
+            if ex_rows is not None:
+                a, b = np.searchsorted(ex_cols_np, [lo, hi])
+                r, c = ex_rows[a:b], ex_cols[a:b]
+                rank -= torch.bincount(r[beats[r, c - lo]], minlength=B)
     sampled = None
     if negatives is not None:
-        negatives = negatives.to(users.device)
-        cand, inverse = torch.unique(negatives, return_inverse=True)
-        s = (users @ table[cand].T).gather(1, inverse)  # (B, n)
-        sampled = (s >= t[:, None]).sum(1, dtype=torch.int32).long()
+        neg_where = where[B:].reshape(negatives.shape)
+        sampled = torch.empty(B, dtype=torch.long, device=users.device)
+        for c in range(0, B, TARGET_CHUNK):  # each chunk's own negatives only: (chunk, its candidates)
+            mine, inverse = torch.unique(neg_where[c:c + TARGET_CHUNK], return_inverse=True)
+            s = (users[c:c + TARGET_CHUNK] @ cand_rows[mine].T).gather(1, inverse)
+            sampled[c:c + TARGET_CHUNK] = (s >= t[c:c + TARGET_CHUNK, None]).sum(1, dtype=torch.int32).long()
     return rank, sampled
 
 

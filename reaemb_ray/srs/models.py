@@ -67,6 +67,10 @@ class SequentialRecommender(nn.Module, abc.ABC):
     def item_embeddings(self) -> torch.Tensor:
         return self.encoder.table()
 
+    def item_rows(self):
+        """The item table as row blocks for ranking (`srs.encoders.ItemEncoder.rows`)."""
+        return self.encoder.rows()
+
     def full_scores(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, N+1) scores of every item (column 0 is padding; the metrics exclude it)."""
         return self.forward(seq) @ self.item_embeddings().T

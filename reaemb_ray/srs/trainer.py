@@ -83,27 +83,36 @@ def train_step(model: SequentialRecommender, opt: torch.optim.Optimizer, batch: 
     return total
 
 
+USER_GROUP = 4096  # users ranked together: the item table's blocks are computed once per group
+
+
 @torch.inference_mode()
 def rank_targets(model: SequentialRecommender, inputs: list[np.ndarray], targets: np.ndarray, batch_size: int,
                  exclude_history: bool, max_tokens: int, negatives: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Full-ranking ranks (and sampled ranks when `negatives` (U, n) is given) of `targets` per user."""
+    """Full-ranking ranks (and sampled ranks when `negatives` (U, n) is given) of `targets` per user.
+
+    Users go through the model in batches of at most 256 (measured ~2x faster on Beauty's 12k items than 1024
+    rows); groups of USER_GROUP users are ranked against the item table's row blocks (`model.item_rows()`,
+    `ranks_in_blocks`): memory stays flat however large the catalogue, and an encoder that computes its table
+    from a frozen one never holds a second whole table."""
     model.eval()
     device = next(model.parameters()).device
     full = np.empty(len(inputs), np.int64)
     samp = np.empty(len(inputs), np.int64) if negatives is not None else None
-    table = model.item_embeddings()
+    rows = model.item_rows()
     lengths = np.minimum([len(s) for s in inputs], model.max_len)
-    # at most 256 users at a time (measured ~2x faster on Beauty's 12k items than 1024 rows), scored in blocks
-    # of items (ranks_in_blocks): memory stays flat however large the catalogue
-    for idx in chunk_by_tokens(lengths, max_tokens, min(batch_size, 256)):
-        seqs = [inputs[i] for i in idx]
-        users = model(torch.from_numpy(pad_right(seqs, model.max_len)).to(device))
-        f, s = ranks_in_blocks(users, table, torch.from_numpy(targets[idx]).to(device),
-                               seqs if exclude_history else None,
-                               None if negatives is None else torch.from_numpy(negatives[idx]).to(device))
-        full[idx] = f.cpu().numpy()
+    for g in range(0, len(inputs), USER_GROUP):
+        group = np.arange(g, min(g + USER_GROUP, len(inputs)))
+        users = torch.empty(len(group), model.hidden, device=device)
+        for idx in chunk_by_tokens(lengths[group], max_tokens, min(batch_size, 256)):
+            seqs = pad_right([inputs[i] for i in group[idx]], model.max_len)
+            users[torch.from_numpy(idx)] = model(torch.from_numpy(seqs).to(device))
+        f, s = ranks_in_blocks(users, rows, torch.from_numpy(targets[group]).to(device),
+                               [inputs[i] for i in group] if exclude_history else None,
+                               None if negatives is None else torch.from_numpy(negatives[group]).to(device))
+        full[group] = f.cpu().numpy()
         if negatives is not None:
-            samp[idx] = s.cpu().numpy()
+            samp[group] = s.cpu().numpy()
     return full, samp
 
 

@@ -37,11 +37,12 @@ def _sizes(quick: bool) -> dict:
                     group=4, engine_rounds=2, fwd_rounds=2, peak_rounds=1, crrl_items=32, crrl_batch=8,
                     growth=[1000, 4000], shared_head_off=True)
     # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in 20 minutes: one LRCL micro-batch of 8 per
-    # training step, one warm-up call and five timed rounds per forward side (a round of it is short, and its
-    # ratio swung 1.6-2.0 over three), four per rollout engine (the per-round ratios spread by 10-40%), plus
+    # training step, one warm-up call and nine timed rounds per forward side (a round of the LRCL step is short:
+    # its per-round ratio swung 1.6-2.7, and medians of five rounds moved 13% between two runs), four per
+    # rollout engine (the per-round ratios spread by 10-40%), plus
     # `peak_rounds` cheap rounds of only the efficient path and the matmul peak for the fractions of peak; the
     # shared head on vs off (no target) is left to --quick; see docs/BENCHMARK.md for a second run
-    return dict(fwd_items=8, micro=8, fwd_rounds=5, export_items=32, export_batch=32, engine_items=16,
+    return dict(fwd_items=8, micro=8, fwd_rounds=9, export_items=32, export_batch=32, engine_items=16,
                 engine_batch=16, group=8, engine_rounds=4, peak_rounds=6, crrl_items=32, crrl_batch=8,
                 growth=[10_000, 100_000, 1_000_000], shared_head_off=False)
 

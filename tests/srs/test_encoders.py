@@ -178,3 +178,7 @@ def test_table_in_row_blocks_without_grad_equals_every_id_through_forward(kind, 
         blocks, ref = enc.table(), enc(torch.arange(11))
     torch.testing.assert_close(blocks, ref, rtol=1e-6, atol=1e-6)  # BLAS may sum tiny blocks in another order
     assert enc.table().requires_grad  # with autograd: the whole graph, as training needs
+    rows = enc.rows()  # ranking's view: the same blocks, each computed when asked
+    assert (rows.num_rows, rows.grid) == (11, 3)
+    with torch.inference_mode():
+        assert torch.equal(torch.cat([rows.block(lo) for lo in range(0, 11, 3)]), blocks)

@@ -3,7 +3,18 @@ import pytest
 import torch
 
 from reaemb_ray.srs.metrics import (full_ranks, hit_ndcg, ndcg_by_popularity, pessimistic_rank, ranks_in_blocks,
-                                    sample_negatives_per_user, sampled_ranks, summarize, user_groups)
+                                    sample_negatives_per_user, sampled_ranks, summarize, take_rows, user_groups)
+
+
+class GridRows:
+    """A table served in row blocks of `grid` rows (as an encoder's lazy rows are), counting the blocks asked for."""
+
+    def __init__(self, table: torch.Tensor, grid: int):
+        self.table, self.num_rows, self.grid, self.asked = table, table.shape[0], grid, []
+
+    def block(self, lo: int) -> torch.Tensor:
+        self.asked.append(lo)
+        return self.table[lo:lo + self.grid].clone()
 
 
 def test_pessimistic_rank_counts_ties_against_the_target():
@@ -104,6 +115,33 @@ def test_ranks_in_blocks_match_the_whole_score_matrix(integer_valued):
             assert torch.equal(full, full_ranks(scores, targets, hist)), (trial, block)
             assert torch.equal(sampled, sampled_ranks(scores, targets, negatives)), (trial, block)
             assert torch.equal(ranks_in_blocks(users, table, targets, block_scores=block)[0], full_ranks(scores, targets))
+            for grid in (1, 5, n + 1):  # row blocks, cut anywhere against the score blocks
+                rows = GridRows(table, grid)
+                f, smp = ranks_in_blocks(users, rows, targets, hist, negatives, block_scores=block)
+                assert torch.equal(f, full_ranks(scores, targets, hist)) and torch.equal(smp, sampled_ranks(
+                    scores, targets, negatives)), (trial, block, grid)
+
+
+def test_take_rows_cuts_each_row_out_of_its_block_and_computes_only_those_blocks():
+    table = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+    rows = GridRows(table, 6)
+    ids = torch.tensor([[3, 19], [3, 7]])
+    assert torch.equal(take_rows(rows, ids), table[ids])
+    assert sorted(rows.asked) == [0, 6, 18]  # block 12-17 holds no id
+
+
+def test_ranking_many_users_stays_exact_beyond_one_target_chunk(monkeypatch):
+    from reaemb_ray.srs import metrics
+
+    monkeypatch.setattr(metrics, "TARGET_CHUNK", 4)  # target scores and sampled ranks in several user chunks
+    rng = np.random.default_rng(3)
+    users, table = (torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in ((11, 6), (30, 6)))
+    targets = torch.from_numpy(rng.integers(1, 30, 11))
+    negatives = torch.from_numpy(np.stack([rng.choice(np.setdiff1d(np.arange(1, 30), [t]), 5, replace=False)
+                                           for t in targets.tolist()]))
+    scores = users @ table.T
+    full, sampled = ranks_in_blocks(users, GridRows(table, 7), targets, None, negatives, block_scores=33)
+    assert torch.equal(full, full_ranks(scores, targets)) and torch.equal(sampled, sampled_ranks(scores, targets, negatives))
 
 
 def test_versus_id_marks_gains_beyond_both_standard_deviations():

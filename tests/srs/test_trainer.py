@@ -8,7 +8,7 @@ from reaemb_ray.config import ConfigError, SRSConfig, load_config
 from reaemb_ray.srs.data import chunk_by_tokens, load_seq_data
 from reaemb_ray.srs.encoders import IDEncoder
 from reaemb_ray.srs.models import build_model
-from reaemb_ray.srs.trainer import batch_chunks, densify_grads, fit_and_test, train, validation_users
+from reaemb_ray.srs.trainer import batch_chunks, densify_grads, fit_and_test, rank_targets, train, validation_users
 
 
 def padded_cost(chunks, lengths, overhead):
@@ -106,3 +106,31 @@ def test_validation_subsample_changes_validation_only(prepared_dir):
 def test_bad_validation_settings_are_rejected(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("kind", ["id", "frozen_adapter", "fusion"])
+def test_rank_targets_in_user_groups_and_row_blocks_equals_ranking_the_whole_score_matrix(kind, monkeypatch):
+    from reaemb_ray.srs import encoders, trainer
+    from reaemb_ray.srs.data import pad_right
+    from reaemb_ray.srs.encoders import build_encoder
+    from reaemb_ray.srs.metrics import full_ranks, sampled_ranks
+
+    monkeypatch.setattr(encoders, "TABLE_BLOCK_ROWS", 7)  # the adapted table in several blocks
+    monkeypatch.setattr(trainer, "USER_GROUP", 8)  # users in several groups
+    rng = np.random.default_rng(0)
+    n, users = 40, 21
+    table = np.concatenate([np.zeros((1, 12)), rng.normal(size=(n, 12))]).astype(np.float32)
+    torch.manual_seed(0)
+    model = build_model("sasrec", build_encoder(n, 16, None if kind == "id" else table, 8, kind="frozen_adapter"
+                                                if kind == "id" else kind), SRSConfig(hidden=16, max_len=10))
+    if kind == "fusion":
+        torch.nn.init.normal_(model.encoder.residual.weight)
+    inputs = [rng.integers(1, n + 1, int(rng.integers(1, 9))) for _ in range(users)]
+    targets = rng.integers(1, n + 1, users)
+    negatives = np.stack([rng.choice(np.setdiff1d(np.arange(1, n + 1), [t]), 6, replace=False) for t in targets])
+    full, sampled = rank_targets(model, inputs, targets, 4, True, 10_000, negatives)
+    with torch.inference_mode():
+        scores = model.full_scores(torch.from_numpy(pad_right(inputs, 10)))
+    t = torch.from_numpy(targets)
+    np.testing.assert_array_equal(full, full_ranks(scores, t, inputs).numpy())
+    np.testing.assert_array_equal(sampled, sampled_ranks(scores, t, torch.from_numpy(negatives)).numpy())
