@@ -103,10 +103,12 @@ def rank_targets(model: SequentialRecommender, inputs: list[np.ndarray], targets
     lengths = np.minimum([len(s) for s in inputs], model.max_len)
     for g in range(0, len(inputs), USER_GROUP):
         group = np.arange(g, min(g + USER_GROUP, len(inputs)))
-        users = torch.empty(len(group), model.hidden, device=device)
+        users = None  # (group, hidden), in the model's dtype and on its device
         for idx in chunk_by_tokens(lengths[group], max_tokens, min(batch_size, 256)):
             seqs = pad_right([inputs[i] for i in group[idx]], model.max_len)
-            users[torch.from_numpy(idx)] = model(torch.from_numpy(seqs).to(device))
+            out = model(torch.from_numpy(seqs).to(device))
+            users = out.new_empty(len(group), out.shape[1]) if users is None else users
+            users[torch.from_numpy(idx).to(device)] = out
         f, s = ranks_in_blocks(users, rows, torch.from_numpy(targets[group]).to(device),
                                [inputs[i] for i in group] if exclude_history else None,
                                None if negatives is None else torch.from_numpy(negatives[group]).to(device))
