@@ -189,7 +189,11 @@ def test_a_short_real_run_feeds_every_dashboard_query(prometheus_url, tmp_path):
         "crrl.reward_resources.num_cpus=0.25", "crrl.learner_resources.num_cpus=0.5"])
     killed = []
 
-    def kill_once(step, ctl):
+    def pace_and_kill_once(step, ctl):
+        # a tiny model's learner step takes ~0.25 s on a fast machine: all 8 could land in one or two export
+        # intervals, and the dashboard's histogram panels (rate over the buckets) need two exports with an
+        # increase between them. A real learner step takes seconds; one second per step here.
+        time.sleep(1.0)
         # late in the run: the first reward worker has lived (and exported its histogram) for many export
         # intervals; a replacement that scores the last few batches in under 2 s may export it only once
         if step == 6 and not killed:
@@ -199,7 +203,7 @@ def test_a_short_real_run_feeds_every_dashboard_query(prometheus_url, tmp_path):
     t0 = time.time()
     with DashboardWatch(prometheus_url) as watch:
         lrcl = run_lrcl(cfg)
-        res = run_crrl(cfg, fresh=True, hooks={"after_step": kill_once})
+        res = run_crrl(cfg, fresh=True, hooks={"after_step": pace_and_kill_once})
     rows = [json.loads(x) for x in (tmp_path / "crrl" / "metrics.jsonl").read_text().splitlines()]
     lrcl_rows = [json.loads(x) for x in (tmp_path / "lrcl" / "metrics.jsonl").read_text().splitlines()]
     assert res["steps"] == len(rows) == 8 and res["restarts"]["reward"] == 1
