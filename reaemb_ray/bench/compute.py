@@ -91,13 +91,13 @@ def merged_copy(embedder):
 def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: list[str], max_length: int,
                        micro_batch: int, export_prompts: list[str] | None = None, export_batch: int | None = None,
                        rounds: int = 1, dtype: str = "float32", item_noun: str = "item", peak_rounds: int = 0,
-                       export_embedder=None, shared_head_off: bool = True) -> dict:
+                       export_embedder=None, time_shared_head_off: bool = True) -> dict:
     """LRCL training step (two views, contrastive loss, backward) and export (no grad), every path, interleaved
     with a matmul peak; the export's useful FLOP/s (bench/flops.py) against each round's peak, over those rounds
     and `peak_rounds` more of only the export and the peak (`fraction_of_peak`). `export_embedder`: the module
     the export runs (the export stage merges the LoRA into the weights first, `merged_copy`); default `embedder`.
-    `shared_head_off`: also time prefix reuse without the shared head (what the shared head adds; the full bench
-    leaves it out: a third of the section's time for a ratio no target rests on)."""
+    `time_shared_head_off`: also time prefix reuse without the shared head (what the shared head adds; the full
+    bench leaves it out: a third of the section's time for a ratio no target rests on)."""
     from reaemb_ray.bench.flops import batch_flops, decoder_shape
     from reaemb_ray.losses import soft_contrastive_loss
     from reaemb_ray.model.two_pass import shared_head_length, tokenize_prompts
@@ -116,7 +116,7 @@ def efficient_vs_naive(embedder, tokenizer, prompts_a: list[str], prompts_b: lis
     # the batch's common head run once (the default efficient path)
     variants = {"naive": dict(efficient=False), "prefix": dict(efficient=True, share_head=False),
                 "shared": dict(efficient=True, share_head=True)}
-    if not shared_head_off:
+    if not time_shared_head_off:
         del variants["prefix"]
 
     def train_step(kw: dict):

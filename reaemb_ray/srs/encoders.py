@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reaemb_ray.srs.metrics import TensorRows
+
 
 def pca_fit_transform(x: np.ndarray, dim: int) -> np.ndarray:
     """Project the centred rows of `x` on their top-`dim` principal directions (SVD, deterministic signs)."""
@@ -89,8 +91,6 @@ class ItemEncoder(nn.Module):
     def rows(self):
         """The table as row blocks for ranking (`srs.metrics.ranks_in_blocks`), without autograd. Default: the
         whole table; encoders that compute their table from a frozen one give it a block at a time."""
-        from reaemb_ray.srs.metrics import TensorRows
-
         with torch.no_grad():
             return TensorRows(self.table())
 

@@ -120,7 +120,6 @@ def ranks_in_blocks(users: torch.Tensor, table, targets: torch.Tensor,
         c, r = pairs // B, pairs % B
         keep = (c != 0) & (c != targets.cpu().numpy()[r])
         ex_rows, ex_cols = (torch.from_numpy(x[keep]).to(users.device) for x in (r, c))
-        ex_cols_np = c[keep]
     arange = torch.arange(B, device=users.device)
     for base in range(0, N1, rows.grid):
         blk = rows.block(base)
@@ -134,7 +133,7 @@ def ranks_in_blocks(users: torch.Tensor, table, targets: torch.Tensor,
             beats[arange[inside], targets[inside] - lo] = False  # the target does not count against itself
             rank += beats.sum(1, dtype=torch.int32).long()
             if ex_rows is not None:
-                a, b = np.searchsorted(ex_cols_np, [lo, hi])
+                a, b = torch.searchsorted(ex_cols, torch.tensor([lo, hi], device=ex_cols.device)).tolist()
                 r, c = ex_rows[a:b], ex_cols[a:b]
                 rank -= torch.bincount(r[beats[r, c - lo]], minlength=B)
     sampled = None

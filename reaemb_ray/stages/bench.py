@@ -35,7 +35,7 @@ def _sizes(quick: bool) -> dict:
     if quick:
         return dict(fwd_items=16, micro=8, export_items=16, export_batch=8, engine_items=16, engine_batch=16,
                     group=4, engine_rounds=2, fwd_rounds=2, peak_rounds=1, crrl_items=32, crrl_batch=8,
-                    growth=[1000, 4000], shared_head_off=True)
+                    growth=[1000, 4000], time_shared_head_off=True)
     # sized so that the whole bench on SmolLM2 (fp32, 2 cores) fits in 20 minutes: one LRCL micro-batch of 8 per
     # training step, one warm-up call and nine timed rounds per forward side (a round of the LRCL step is short:
     # its per-round ratio swung 1.6-2.7, and medians of five rounds moved 13% between two runs), four per
@@ -44,7 +44,7 @@ def _sizes(quick: bool) -> dict:
     # shared head on vs off (no target) is left to --quick; see docs/BENCHMARK.md for a second run
     return dict(fwd_items=8, micro=8, fwd_rounds=9, export_items=32, export_batch=32, engine_items=16,
                 engine_batch=16, group=8, engine_rounds=4, peak_rounds=6, crrl_items=32, crrl_batch=8,
-                growth=[10_000, 100_000, 1_000_000], shared_head_off=False)
+                growth=[10_000, 100_000, 1_000_000], time_shared_head_off=False)
 
 
 def _bench_cfg(cfg: Config, quick: bool, out: Path) -> Config:
@@ -91,7 +91,7 @@ def bench_forward(cfg: Config, texts: list[str], sz: dict) -> dict:
         texts, cfg.export.shard_size, sz["export_batch"], sz["export_items"], token_count)]
     res = efficient_vs_naive(embedder, tok, a, b, cfg.model.max_length, sz["micro"], export, sz["export_batch"],
                              sz["fwd_rounds"], cfg.model.dtype, cfg.data.noun, sz["peak_rounds"], merged_copy(embedder),
-                             shared_head_off=sz["shared_head_off"])
+                             time_shared_head_off=sz["time_shared_head_off"])
     res["backbone"] = cfg.model.backbone
     res["threads"] = torch.get_num_threads()
     return res

@@ -79,7 +79,7 @@ def test_efficient_vs_naive_reports_every_path_and_the_export_fraction_of_peak(t
     from reaemb_ray.bench.report import markdown
 
     lean = efficient_vs_naive(embedder, tok, a, b, 128, micro_batch=2, rounds=1, item_noun="movie",
-                              shared_head_off=False)
+                              time_shared_head_off=False)
     assert set(lean["export"]["seconds"]) == {"naive", "shared"} and "shared_head_speedup" not in lean["export"]
     table = markdown({"backbone": "tiny", "dtype": "float32", "machine": {"cpus": 2}, "sizes": {"micro": 2},
                       "forward": lean})
