@@ -7,9 +7,16 @@
   hit@k is the share of sampled items whose top partner is among their k nearest neighbours (chance: k / N).
   It asks the question CRRL's reward asks, on the whole catalogue instead of 1 + n candidates.
 
-Used by `reaemb export` (recorded beside the table) and by the experiments in docs/RESULTS.md.
+Used by the experiments in docs/RESULTS.md, on the tables of a finished run:
+
+    python -m reaemb_ray.table_quality outputs/beauty-fullrank-train lrcl crrl    # one JSON line per table
 """
 from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -54,3 +61,33 @@ def table_quality(table: np.ndarray, item_a, item_b, count, sample: int = 2000, 
             "cooccurrence_hit@100": round(float(np.mean(ranks < 100)), 4),
             "cooccurrence_median_rank": float(np.median(ranks)), "chance_hit@10": round(10 / max(1, n - 1), 5),
             "items_checked": int(len(ranks))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print `table_quality` of each method's exported table in a local output folder."""
+    import pyarrow.parquet as pq
+
+    from reaemb_ray import layout
+    from reaemb_ray.srs.encoders import load_embedding_table
+
+    parser = argparse.ArgumentParser(prog="python -m reaemb_ray.table_quality", description=main.__doc__)
+    parser.add_argument("output_dir", type=Path, help="a finished run's output folder (local)")
+    parser.add_argument("methods", nargs="+", help="methods whose embeddings/<method>/ table to check")
+    parser.add_argument("--sample", type=int, default=2000, help="items whose top partner is ranked")
+    args = parser.parse_args(argv)
+    prepared = args.output_dir / layout.PREPARED
+    tables = {m: args.output_dir / layout.embeddings_table(m) for m in args.methods}
+    missing = [str(p) for p in [prepared / "summary.json", *tables.values()] if not p.exists()]
+    if missing:
+        sys.exit(f"table_quality: {', '.join(missing)} not found; give a finished run's folder and methods it "
+                 "exported (reaemb run / reaemb export write them)")
+    num_items = json.loads((prepared / "summary.json").read_text())["items"]
+    pairs = pq.read_table(prepared / "cooccurrence.parquet", columns=["item_a", "item_b", "count"])
+    a, b, c = (pairs.column(n).to_numpy() for n in ("item_a", "item_b", "count"))
+    for method, path in tables.items():
+        quality = table_quality(load_embedding_table(path, num_items), a, b, c, sample=args.sample)
+        print(json.dumps({"method": method, **quality}))
+
+
+if __name__ == "__main__":
+    main()

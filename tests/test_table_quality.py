@@ -25,3 +25,37 @@ def test_partner_ranks_and_quality_on_a_clustered_table():
     shuffled = np.concatenate([np.zeros((1, 16)), items[rng.permutation(40)]])
     assert table_quality(shuffled, a, b, [1] * 40)["cooccurrence_hit@10"] < 0.5
     assert q["chance_hit@10"] == pytest.approx(10 / 39, abs=1e-4)
+
+
+def _write_run(tmp_path, table, a, b):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "summary.json").write_text(json.dumps({"items": len(table) - 1}))
+    pairs = pa.table({"item_a": a, "item_b": b, "count": [1] * len(a)})
+    pq.write_table(pairs, tmp_path / "prepared" / "cooccurrence.parquet")
+    (tmp_path / "embeddings" / "good").mkdir(parents=True)
+    rows = [list(map(float, v)) for v in table[1:]]
+    pq.write_table(pa.table({"item_id": list(range(1, len(table))), "vector": rows}),
+                   tmp_path / "embeddings" / "good" / "embeddings.parquet")
+
+
+def test_command_prints_each_tables_quality_and_names_a_missing_table(tmp_path, capsys):
+    import json
+
+    from reaemb_ray.table_quality import main
+
+    rng = np.random.default_rng(1)
+    items = np.repeat(rng.normal(size=(10, 8)), 2, axis=0) + 0.01 * rng.normal(size=(20, 8))
+    table = np.concatenate([np.zeros((1, 8)), items])
+    a = list(range(1, 21))
+    b = [v + 1 if v % 2 else v - 1 for v in a]
+    _write_run(tmp_path, table, a, b)
+    main([str(tmp_path), "good"])
+    line = json.loads(capsys.readouterr().out)
+    assert line["method"] == "good" and line["cooccurrence_hit@10"] == 1.0 and line["items_checked"] == 20
+    with pytest.raises(SystemExit, match="embeddings/missing/embeddings.parquet not found"):
+        main([str(tmp_path), "good", "missing"])
