@@ -65,9 +65,8 @@ def table_quality(table: np.ndarray, item_a, item_b, count, sample: int = 2000, 
 
 def main(argv: list[str] | None = None) -> None:
     """Print `table_quality` of each method's exported table in a local output folder."""
-    import pyarrow.parquet as pq
-
     from reaemb_ray import layout
+    from reaemb_ray.rl.policy import load_cooccurrence
     from reaemb_ray.srs.encoders import load_embedding_table
 
     parser = argparse.ArgumentParser(prog="python -m reaemb_ray.table_quality", description=main.__doc__)
@@ -82,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"table_quality: {', '.join(missing)} not found; give a finished run's folder and methods it "
                  "exported (reaemb run / reaemb export write them)")
     num_items = json.loads((prepared / "summary.json").read_text())["items"]
-    pairs = pq.read_table(prepared / "cooccurrence.parquet", columns=["item_a", "item_b", "count"])
-    a, b, c = (pairs.column(n).to_numpy() for n in ("item_a", "item_b", "count"))
+    a, b, c = load_cooccurrence(prepared)
     for method, path in tables.items():
         quality = table_quality(load_embedding_table(path, num_items), a, b, c, sample=args.sample)
         print(json.dumps({"method": method, **quality}))
