@@ -317,6 +317,12 @@ class SRSConfig:
     llm_init_std: float = setting(0.02, gt=0, note="llm_init: per-entry std of the initial rows (the ID "
                                   "initialisation's is 0.02)")
     pca_dim: int = setting(512, ge=0, note="applied to external embedding tables wider than this; 0 = never")
+    # Conditioning of an LLM table's item rows before the recommender reads it (reaemb_ray/conditioning.py),
+    # in order, after pca_dim: e.g. [whiten] (every direction unit variance: WhitenRec / AlphaFuse), [center,
+    # l2]. Recorded in each run's record. `id` runs ignore it.
+    conditioning: list[str] = setting([], unique=True)
+    conditioning_dim: int = setting(0, ge=0, note="whiten / pca: keep this many directions; 0 = every "
+                                    "non-degenerate one")
     align_alpha: float = setting(0.0, ge=0, note="> 0 adds LLMEmb's alignment loss to the pretrained ID-SASRec")
     align_tau: float = setting(2.0, gt=0)
     # soft = LLMEmb's unnormalised soft-target contrastive form; cosine = InfoNCE on cosines (needs a small
@@ -343,6 +349,12 @@ class SRSConfig:
     def validate(self) -> None:
         if self.hidden % self.heads:
             raise ConfigError(f"srs.hidden ({self.hidden}) must be divisible by srs.heads ({self.heads})")
+        from reaemb_ray import conditioning
+
+        try:
+            conditioning.validate(self.conditioning, self.conditioning_dim)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"srs.conditioning: {e.args[0]}") from None
 
 
 METHODS = ("id", "raw_llm", "llmemb", "lrcl", "crrl", "reason")

@@ -41,6 +41,8 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     (["lrcl.batch_size=10", "lrcl.micro_batch_size=4"], "must be a multiple"),
     (["crrl.reward_weights={ctr: 1.0}"], "unknown reward"),
     (["srs.hidden=100", "srs.heads=3"], "divisible"),
+    (["srs.conditioning=[whitening]"], "srs.conditioning: unknown conditioning step 'whitening'"),
+    (["srs.conditioning=[center]", "srs.conditioning_dim=8"], "srs.conditioning: a dimension (8) needs a reducing"),
     (["eval.methods=[]"], "eval.methods must not be empty"),
     (["lrcl.zero_stage=4"], "lrcl.zero_stage=4 is not allowed"),
     (["lrcl"], "must look like key.sub=value"),

@@ -78,6 +78,17 @@ def load_embedding_table(path: str | Path, num_items: int, pca_dim: int = 0) -> 
     return mat
 
 
+def condition_table(table: np.ndarray, steps: list[str], dim: int = 0) -> tuple[np.ndarray, dict]:
+    """`srs.conditioning`: the item rows (1..N) of a loaded table conditioned by `steps` (conditioning.apply:
+    statistics over the items only), row 0 (padding) kept zero. No steps: the table unchanged, an empty record."""
+    if not steps:
+        return table, {}
+    from reaemb_ray import conditioning
+
+    rows, record = conditioning.apply(table[1:], steps, dim)
+    return np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows]), record
+
+
 class ItemEncoder(nn.Module):
     """Maps item ids (any shape, 0 = padding) to vectors (..., hidden); padding maps to zeros."""
 

@@ -1,7 +1,8 @@
 """`reaemb evaluate`: train every (method, backbone, seed) recommender, write eval/report.{json,md} + plots.
 
 Methods: `id` learns item IDs; any other method reads `embeddings/<method>/embeddings.parquet` (the final table of
-the export stage, or of the reason stage for `reason`) through the frozen-table adapter. Each finished run leaves
+the export stage, or of the reason stage for `reason`), conditioned by `srs.conditioning` and fed in by
+`srs.item_encoder`. Each finished run leaves
 `eval/runs/<method>__<backbone>__seed<s>.json`, keyed by a fingerprint of what that run reads (SRS/eval
 settings, the prepared splits' and the table's bytes), and the stage keeps these when it starts over: adding
 a backbone or seeds, or a changed table, trains only the runs concerned (everything with --fresh).
@@ -16,7 +17,7 @@ from pathlib import Path
 from reaemb_ray import layout
 from reaemb_ray.records import changed_fields
 from reaemb_ray.srs.data import load_seq_data
-from reaemb_ray.srs.encoders import load_embedding_table
+from reaemb_ray.srs.encoders import condition_table, load_embedding_table
 from reaemb_ray.srs.metrics import ndcg_by_popularity, summarize, user_groups
 from reaemb_ray.reasoning.report import append_samples
 from reaemb_ray.srs.pretrain import load_item_table
@@ -42,8 +43,8 @@ def run_fingerprint(cfg, backbone: str, seed: int, data_digest: str, table_diges
     do not change a run."""
     srs_drop = ("backbones", "seeds", "num_threads", "task_resources")
     if table_digest == ID_TABLE:  # an ID-only run: how an LLM table would be fed in does not change it
-        srs_drop += ("item_encoder", "llm_init_std", "adapter_hidden", "pca_dim", "align_alpha", "align_tau",
-                     "align_form")
+        srs_drop += ("item_encoder", "llm_init_std", "adapter_hidden", "pca_dim", "conditioning",
+                     "conditioning_dim", "align_alpha", "align_tau", "align_form")
     srs = changed_fields(cfg.srs, drop=srs_drop)
     ev = changed_fields(cfg.eval, drop=("methods", "main_methods", "main_backbones"))
     key = {"srs": srs, "eval": ev, "backbone": backbone, "seed": seed, "data": data_digest, "table": table_digest,
@@ -80,10 +81,11 @@ def run_evaluate(cfg, fresh: bool = False) -> dict:
     todo: dict[str, dict] = {}  # name -> fit_and_test arguments of the runs to train
     keys: dict[str, tuple] = {}
     for method in cfg.eval.methods:
-        table, table_digest = None, ID_TABLE
+        table, table_digest, conditioned = None, ID_TABLE, {}
         if method != "id":
             path = store.fetch(tables[method])
             table = load_embedding_table(path, data.num_items, cfg.srs.pca_dim)
+            table, conditioned = condition_table(table, cfg.srs.conditioning, cfg.srs.conditioning_dim)
             table_digest = _file_digest(path)
         for backbone in cfg.srs.backbones:
             main = (not cfg.eval.main_methods or method in cfg.eval.main_methods) and (
@@ -97,7 +99,7 @@ def run_evaluate(cfg, fresh: bool = False) -> dict:
                     log.info("reusing finished run %s", store.uri(rel))
                 else:
                     run = None
-                    keys[name] = (method, backbone, seed, fp)
+                    keys[name] = (method, backbone, seed, fp, conditioned)
                     todo[name] = dict(backbone=backbone, srs=cfg.srs, seed=seed,
                                       num_negatives=cfg.eval.num_sampled_negatives, table=table,
                                       align_table=align_table if table is not None else None,
@@ -106,9 +108,10 @@ def run_evaluate(cfg, fresh: bool = False) -> dict:
 
     finished = {}
     for name, (_, res, full, samp), seconds in fit_runs(cfg, data, todo):  # several at once with srs.task_resources
-        method, backbone, seed, fp = keys[name]
+        method, backbone, seed, fp, conditioned = keys[name]
         ranks = {"full": full, sampled_name: samp}
         run = {"fingerprint": fp, "records": run_records(method, backbone, seed, ranks, groups, cfg.eval.ks),
+               "conditioning": conditioned,
                "curve": res.curve, "best_epoch": res.best_epoch, "seconds": seconds,
                "popularity_buckets": ndcg_by_popularity(full, data.test, data.popularity, 10)}
         # saved as soon as it finishes: kept when the stage is interrupted, a rerun skips it

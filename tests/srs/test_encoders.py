@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from reaemb_ray.config import SRSConfig
 from reaemb_ray.losses import soft_contrastive_loss
 from reaemb_ray.srs.encoders import (ExternalEncoder, FusionEncoder, IDEncoder, alignment_loss, build_encoder,
-                                     llm_init_rows, load_embedding_table, pca_fit_transform)
+                                     condition_table, llm_init_rows, load_embedding_table, pca_fit_transform)
 from reaemb_ray.srs.models import build_model
 
 
@@ -134,6 +134,21 @@ def test_llm_init_is_a_trainable_id_table_whose_rows_keep_the_semantic_neighbour
     assert torch.allclose(enc.table(), torch.from_numpy(rows))
     with pytest.raises(ValueError, match="srs.hidden"):
         llm_init_rows(table, 20)
+
+
+def test_conditioning_uses_the_item_rows_only_and_keeps_padding_zero():
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(40, 6)) * [5, 3, 1, 1, 0.5, 0.1] + 100.0  # offset + anisotropy
+    table = np.concatenate([np.zeros((1, 6)), items]).astype(np.float32)
+    same, record = condition_table(table, [])
+    assert same is table and record == {}
+    z, record = condition_table(table, ["whiten"], 4)
+    assert z.shape == (41, 4) and (z[0] == 0).all() and record == {"steps": ["whiten"], "dim": 4, "input_dim": 6}
+    # statistics over the items alone: zero mean, identity covariance (padding row 0 would shift both)
+    np.testing.assert_allclose(z[1:].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(z[1:].T @ z[1:] / 40, np.eye(4), atol=1e-4)
+    u, _ = condition_table(table, ["center", "l2"])
+    np.testing.assert_allclose(np.linalg.norm(u[1:], axis=1), 1, rtol=1e-5)
 
 
 def test_fusion_starts_as_the_adapter_and_trains_an_id_residual():

@@ -90,6 +90,16 @@ def test_evaluate_rejects_a_broken_table(prepared_dir):
         evaluate.run_evaluate(cfg_for(prepared_dir, "eval.methods=[lrcl]"))
 
 
+def test_the_table_conditioning_is_recorded_with_each_run(prepared_dir):
+    out = prepared_dir.parent
+    write_lrcl_table(out)
+    evaluate.run_evaluate(cfg_for(prepared_dir, "eval.methods=[lrcl]", "srs.epochs=1", "srs.conditioning=[whiten]",
+                                  "srs.conditioning_dim=4"))
+    run = json.loads((out / "eval" / "runs" / "lrcl__sasrec__seed0.json").read_text())
+    # srs.pca_dim=6 first (the table is 12 wide), then whitening to 4 directions
+    assert run["conditioning"] == {"steps": ["whiten"], "dim": 4, "input_dim": 6}
+
+
 def test_missing_prepared_data_is_named(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}", "eval.methods=[id]"])
     with pytest.raises(FileNotFoundError, match="prepared does not exist"):
@@ -130,3 +140,5 @@ def test_id_runs_do_not_depend_on_how_a_table_is_fed_in():
     assert fp(base, no_table) == fp(fused, no_table)  # the ID-only run is reused across item encoders
     assert fp(base, "table") != fp(fused, "table")  # an LLM run is not
     assert fp(base, no_table) != fp(load_config(None, ["srs.hidden=32"]), no_table)
+    whitened = load_config(None, ["srs.conditioning=[whiten]"])
+    assert fp(base, no_table) == fp(whitened, no_table) and fp(base, "table") != fp(whitened, "table")
