@@ -107,8 +107,9 @@ class ModelConfig:
     use_thought: bool = True  # False gives the LLMEmb-style baseline: one pass, no <|Thought|>
     # Which last-layer states make the item embedding (model/two_pass.py): all = mean over every prompt token
     # (published; about half of them are the shared template), item = mean over the item's attribute tokens +
-    # <|Thought|> + EOS, last = the EOS state alone
-    pooling: Literal["all", "item", "last"] = "all"
+    # <|Thought|> + EOS, item_thought = the same with fixed shares (attributes 1/2, <|Thought|> 1/4, EOS 1/4: what
+    # CRRL trains reaches the table), last = the EOS state alone
+    pooling: Literal["all", "item", "item_thought", "last"] = "all"
     rope_base: float = setting(1000.0, gt=0)
     lora: LoraConfig = field(default_factory=LoraConfig)
 

@@ -13,8 +13,11 @@ chat template the head is about 50 of ~85 (MovieLens) or ~100 (Beauty) tokens.
 Pooling (`model.pooling`): the item embedding is a weighted sum of last-layer states with per-row weights that
 `tokenize_prompts` lays out beside the tokens (`pool_weights`, each row sums to 1): `all` = the mean over every
 token (published); `item` = the mean over the item's own attribute tokens plus `<|Thought|>` and EOS (the shared
-template -- about half of every prompt -- left out); `last` = the EOS state alone. Every path below pools the
-same way, so the exactness arguments hold for each pooling.
+template -- about half of every prompt -- left out); `item_thought` = the same tokens with fixed shares: half on
+the attribute tokens' mean, a quarter each on `<|Thought|>` and EOS (under `item` those two are ~5% of a Beauty
+embedding, so what CRRL trains -- the thought, which moves only those two states -- barely reaches the table);
+`last` = the EOS state alone. Every path below pools the same way, so the exactness arguments hold for each
+pooling.
 
 Why prefix reuse is exact: in a causal LM the hidden states and keys/values of positions [0, t) depend only
 on the tokens [0, t), which are the same in pass 1 and pass 2 (only position t changes). The attention
@@ -66,7 +69,7 @@ def _common_prefix(rows: list[list[int]]) -> int:
     return max(n, 0)
 
 
-POOLINGS = ("all", "item", "last")
+POOLINGS = ("all", "item", "item_thought", "last")
 
 
 @lru_cache(maxsize=16)
@@ -99,11 +102,18 @@ def row_pool_weights(row: list[int], pooling: str, template: tuple | None) -> li
         return [1.0 / n] * n
     if pooling == "last":
         return [0.0] * (n - 1) + [1.0]
-    if pooling != "item":
+    if pooling not in ("item", "item_thought"):
         raise KeyError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
     start, end = item_token_span(row, *template)
-    keep = set(range(start, min(end, n - 2))) | {n - 2, n - 1}  # attributes, <|Thought|>, EOS
-    return [1.0 / len(keep) if j in keep else 0.0 for j in range(n)]
+    attributes = range(start, min(end, n - 2))
+    if pooling == "item":
+        keep = set(attributes) | {n - 2, n - 1}  # attributes, <|Thought|>, EOS
+        return [1.0 / len(keep) if j in keep else 0.0 for j in range(n)]
+    w = [0.0] * n
+    for j in attributes:
+        w[j] = 0.5 / len(attributes)
+    w[n - 2] = w[n - 1] = 0.25 if attributes else 0.5  # truncated to nothing: thought and EOS share it all
+    return w
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], max_length: int, pooling: str = "all",
@@ -152,7 +162,7 @@ def batch_from_token_ids(tokenizer, rows: list[list[int]], max_length: int, pool
     pool_weights = torch.zeros((len(rows), L), dtype=torch.float32)
     input_ids[:, :S] = torch.tensor(rows[0][:S], dtype=torch.long)
     attention_mask[:, :S] = 1
-    template = _template_ids(tokenizer, item_noun) if pooling == "item" else None
+    template = _template_ids(tokenizer, item_noun) if pooling in ("item", "item_thought") else None
     for i, ids in enumerate(rows):
         rest = ids[S:]
         input_ids[i, L - len(rest):] = torch.tensor(rest)

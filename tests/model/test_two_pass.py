@@ -15,7 +15,7 @@ def test_pool_weights_select_all_tokens_the_item_tokens_or_eos(tiny_cfg, tiny_ca
 
     _, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
     texts = [item_prompt(tok, a, "item") for a in prompts]
-    b = {p: tokenize_prompts(tok, texts, 128, p, "item") for p in ("all", "item", "last")}
+    b = {p: tokenize_prompts(tok, texts, 128, p, "item") for p in ("all", "item", "item_thought", "last")}
     mask = b["all"]["attention_mask"].float()
     for p, batch in b.items():
         assert torch.equal(batch["input_ids"], b["all"]["input_ids"])  # pooling never changes the tokens
@@ -30,6 +30,15 @@ def test_pool_weights_select_all_tokens_the_item_tokens_or_eos(tiny_cfg, tiny_ca
         assert text.strip() == attrs.strip() or attrs.strip() in text and len(text) < len(attrs) + 8, text
         assert pooled[-2:] == [tok.convert_tokens_to_ids("<|Thought|>"), tok.eos_token_id]
         assert "specialist" not in text and "following attributes" not in text  # the template is left out
+    # item_thought: the same tokens as item, attributes 1/2 in equal parts, <|Thought|> and EOS 1/4 each
+    wt = b["item_thought"]["pool_weights"]
+    assert torch.equal(wt > 0, w > 0)
+    assert (wt[:, -2:] == 0.25).all()
+    attributes = wt[:, :-2]
+    torch.testing.assert_close(attributes.sum(1), torch.full((len(texts),), 0.5))
+    for i in range(len(texts)):
+        row = attributes[i][attributes[i] > 0]
+        torch.testing.assert_close(row, torch.full_like(row, 0.5 / len(row)))
 
 
 def test_tokenize_layout_padding_and_positions(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts):
@@ -85,7 +94,8 @@ def _embed_and_grads(module, batch, efficient):
     return e.detach(), grads
 
 
-@pytest.mark.parametrize("with_lora,pooling", [(True, "all"), (False, "all"), (True, "item"), (True, "last")])
+@pytest.mark.parametrize("with_lora,pooling", [(True, "all"), (False, "all"), (True, "item"), (True, "item_thought"),
+                                               (True, "last")])
 def test_efficient_matches_naive_values_and_gradients(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts,
                                                       with_lora, pooling):
     torch.manual_seed(0)
@@ -119,7 +129,26 @@ def test_thought_changes_the_embedding(tiny_cfg, tiny_cache, make_prompt, random
     assert (no_thought - base).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("pooling", ["all", "item", "last"])
+def test_item_thought_pooling_gives_what_the_thought_moves_a_fixed_share(tiny_cfg, tiny_cache, make_prompt, prompts):
+    """Only the thought's and EOS's states depend on the thought (causal LM, they are last), so a change of the
+    thought moves the pooled vector by (their pooling weight) x (their states' change): 1/4 under item_thought,
+    1/(attribute tokens + 2) under item, row by row."""
+    module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
+    moves, weights = {}, {}
+    for pooling in ("item", "item_thought"):
+        b = _batch(make_prompt, tok, prompts, pooling=pooling)
+        with torch.no_grad():
+            base = efficient_embed(module.lm, module.attn, b)
+            module.attn.v_proj.bias.add_(1.0)
+            moves[pooling] = (efficient_embed(module.lm, module.attn, b) - base).norm(dim=1)
+            module.attn.v_proj.bias.sub_(1.0)
+        weights[pooling] = b["pool_weights"][:, -1]
+    assert (weights["item_thought"] == 0.25).all() and (weights["item"] < 0.25).all()
+    torch.testing.assert_close(moves["item_thought"] / moves["item"], weights["item_thought"] / weights["item"],
+                               rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("pooling", ["all", "item", "item_thought", "last"])
 def test_embed_with_thoughts_matches_full_passes(tiny_cfg, tiny_cache, make_prompt, randomize_lora, prompts, pooling):
     torch.manual_seed(0)
     module, tok, _ = build_embedder(tiny_cfg, tiny_cache, with_lora=False)
