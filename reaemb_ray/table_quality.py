@@ -2,6 +2,9 @@
 
 - anisotropy: the mean cosine between random pairs of rows (pooled LM embeddings: ~0.99; centring or
   whitening brings it to ~0).
+- shift (`--against METHOD`): how far a table moved from another table of the same items, e.g. CRRL's from the
+  LRCL it started from: ||T - R||_F / ||R||_F over the item rows, and the mean row-wise cosine of the two after
+  each is centred on its own catalogue mean (1.0: the same directions).
 - co-occurrence retrieval: for a sample of items that co-occur with something in the training split, where
   the item's top partner (the item it co-occurs with most) ranks among all other items by centred cosine.
   hit@k is the share of sampled items whose top partner is among their k nearest neighbours (chance: k / N).
@@ -10,6 +13,7 @@
 Used by the experiments in docs/RESULTS.md, on the tables of a finished run:
 
     python -m reaemb_ray.table_quality outputs/beauty-fullrank-train lrcl crrl    # one JSON line per table
+    python -m reaemb_ray.table_quality outputs/beauty-fullrank-train crrl --against lrcl
 """
 from __future__ import annotations
 
@@ -63,6 +67,17 @@ def table_quality(table: np.ndarray, item_a, item_b, count, sample: int = 2000, 
             "items_checked": int(len(ranks))}
 
 
+def table_shift(table: np.ndarray, reference: np.ndarray) -> dict:
+    """How far `table` moved from `reference` (both (N+1, d), row 0 padding, left out); see the top."""
+    t, r = (np.asarray(x[1:], dtype=np.float64) for x in (table, reference))
+    if t.shape != r.shape:
+        raise ValueError(f"tables of different shapes {t.shape} and {r.shape}: not the same items")
+    tc, rc = t - t.mean(0), r - r.mean(0)
+    cos = (tc * rc).sum(1) / np.maximum(np.linalg.norm(tc, axis=1) * np.linalg.norm(rc, axis=1), 1e-12)
+    return {"moved": round(float(np.linalg.norm(t - r) / max(np.linalg.norm(r), 1e-12)), 6),
+            "centred_cosine": round(float(cos.mean()), 6)}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print `table_quality` of each method's exported table in a local output folder."""
     from reaemb_ray import layout
@@ -73,18 +88,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir", type=Path, help="a finished run's output folder (local)")
     parser.add_argument("methods", nargs="+", help="methods whose embeddings/<method>/ table to check")
     parser.add_argument("--sample", type=int, default=2000, help="items whose top partner is ranked")
+    parser.add_argument("--against", metavar="METHOD", help="also report how far each table moved from this one")
     args = parser.parse_args(argv)
     prepared = args.output_dir / layout.PREPARED
     tables = {m: args.output_dir / layout.embeddings_table(m) for m in args.methods}
-    missing = [str(p) for p in [prepared / "summary.json", *tables.values()] if not p.exists()]
+    reference = args.output_dir / layout.embeddings_table(args.against) if args.against else None
+    missing = [str(p) for p in [prepared / "summary.json", *tables.values(), *[reference] * bool(reference)]
+               if not p.exists()]
     if missing:
         sys.exit(f"table_quality: {', '.join(missing)} not found; give a finished run's folder and methods it "
                  "exported (reaemb run / reaemb export write them)")
     num_items = json.loads((prepared / "summary.json").read_text())["items"]
     a, b, c = load_cooccurrence(prepared)
+    ref = load_embedding_table(reference, num_items) if reference else None
     for method, path in tables.items():
-        quality = table_quality(load_embedding_table(path, num_items), a, b, c, sample=args.sample)
-        print(json.dumps({"method": method, **quality}))
+        table = load_embedding_table(path, num_items)
+        quality = table_quality(table, a, b, c, sample=args.sample)
+        shift = {f"vs_{args.against}": table_shift(table, ref)} if reference else {}
+        print(json.dumps({"method": method, **quality, **shift}))
 
 
 if __name__ == "__main__":

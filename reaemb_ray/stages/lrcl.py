@@ -21,7 +21,10 @@ import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -347,6 +350,20 @@ def _report_checkpoint(engine, tok, cfg, config, step, stream, history, rank, re
 # ------------------------------------------------------------------------------------ the driver
 
 
+
+@contextmanager
+def _sigint_handler_kept():
+    """Ray Train's `fit()` installs a SIGINT handler that aborts its controller and never takes it down again:
+    after LRCL, Ctrl-C in any later stage of the same process (`reaemb run`) was swallowed, and the third one
+    exited with status 0. This puts back the handler that was there before."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGINT, before)
+
 def run_lrcl(cfg, stage: str | None = None, fresh: bool = False) -> dict:
     """Train (or resume from the newest checkpoint in the store); leaves `<stage>/final` and returns a summary."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -386,7 +403,8 @@ def run_lrcl(cfg, stage: str | None = None, fresh: bool = False) -> dict:
                              failure_config=FailureConfig(max_failures=cfg.lrcl.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    result = trainer.fit()
+    with _sigint_handler_kept():
+        result = trainer.fit()
     if result.error:
         raise RuntimeError(f"{stage} training failed: {result.error}")
     last = latest_checkpoint(store, train_rel)

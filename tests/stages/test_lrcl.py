@@ -1,5 +1,6 @@
 """LRCL as a real Ray Train + DeepSpeed job: 2 CPU workers, tiny model, 20 MovieLens items."""
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,9 @@ def uninterrupted(tmp_path_factory, local_ray):
     cache = tmp_path_factory.getbasetemp() / "backbones"
     cfg = _cfg(out, cache)
     prepare(cfg)
+    before = signal.getsignal(signal.SIGINT)
     summary = run_lrcl(cfg)
-    return out, cache, summary
+    return out, cache, summary, signal.getsignal(signal.SIGINT) is before
 
 
 def test_item_stream_shards_are_disjoint_and_cover_each_epoch():
@@ -44,7 +46,7 @@ def test_item_stream_shards_are_disjoint_and_cover_each_epoch():
 
 
 def test_lrcl_trains_and_writes_generator(uninterrupted):
-    out, cache, summary = uninterrupted
+    out, cache, summary, sigint_handler_kept = uninterrupted
     rows = _metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(r["items_per_s"] > 0 and r["tau"] > 0 for r in rows)
@@ -54,10 +56,11 @@ def test_lrcl_trains_and_writes_generator(uninterrupted):
     assert module.has_lora and module.use_thought
     assert summary["steps"] == 6 and summary["resumed_from"] == 0 and summary["last_metrics"] == rows[-1]
     assert [p.name for p in sorted((out / "lrcl" / "ray" / "train").glob("step_*"))] == ["step_000004", "step_000006"]
+    assert sigint_handler_kept  # Ray Train's Ctrl-C handler does not outlive the stage (later stages stay stoppable)
 
 
 def test_killed_run_resumes_from_checkpoint_with_same_data_and_optimizer(uninterrupted, tmp_path):
-    full_out, cache, _ = uninterrupted
+    full_out, cache, *_ = uninterrupted
     cfg = _cfg(tmp_path, cache, **{"lrcl.fail_at_step": 4, "lrcl.max_failures": 1})
     prepare(cfg)
     run_lrcl(cfg)
@@ -74,7 +77,7 @@ def test_killed_run_resumes_from_checkpoint_with_same_data_and_optimizer(uninter
 
 def test_rerun_of_a_failed_job_resumes_from_its_checkpoint(uninterrupted, tmp_path):
     """A job that died for good (no retries left) is resumed by simply running the stage again."""
-    full_out, cache, _ = uninterrupted
+    full_out, cache, *_ = uninterrupted
     cfg = _cfg(tmp_path, cache, **{"lrcl.fail_at_step": 4, "lrcl.max_failures": 0})
     prepare(cfg)
     with pytest.raises(Exception):
