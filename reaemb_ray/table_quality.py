@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reaemb_ray.conditioning import mean_pairwise_cosine
+from reaemb_ray.conditioning import center, l2, mean_pairwise_cosine
 
 
 def top_partners(item_a, item_b, count) -> dict[int, int]:
@@ -72,8 +72,7 @@ def table_shift(table: np.ndarray, reference: np.ndarray) -> dict:
     t, r = (np.asarray(x[1:], dtype=np.float64) for x in (table, reference))
     if t.shape != r.shape:
         raise ValueError(f"tables of different shapes {t.shape} and {r.shape}: not the same items")
-    tc, rc = t - t.mean(0), r - r.mean(0)
-    cos = (tc * rc).sum(1) / np.maximum(np.linalg.norm(tc, axis=1) * np.linalg.norm(rc, axis=1), 1e-12)
+    cos = (l2(center(t)) * l2(center(r))).sum(1)
     return {"moved": round(float(np.linalg.norm(t - r) / max(np.linalg.norm(r), 1e-12)), 6),
             "centred_cosine": round(float(cos.mean()), 6)}
 
@@ -93,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     prepared = args.output_dir / layout.PREPARED
     tables = {m: args.output_dir / layout.embeddings_table(m) for m in args.methods}
     reference = args.output_dir / layout.embeddings_table(args.against) if args.against else None
-    missing = [str(p) for p in [prepared / "summary.json", *tables.values(), *[reference] * bool(reference)]
-               if not p.exists()]
+    needed = [prepared / "summary.json", *tables.values()] + ([reference] if reference else [])
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         sys.exit(f"table_quality: {', '.join(missing)} not found; give a finished run's folder and methods it "
                  "exported (reaemb run / reaemb export write them)")

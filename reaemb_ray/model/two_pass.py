@@ -70,6 +70,7 @@ def _common_prefix(rows: list[list[int]]) -> int:
 
 
 POOLINGS = ("all", "item", "item_thought", "last")
+TEMPLATE_POOLINGS = ("item", "item_thought")  # the poolings that find the attribute tokens in the template
 
 
 @lru_cache(maxsize=16)
@@ -102,7 +103,7 @@ def row_pool_weights(row: list[int], pooling: str, template: tuple | None) -> li
         return [1.0 / n] * n
     if pooling == "last":
         return [0.0] * (n - 1) + [1.0]
-    if pooling not in ("item", "item_thought"):
+    if pooling not in TEMPLATE_POOLINGS:
         raise KeyError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
     start, end = item_token_span(row, *template)
     attributes = range(start, min(end, n - 2))
@@ -162,7 +163,7 @@ def batch_from_token_ids(tokenizer, rows: list[list[int]], max_length: int, pool
     pool_weights = torch.zeros((len(rows), L), dtype=torch.float32)
     input_ids[:, :S] = torch.tensor(rows[0][:S], dtype=torch.long)
     attention_mask[:, :S] = 1
-    template = _template_ids(tokenizer, item_noun) if pooling in ("item", "item_thought") else None
+    template = _template_ids(tokenizer, item_noun) if pooling in TEMPLATE_POOLINGS else None
     for i, ids in enumerate(rows):
         rest = ids[S:]
         input_ids[i, L - len(rest):] = torch.tensor(rest)

@@ -350,7 +350,6 @@ def _report_checkpoint(engine, tok, cfg, config, step, stream, history, rank, re
 # ------------------------------------------------------------------------------------ the driver
 
 
-
 @contextmanager
 def _sigint_handler_kept():
     """Ray Train's `fit()` installs a SIGINT handler that aborts its controller and never takes it down again:
@@ -363,6 +362,7 @@ def _sigint_handler_kept():
     finally:
         if main and before is not None:
             signal.signal(signal.SIGINT, before)
+
 
 def run_lrcl(cfg, stage: str | None = None, fresh: bool = False) -> dict:
     """Train (or resume from the newest checkpoint in the store); leaves `<stage>/final` and returns a summary."""
