@@ -223,6 +223,9 @@ class CRRLConfig:
     shuffle_rewards: bool = False  # control: rewards permuted across the batch (a gain must not survive it)
     updates_per_batch: int = setting(2, ge=1)
     lr: float = setting(1e-4, ge=0, note="0 = the control run: rollouts and rewards as usual, no update")
+    # rl/step_size.py: cosine = warmup then cosine decay to 0; kl_adaptive = after each batch the lr is multiplied
+    # by 1.5 when its KL was under target_kl / 2, divided by 1.5 when over 2 * target_kl (needs crrl.target_kl)
+    lr_schedule: Literal["cosine", "kl_adaptive"] = "cosine"
     warmup_steps: int = setting(200, ge=0)
     epochs: int = setting(1, ge=1)
     items_per_batch: int = setting(32, ge=1)
@@ -274,6 +277,9 @@ class CRRLConfig:
         if self.advantage == "anchor" and not self.anchor:
             raise ConfigError("crrl.advantage=anchor needs crrl.anchor=true (sample 0 of each group is the baseline); set "
                               "crrl.anchor=true or use crrl.advantage=grpo")
+        if self.lr_schedule == "kl_adaptive" and not self.target_kl > 0:
+            raise ConfigError("crrl.lr_schedule=kl_adaptive steers the lr towards crrl.target_kl, which is 0; set "
+                              "crrl.target_kl (e.g. 0.5) or use crrl.lr_schedule=cosine")
         if self.hard_negatives > self.num_negatives:
             raise ConfigError(f"crrl.hard_negatives ({self.hard_negatives}) cannot exceed crrl.num_negatives "
                               f"({self.num_negatives}); lower it or raise crrl.num_negatives")

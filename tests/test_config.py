@@ -40,6 +40,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     (["crrl.group_size=1"], "crrl.group_size must be >= 2"),
     (["lrcl.batch_size=10", "lrcl.micro_batch_size=4"], "must be a multiple"),
     (["crrl.reward_weights={ctr: 1.0}"], "unknown reward"),
+    (["crrl.lr_schedule=kl_adaptive"], "crrl.lr_schedule=kl_adaptive steers the lr towards crrl.target_kl, which is 0"),
     (["srs.hidden=100", "srs.heads=3"], "divisible"),
     (["srs.conditioning=[whitening]"], "srs.conditioning: unknown conditioning step 'whitening'"),
     (["srs.conditioning=[center]", "srs.conditioning_dim=8"], "srs.conditioning: a dimension (8) needs a reducing"),

@@ -2,7 +2,8 @@
 
 Per rollout batch: rewards -> advantages -> up to `updates_per_batch` clipped-objective updates. The behaviour
 log-probs come from the rollout's own mu (the weights that produced the samples), so a stale batch is
-corrected by the ratio. Learning rate: linear warmup then cosine decay, counted in optimizer updates.
+corrected by the ratio. Learning rate (rl/step_size.py): `cosine` (linear warmup then cosine decay, counted in
+optimizer updates) or `kl_adaptive` (scaled after each batch to keep its KL near `crrl.target_kl`).
 
 Trust region: with Adam the step size ignores the advantages' scale, so a Gaussian policy can jump by about
 its own norm per step. `crrl.target_kl` > 0 stops a batch's updates once the mean KL between the current and
@@ -13,7 +14,6 @@ across the batch, so a gain that survives it is not from the reward.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -22,19 +22,10 @@ import torch
 
 from reaemb_ray.device import Placement, placement
 from reaemb_ray.rl import advantages as adv_lib
-from reaemb_ray.rl import objectives
+from reaemb_ray.rl import objectives, step_size
 from reaemb_ray.rl.objectives import gaussian_kl
 from reaemb_ray.rl.rewards import group_spread_share
 from reaemb_ray.rl.policy import load_base
-
-
-def cosine_with_warmup(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return f
 
 
 def init_single_process_distributed(backend: str = "gloo") -> None:
@@ -93,7 +84,8 @@ class Learner:
         init_single_process_distributed(where.backend)
         opt = torch.optim.AdamW(attn.parameters(), lr=crrl.lr, weight_decay=0.0)
         total_updates = max(1, total_steps * crrl.updates_per_batch)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(crrl.warmup_steps, total_updates))
+        self.schedule = step_size.make(crrl.lr_schedule, crrl.warmup_steps, total_updates, crrl.target_kl)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.schedule)
         self.engine, _, _, self.sched = deepspeed.initialize(model=attn, optimizer=opt, lr_scheduler=sched,
                                                              config=deepspeed_config(crrl.zero_stage, where.dtype))
         if self.engine.device != self.device:
@@ -113,6 +105,11 @@ class Learner:
         return {k: v.detach().float().cpu().numpy().copy() for k, v in module.state_dict().items()}
 
     # ----------------------------------------------------------------------------------------- step
+
+    def _apply_schedule(self) -> None:
+        """Set the optimizer's lr from the schedule now (LambdaLR only reads it again after the next update)."""
+        for group, base in zip(self.sched.optimizer.param_groups, self.sched.base_lrs):
+            group["lr"] = base * self.schedule(self.sched.last_epoch)
 
     def _mu(self, hidden, mask, pos):
         t = mask.shape[1] - 2
@@ -134,6 +131,7 @@ class Learner:
             mu_start = self._mu(hidden, mask, pos)
             mu_ref = None if self.ref is None else self.ref(hidden, mask[:, :-2], mask.shape[1] - 2, pos[:, :-2]).float()
             old = self.objective.behaviour(self.lm, inputs, mu_ref, c)  # behaviour policy: staleness-corrected
+        lr = float(self.sched.optimizer.param_groups[0]["lr"])  # this batch's first update's
         losses, clips = [], []
         for _ in range(c.updates_per_batch):
             mu = self._mu(hidden, mask, pos)
@@ -146,14 +144,17 @@ class Learner:
             clips.append(float(clip))
         with torch.no_grad():
             mu_end = self._mu(hidden, mask, pos)
+        kl = float(gaussian_kl(mu_end, mu_b, sigma).mean())
+        self.schedule.observe(kl)
+        self._apply_schedule()  # kl_adaptive: the next batch's first update already takes the new step size
         self.steps += 1
         self.version += 1
         return {"loss": float(np.mean(losses)) if losses else 0.0,
                 "clip_fraction": float(np.mean(clips)) if clips else 0.0, "updates": len(losses),
-                "kl": float(gaussian_kl(mu_end, mu_b, sigma).mean()),
+                "kl": kl,
                 "delta_mu": float((mu_end - mu_start).norm(dim=-1).mean() / mu_start.norm(dim=-1).mean().clamp(min=1e-12)),
                 "reward_spread": group_spread_share(rewards),
-                "lr": float(self.sched.get_last_lr()[0]), "version": self.version, "step": self.steps,
+                "lr": lr, "version": self.version, "step": self.steps,
                 "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
                 "staleness": self.version - 1 - int(batch["version"]), "samples": int(np.size(rewards)),
                 "seconds": time.perf_counter() - t0}
@@ -169,4 +170,5 @@ class Learner:
 
         _, client = load_checkpoint(self.engine, ckpt_dir, tag="state")  # weights_only: no code in a checkpoint
         self.version, self.steps = int(client["version"]), int(client["steps"])
+        self._apply_schedule()  # the schedule's state came back with the LambdaLR state
         return client

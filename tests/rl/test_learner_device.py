@@ -70,3 +70,24 @@ def test_deepspeed_config_has_the_weights_precision():
     assert deepspeed_config(0, torch.float16)["fp16"] == {"enabled": True}
     cfg = deepspeed_config(1, torch.float32)
     assert not cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"] and cfg["zero_optimization"]["stage"] == 1
+
+
+@pytest.mark.parametrize("target_kl, factor", [(1e6, 1.5), (1e-12, 1 / 1.5)])
+def test_kl_adaptive_lr_takes_effect_at_once_and_resumes(base_and_batch, tmp_path, target_kl, factor):
+    """After a batch far under (over) the target KL the next update's lr is 1.5x larger (smaller), and a
+    checkpoint brings that lr back."""
+    from dataclasses import replace
+
+    cfg, base, batch, rewards = base_and_batch
+    crrl = replace(cfg.crrl, lr_schedule="kl_adaptive", target_kl=target_kl, warmup_steps=0)
+    cpu = Placement(torch.device("cpu"), torch.float32)
+    learner = Learner(base, crrl, total_steps=2, dtype="float32", where=cpu)
+    lr = lambda lrn: lrn.sched.optimizer.param_groups[0]["lr"]  # noqa: E731  what the next update uses
+    assert lr(learner) == pytest.approx(crrl.lr)
+    out = learner.step(batch, rewards)
+    assert out["updates"] >= 1 and (out["kl"] < target_kl / 2 if factor > 1 else out["kl"] > 2 * target_kl)
+    assert lr(learner) == pytest.approx(crrl.lr * factor)
+    learner.save(str(tmp_path / "ckpt"), {})
+    resumed = Learner(base, crrl, total_steps=2, dtype="float32", where=cpu)
+    resumed.load(str(tmp_path / "ckpt"))
+    assert resumed.schedule.scale == pytest.approx(factor) and lr(resumed) == pytest.approx(crrl.lr * factor)

@@ -254,7 +254,7 @@ def test_centred_infonce_relative_sigma_and_hard_negatives(local_ray, tmp_path, 
             "crrl.scoring=centered_cosine", "crrl.reward_form=infonce", "crrl.reward_tau=0.1",
             "crrl.sigma_relative=true", "crrl.sigma=0.5", "crrl.target_kl=0.5", "crrl.lr=0.001",
             "crrl.max_staleness=0"]  # at lr 0.05 one update moves the thought ~4x its norm: target_kl stops it
-    cfg = _compact_cfg(tmp_path, compact_backbone, *base, "crrl.hard_negatives=3")
+    cfg = _compact_cfg(tmp_path, compact_backbone, *base, "crrl.hard_negatives=3", "crrl.lr_schedule=kl_adaptive")
     with pytest.raises(FileNotFoundError, match="crrl.hard_negatives needs the LRCL table"):
         run_crrl(cfg, fresh=True)
     table = np.random.default_rng(0).normal(size=(33, 8)).astype(np.float32)  # any table: it only picks neighbours
@@ -267,6 +267,9 @@ def test_centred_infonce_relative_sigma_and_hard_negatives(local_ray, tmp_path, 
     assert res["steps"] == 2 and [r["step"] for r in rows] == [1, 2]
     assert all(r["reward_spread"] == 1.0 and r["reward_mean"] < 0 for r in rows)  # log-probabilities: < 0
     assert all(np.isfinite(r["kl"]) and r["delta_mu"] > 0 and 1 <= r["updates"] <= 2 for r in rows)
+    # kl_adaptive: step 2's lr is step 1's, scaled by 1.5 (KL under target / 2), 1/1.5 (over 2 target) or 1
+    band = 1.5 if rows[0]["kl"] < 0.25 else 1 / 1.5 if rows[0]["kl"] > 1.0 else 1.0
+    assert rows[1]["lr"] == pytest.approx(rows[0]["lr"] * band)
     cands, near = seen["c"]["cooccurrence"], nearest_neighbours(table, 4 * 6 + 10)
     hard = [len(set(c[1:]) & set(near[i])) for i, c in zip(cands.item_ids, cands.cand_ids)]
     assert min(hard) >= 3  # at least the hard share of each item's negatives are its neighbours
