@@ -24,13 +24,18 @@ from __future__ import annotations
 import math
 
 
+def warmup_ramp(update: int, warmup: int) -> float:
+    """(update + 1) / warmup during the warmup, 1 after it (and without one)."""
+    return min(1.0, (update + 1) / warmup) if warmup else 1.0
+
+
 class Cosine:
     def __init__(self, warmup: int, total: int):
         self.warmup, self.total = warmup, max(1, total)
 
     def __call__(self, update: int) -> float:
         if update < self.warmup:
-            return (update + 1) / self.warmup
+            return warmup_ramp(update, self.warmup)
         progress = (update - self.warmup) / max(1, self.total - self.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -47,7 +52,7 @@ class KLAdaptive:
         self.scale = 1.0
 
     def __call__(self, update: int) -> float:
-        return self.scale * min(1.0, (update + 1) / self.warmup if self.warmup else 1.0)
+        return self.scale * warmup_ramp(update, self.warmup)
 
     def observe(self, kl: float) -> None:
         if not math.isfinite(kl):
