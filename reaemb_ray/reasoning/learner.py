@@ -20,7 +20,7 @@ import torch
 from reaemb_ray.reasoning import grpo, policy
 from reaemb_ray.rl import advantages as adv_lib
 from reaemb_ray.rl.learner import init_single_process_distributed
-from reaemb_ray.rl.step_size import Cosine
+from reaemb_ray.rl import step_size
 
 
 class GRPOLearner:
@@ -37,7 +37,7 @@ class GRPOLearner:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=rcfg.lr, weight_decay=0.0)
         total_updates = max(1, total_steps * rcfg.updates_per_batch)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, Cosine(rcfg.warmup_steps, total_updates))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, step_size.make("cosine", rcfg.warmup_steps, total_updates))
         self.n_micro = -(-rcfg.prompts_per_batch * rcfg.group_size // rcfg.micro_batch)
         ds_cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": self.n_micro,
                   "zero_optimization": {"stage": rcfg.zero_stage}, "gradient_clipping": rcfg.gradient_clipping,
