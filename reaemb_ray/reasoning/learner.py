@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from reaemb_ray.reasoning import grpo, policy
-from reaemb_ray.rl import advantages as adv_lib
+from reaemb_ray.rl import advantages as adv_lib, step_size
 from reaemb_ray.rl.learner import init_single_process_distributed
-from reaemb_ray.rl import step_size
 
 
 class GRPOLearner:
